@@ -1,0 +1,83 @@
+"""One Settings class, read by the API, the worker, the CLI and Alembic alike."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+EMBEDDED_HINT = "set DATABASE_URL and REDIS_URL, or run `stockout dev` for the embedded stack"
+
+
+class Settings(BaseSettings):
+    """The environment variables of CONTRACT section 3, plus a few tuning knobs."""
+
+    model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
+
+    database_url: str = ""
+    redis_url: str = ""
+
+    iamport_base_url: str = "https://api.iamport.kr"
+    iamport_imp_key: SecretStr | None = None
+    iamport_imp_secret: SecretStr | None = None
+    iamport_timeout_seconds: float = Field(default=10.0, gt=0)
+    iamport_max_rps: float = Field(default=20.0, gt=0)
+
+    cancel_max_attempts: int = Field(default=8, ge=1)
+    cancel_retry_base_seconds: float = Field(default=2.0, ge=0)
+    cancel_retry_max_seconds: float = Field(default=300.0, ge=0)
+    sweep_interval_seconds: float = Field(default=5.0, gt=0)
+
+    iamport_webhook_token: SecretStr | None = None
+
+    # How long a published job may sit unclaimed before a sweep publishes it again: covers a
+    # message lost with Redis or a publish that failed after the commit.
+    dispatch_grace_seconds: float = Field(default=15.0, gt=0)
+    # Job ids per Celery message: amortises the broker's per-message cost over several jobs.
+    dispatch_batch_size: int = Field(default=8, ge=1, le=100)
+    sweep_batch_size: int = Field(default=500, ge=1)
+    # Seconds a Celery message may wait for the rate limiter before the job is re-scheduled.
+    rate_limit_max_wait_seconds: float = Field(default=5.0, ge=0)
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _psycopg_dialect(cls, value: str) -> str:
+        # CONTRACT: both postgresql:// and postgresql+psycopg:// are accepted.
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+psycopg://" + value[len(prefix) :]
+        return value
+
+    @field_validator("iamport_base_url")
+    @classmethod
+    def _no_trailing_slash(cls, value: str) -> str:
+        return value.rstrip("/")
+
+    @property
+    def libpq_url(self) -> str:
+        """The database URL in the plain libpq form psycopg wants."""
+        return self.database_url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+    @property
+    def lease_seconds(self) -> float:
+        """How long a claimed job stays ours: longer than one upstream call can possibly take.
+
+        httpx applies the timeout per phase (connect, write, read, pool), so one call may last
+        up to four timeouts; the margin covers the database writes around it.
+        """
+        return 4 * self.iamport_timeout_seconds + 5
+
+    def require_urls(self) -> None:
+        """Fail with a clear message when the service is started without its backing stores."""
+        missing = [n for n, v in (("DATABASE_URL", self.database_url), ("REDIS_URL", self.redis_url)) if not v]
+        if missing:
+            raise RuntimeError(f"{', '.join(missing)} not set: {EMBEDDED_HINT}")
+
+
+@lru_cache
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

@@ -1,0 +1,147 @@
+"""The tables. Postgres is the source of truth; every guarantee is a constraint or a lease here."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
+from sqlmodel import Field, SQLModel
+
+# Stable constraint names, so migrations can name what they alter.
+SQLModel.metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(column_0_label)s",
+        "uq": "uq_%(table_name)s_%(column_0_name)s",
+        "ck": "ck_%(table_name)s_%(constraint_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+NON_TERMINAL_SQL = "status IN ('queued', 'running', 'retry_wait')"
+
+
+def _ts(nullable: bool = False, **kw: Any) -> Any:
+    return Field(sa_column=Column(DateTime(timezone=True), nullable=nullable, **kw))
+
+
+class Event(SQLModel, table=True):
+    """One stockout event as the producer sent it; `event_id` is its idempotency key."""
+
+    __tablename__ = "events"
+
+    event_id: str = Field(primary_key=True, max_length=128)
+    sku: str = Field(max_length=128, index=True)
+    reason: str = Field(max_length=256)
+    occurred_at: datetime | None = _ts(nullable=True)
+    received_at: datetime = _ts(server_default=text("now()"))
+    # sha256 of the normalised content: a replay must match it, else 409 event_conflict.
+    content_hash: str = Field(max_length=64)
+
+
+class Job(SQLModel, table=True):
+    """The cancellation of one payment's barcode: one per imp_uid, ever."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (
+        Index("ix_jobs_status_created", "status", text("created_at DESC"), text("id DESC")),
+        Index("ix_jobs_created", text("created_at DESC"), text("id DESC")),
+        # The sweeps read only non-terminal jobs whose time has come.
+        Index("ix_jobs_due", "due_at", postgresql_where=text(NON_TERMINAL_SQL)),
+        Index("ix_jobs_waiting_created", "created_at", postgresql_where=text(NON_TERMINAL_SQL)),
+        Index("ix_jobs_finished", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
+        CheckConstraint(
+            "status IN ('queued', 'running', 'retry_wait', 'cancelled', 'needs_refund', 'failed')",
+            name="status",
+        ),
+    )
+
+    id: uuid.UUID = Field(
+        sa_column=Column(UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()"))
+    )
+    imp_uid: str = Field(max_length=64, unique=True)
+    merchant_uid: str | None = Field(default=None, max_length=128, index=True)
+    status: str = Field(
+        default="queued",
+        sa_column=Column(String(16), nullable=False, server_default="queued"),
+    )
+    # Cancel calls sent (a 429 or a call refused before it was sent does not count).
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    next_attempt_at: datetime | None = _ts(nullable=True)
+    # When a sweep should (re)publish this job if nothing else has: the dispatch grace for
+    # queued jobs, next_attempt_at for retry_wait, the lease's end for running.
+    due_at: datetime | None = _ts(nullable=True)
+    lease_token: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True), nullable=True))
+    lease_until: datetime | None = _ts(nullable=True)
+    # A cancel call was sent whose outcome we do not know: look the payment up before any other.
+    uncertain: bool = Field(
+        default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
+    )
+    payment_status: str | None = Field(default=None, max_length=16)
+    cancellation: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
+    error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
+    created_at: datetime = _ts(server_default=text("now()"))
+    updated_at: datetime = _ts(server_default=text("now()"))
+    finished_at: datetime | None = _ts(nullable=True)
+
+
+class EventJob(SQLModel, table=True):
+    """Which jobs an event names, in the event's order; a job may belong to several events."""
+
+    __tablename__ = "event_jobs"
+
+    event_id: str = Field(foreign_key="events.event_id", primary_key=True, max_length=128)
+    job_id: uuid.UUID = Field(
+        sa_column=Column(UUID(as_uuid=True), ForeignKey("jobs.id"), primary_key=True, index=True)
+    )
+    position: int
+
+
+class Attempt(SQLModel, table=True):
+    """One upstream call made for a job, written before the call and completed after it."""
+
+    __tablename__ = "attempts"
+    __table_args__ = (Index("ix_attempts_job_id_id", "job_id", "id"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
+    job_id: uuid.UUID = Field(
+        sa_column=Column(UUID(as_uuid=True), ForeignKey("jobs.id"), nullable=False)
+    )
+    call: str = Field(max_length=16)  # cancel | lookup | token
+    started_at: datetime = _ts(server_default=text("now()"))
+    duration_ms: int | None = None
+    http_status: int | None = None
+    code: int | None = None
+    message: str | None = Field(default=None, max_length=1024)
+    outcome: str | None = Field(default=None, max_length=32)  # null while the call is in flight
+
+
+class ApiKey(SQLModel, table=True):
+    """An API key: only a hash of its secret is kept."""
+
+    __tablename__ = "api_keys"
+
+    id: uuid.UUID = Field(
+        sa_column=Column(UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()"))
+    )
+    name: str = Field(max_length=128)
+    prefix: str = Field(max_length=16, unique=True)
+    secret_hash: str = Field(max_length=64)
+    scopes: list[str] = Field(sa_column=Column(ARRAY(String(32)), nullable=False))
+    created_at: datetime = _ts(server_default=text("now()"))
+    revoked_at: datetime | None = _ts(nullable=True)

@@ -1,0 +1,13 @@
+"""Forget process-wide cached objects so a test's environment takes effect."""
+
+from __future__ import annotations
+
+
+def reset_caches() -> None:
+    from app import config, db
+
+    config.get_settings.cache_clear()
+    engine = db.get_engine.cache_info().currsize and db.get_engine()
+    if engine:
+        engine.dispose()
+    db.get_engine.cache_clear()
