@@ -1,0 +1,414 @@
+"""The one piece of code that talks to iamport: typed answers, typed errors, shared token and rate.
+
+Every exchange goes: local rate limiter -> observer.before_send -> HTTP -> classify -> record ->
+observer.after_call -> return or raise. Errors say what the caller must do (errors.py); the
+caller keeps the CallRecords as its attempt history. Nothing here logs, and no credential or
+token ever reaches an exception, a repr or a record.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
+from typing import TYPE_CHECKING, Any, Protocol
+from urllib.parse import quote
+
+import httpx
+import redis
+from pydantic import ValidationError
+
+from app.iamport.errors import (
+    IamportError,
+    NotFound,
+    OutcomeUnknown,
+    RateLimited,
+    Refused,
+    Unauthorized,
+    Unavailable,
+)
+from app.iamport.ratelimit import LimiterBusy, RateLimiter
+from app.iamport.schemas import Payment, TokenResponse
+from app.iamport.token import TokenProvider, key_id
+
+if TYPE_CHECKING:
+    from app.config import Settings
+
+DEFAULT_RETRY_AFTER = 1.0
+MAX_RETRY_AFTER = 3600.0
+_MESSAGE_LIMIT = 500
+
+
+@dataclass(frozen=True, slots=True)
+class CallRecord:
+    """One HTTP exchange with iamport, for the caller's attempt history."""
+
+    call: str  # "token" | "lookup" | "cancel" | "issue" | "refund"
+    started_at: datetime  # tz-aware UTC
+    duration_ms: int
+    http_status: int | None
+    code: int | None
+    message: str | None  # upstream message, never secrets
+    outcome: str  # ok, refused, not_found, unauthorized, rate_limited, unavailable, timeout,
+    #               connection_error, bad_response
+
+
+class CallObserver(Protocol):
+    """Sees every exchange: may veto one just before it is sent, and records each outcome."""
+
+    def before_send(self, call: str) -> None: ...
+
+    def after_call(self, record: CallRecord) -> None: ...
+
+
+class TokenSource(Protocol):
+    """What the client needs of a token provider (TokenProvider is the real one)."""
+
+    def get(self, observer: CallObserver | None = None) -> str: ...
+
+    def invalidate(self, stale: str, observer: CallObserver | None = None) -> str: ...
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float:
+    """Seconds to wait from a Retry-After header (delta seconds or HTTP-date); 1 s if absent."""
+    if not value:
+        return DEFAULT_RETRY_AFTER
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return DEFAULT_RETRY_AFTER
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=UTC)
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if not math.isfinite(seconds):
+        return DEFAULT_RETRY_AFTER
+    return min(max(seconds, 0.0), MAX_RETRY_AFTER)
+
+
+class _Failure(Exception):
+    """Internal: a classified failed exchange, turned into an IamportError after recording."""
+
+    def __init__(self, outcome: str, error: IamportError) -> None:
+        self.outcome = outcome
+        self.error = error
+
+
+class IamportClient:
+    """iamport's REST API over one shared, thread-safe httpx.Client."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str,
+        imp_key: str,
+        imp_secret: str,
+        timeout: float,
+        tokens: TokenSource | None = None,
+        limiter: RateLimiter | None = None,
+        rate_limit_max_wait: float = 5.0,
+        transport: httpx.BaseTransport | None = None,
+        include_sandbox: bool = False,
+        redis_client: redis.Redis | None = None,
+    ) -> None:
+        self._imp_key = imp_key
+        self._imp_secret = imp_secret
+        self._secrets = tuple(s for s in (imp_key, imp_secret) if s)
+        self._limiter = limiter
+        self._max_wait = rate_limit_max_wait
+        self._lookup_params = {"include_sandbox": "true"} if include_sandbox else None
+        self._http = httpx.Client(
+            base_url=base_url.rstrip("/"),
+            timeout=httpx.Timeout(timeout),
+            limits=httpx.Limits(max_connections=128, max_keepalive_connections=128),
+            transport=transport,
+            headers={"Accept": "application/json", "User-Agent": "stockout-cancel"},
+            follow_redirects=False,
+        )
+        self.tokens: TokenSource = (
+            tokens
+            if tokens is not None
+            else TokenProvider(redis_client, self.fetch_token, key_id(imp_key))
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, redis_client: redis.Redis) -> IamportClient:
+        """The process's client: shared token and rate limit through `redis_client`."""
+        if settings.iamport_imp_key is None or settings.iamport_imp_secret is None:
+            raise RuntimeError("IAMPORT_IMP_KEY and IAMPORT_IMP_SECRET must be set")
+        imp_key = settings.iamport_imp_key.get_secret_value()
+        account = key_id(imp_key)
+        limiter = RateLimiter(redis_client, f"iamport:rate:{account}", settings.iamport_max_rps)
+        return cls(
+            base_url=settings.iamport_base_url,
+            imp_key=imp_key,
+            imp_secret=settings.iamport_imp_secret.get_secret_value(),
+            timeout=settings.iamport_timeout_seconds,
+            limiter=limiter,
+            rate_limit_max_wait=settings.rate_limit_max_wait_seconds,
+            redis_client=redis_client,
+        )
+
+    def __repr__(self) -> str:
+        return f"IamportClient(base_url={str(self._http.base_url)!r})"
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._http.close()
+
+    # -- calls ---------------------------------------------------------------------------
+
+    def fetch_token(self, observer: CallObserver | None = None) -> TokenResponse:
+        """POST /users/getToken: a token for our credentials (use `tokens.get()` instead)."""
+        body = {"imp_key": self._imp_key, "imp_secret": self._imp_secret}
+        answer = self._exchange("token", "POST", "/users/getToken", observer, None, json=body)
+        try:
+            return TokenResponse.model_validate(answer)
+        except ValidationError:
+            raise Unavailable("token", http_status=200, message="malformed token answer") from None
+
+    def get_payment(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
+        """GET /payments/{imp_uid}: the payment as iamport knows it now."""
+        path = "/payments/" + quote(imp_uid, safe="")
+        answer = self._authed("lookup", "GET", path, observer, params=self._lookup_params)
+        return self._payment("lookup", answer)
+
+    def cancel_cvs(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
+        """DELETE /cvs/{imp_uid}: void an unpaid barcode; the cancelled Payment on success."""
+        answer = self._authed("cancel", "DELETE", "/cvs/" + quote(imp_uid, safe=""), observer)
+        if answer is None:
+            # Success without the payment: read it back rather than guess.
+            return self.get_payment(imp_uid, observer)
+        return self._payment("cancel", answer)
+
+    def issue_cvs(
+        self,
+        *,
+        merchant_uid: str,
+        amount: int,
+        channel_key: str | None = None,
+        pg: str | None = None,
+        confirm_url: str | None = None,
+        notice_url: str | None = None,
+        observer: CallObserver | None = None,
+        **extra: Any,
+    ) -> Payment:
+        """POST /cvs: issue a barcode; the new payment is `ready`."""
+        body: dict[str, Any] = {"merchant_uid": merchant_uid, "amount": amount}
+        optional = {
+            "channel_key": channel_key,
+            "pg": pg,
+            "confirm_url": confirm_url,
+            "notice_url": notice_url,
+        }
+        body.update((k, v) for k, v in optional.items() if v is not None)
+        body.update(extra)
+        answer = self._authed("issue", "POST", "/cvs", observer, json=body)
+        return self._payment("issue", answer)
+
+    def refund(
+        self,
+        *,
+        imp_uid: str,
+        amount: float | None,
+        reason: str,
+        checksum: float | None,
+        observer: CallObserver | None = None,
+    ) -> Payment:
+        """POST /payments/cancel: refund a paid payment; `checksum` guards against doubles."""
+        body: dict[str, Any] = {"imp_uid": imp_uid, "reason": reason}
+        if amount is not None:
+            body["amount"] = amount
+        if checksum is not None:
+            body["checksum"] = checksum
+        answer = self._authed("refund", "POST", "/payments/cancel", observer, json=body)
+        return self._payment("refund", answer)
+
+    # -- plumbing ------------------------------------------------------------------------
+
+    def _payment(self, call: str, answer: Any) -> Payment:
+        try:
+            return Payment.model_validate(answer)
+        except ValidationError:
+            raise Unavailable(call, http_status=200, code=0, message="malformed payment") from None
+
+    def _authed(
+        self,
+        call: str,
+        method: str,
+        path: str,
+        observer: CallObserver | None,
+        *,
+        params: dict[str, str] | None = None,
+        json: Any = None,
+    ) -> Any:
+        """An exchange with the shared token; on a 401, one fresh token and one repeat."""
+        token = self.tokens.get(observer)
+        try:
+            return self._exchange(call, method, path, observer, token, params=params, json=json)
+        except Unauthorized:
+            pass
+        token = self.tokens.invalidate(token, observer)
+        return self._exchange(call, method, path, observer, token, params=params, json=json)
+
+    def _exchange(
+        self,
+        call: str,
+        method: str,
+        path: str,
+        observer: CallObserver | None,
+        token: str | None,
+        *,
+        params: dict[str, str] | None = None,
+        json: Any = None,
+    ) -> Any:
+        """One rate-limited, observed HTTP exchange; the envelope's `response` or an error."""
+        if self._limiter is not None:
+            try:
+                self._limiter.acquire(self._max_wait)
+            except LimiterBusy as busy:
+                raise RateLimited(
+                    call, retry_after=busy.retry_after, message="local rate limit"
+                ) from None
+            except redis.RedisError:
+                # Without the shared bucket we cannot know the global rate: hold back.
+                raise RateLimited(
+                    call, retry_after=DEFAULT_RETRY_AFTER, message="rate limiter unreachable"
+                ) from None
+        if observer is not None:
+            observer.before_send(call)
+        headers = {"Authorization": "Bearer " + token} if token is not None else None
+        started_at = datetime.now(UTC)
+        started = time.perf_counter()
+        http_status: int | None = None
+        code: int | None = None
+        message: str | None = None
+        try:
+            try:
+                response = self._http.request(
+                    method, path, params=params, json=json, headers=headers
+                )
+            except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
+                # Nothing reached iamport; still, the caller looks up before cancelling again.
+                raise _Failure("connection_error", Unavailable(call, message=_kind(exc))) from exc
+            except httpx.TimeoutException as exc:
+                raise _Failure("timeout", OutcomeUnknown(call, message=_kind(exc))) from exc
+            except httpx.TransportError as exc:
+                raise _Failure(
+                    "connection_error", OutcomeUnknown(call, message=_kind(exc))
+                ) from exc
+            except httpx.HTTPError as exc:
+                raise _Failure("bad_response", Unavailable(call, message=_kind(exc))) from exc
+            http_status = response.status_code
+            body = _json_object(response.content)
+            if body is not None:
+                raw_code = body.get("code")
+                if isinstance(raw_code, int) and not isinstance(raw_code, bool):
+                    code = raw_code
+                raw_message = body.get("message")
+                if raw_message is not None:
+                    message = self._scrub(str(raw_message), token)
+            answer = self._classify(call, response, body, code, message)
+        except _Failure as failure:
+            error = failure.error
+            if error.http_status is None and http_status is not None:
+                error.http_status = http_status
+            self._notify(
+                observer,
+                call,
+                started_at,
+                started,
+                http_status,
+                code,
+                message if message is not None else error.message,
+                failure.outcome,
+            )
+            raise error from failure.__cause__
+        self._notify(observer, call, started_at, started, http_status, code, message, "ok")
+        return answer
+
+    def _classify(
+        self,
+        call: str,
+        response: httpx.Response,
+        body: dict[str, Any] | None,
+        code: int | None,
+        message: str | None,
+    ) -> Any:
+        """The envelope's `response` on success; else raise _Failure with the caller's error."""
+        status = response.status_code
+        kw: dict[str, Any] = {"http_status": status, "code": code, "message": message}
+        if status == 429:
+            retry_after = parse_retry_after(response.headers.get("retry-after"))
+            raise _Failure("rate_limited", RateLimited(call, retry_after=retry_after, **kw))
+        if status >= 500 or status == 408:
+            raise _Failure("unavailable", Unavailable(call, **kw))
+        if status == 401 or (call == "token" and 400 <= status < 500):
+            raise _Failure("unauthorized", Unauthorized(call, **kw))
+        if body is None or code is None:
+            # An HTML page from a proxy, malformed JSON, or JSON without iamport's envelope.
+            if message is None:
+                kw["message"] = "unreadable response body"
+            raise _Failure("bad_response", Unavailable(call, **kw))
+        if 200 <= status < 300:
+            if code == 0:
+                return body.get("response")
+            if call == "token":
+                raise _Failure("unauthorized", Unauthorized(call, **kw))
+            if call == "lookup" and body.get("response") is None:
+                raise _Failure("not_found", NotFound(call, **kw))
+            raise _Failure("refused", Refused(call, **kw))
+        if status == 404 and call == "lookup":
+            raise _Failure("not_found", NotFound(call, **kw))
+        if 400 <= status < 500:
+            raise _Failure("refused", Refused(call, **kw))
+        raise _Failure("bad_response", Unavailable(call, **kw))  # 1xx/3xx: not iamport's API
+
+    def _scrub(self, text: str, token: str | None) -> str:
+        text = text[:_MESSAGE_LIMIT]
+        for secret in self._secrets:
+            if secret in text:
+                text = text.replace(secret, "***")
+        if token and token in text:
+            text = text.replace(token, "***")
+        return text
+
+    @staticmethod
+    def _notify(
+        observer: CallObserver | None,
+        call: str,
+        started_at: datetime,
+        started: float,
+        http_status: int | None,
+        code: int | None,
+        message: str | None,
+        outcome: str,
+    ) -> None:
+        if observer is None:
+            return
+        duration_ms = int((time.perf_counter() - started) * 1000)
+        observer.after_call(
+            CallRecord(call, started_at, duration_ms, http_status, code, message, outcome)
+        )
+
+
+def _json_object(content: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None for anything else (HTML, malformed, a list...)."""
+    if not content:
+        return None
+    try:
+        body = json.loads(content)
+    except ValueError:
+        return None
+    return body if isinstance(body, dict) else None
+
+
+def _kind(exc: Exception) -> str:
+    """An exception's class name: httpx messages may echo URLs, so keep only the kind."""
+    return type(exc).__name__

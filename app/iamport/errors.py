@@ -1,0 +1,92 @@
+"""What went wrong with an iamport call, phrased as what the caller must do next."""
+
+from __future__ import annotations
+
+MESSAGE_LIMIT = 500
+
+
+class IamportError(Exception):
+    """An iamport call did not succeed. Never carries credentials or tokens."""
+
+    outcome = "error"
+
+    def __init__(
+        self,
+        call: str,
+        *,
+        http_status: int | None = None,
+        code: int | None = None,
+        message: str | None = None,
+    ) -> None:
+        self.call = call
+        self.http_status = http_status
+        self.code = code
+        self.message = message[:MESSAGE_LIMIT] if message is not None else None
+        super().__init__(self._describe())
+
+    def _describe(self) -> str:
+        parts = [f"iamport {self.call}: {self.outcome}"]
+        if self.http_status is not None:
+            parts.append(f"http {self.http_status}")
+        if self.code is not None:
+            parts.append(f"code {self.code}")
+        if self.message:
+            parts.append(repr(self.message))
+        return ", ".join(parts)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._describe()!r})"
+
+
+class Unauthorized(IamportError):
+    """A 401 that persisted after one fresh token, or credentials refused at getToken."""
+
+    outcome = "unauthorized"
+
+
+class RateLimited(IamportError):
+    """Wait `retry_after` seconds and try again; waiting is not a failed attempt.
+
+    With `http_status` None the local limiter refused to grant in time: nothing was sent.
+    """
+
+    outcome = "rate_limited"
+
+    def __init__(
+        self,
+        call: str,
+        *,
+        retry_after: float,
+        http_status: int | None = None,
+        code: int | None = None,
+        message: str | None = None,
+    ) -> None:
+        self.retry_after = retry_after
+        super().__init__(call, http_status=http_status, code=code, message=message)
+
+    def _describe(self) -> str:
+        return f"{super()._describe()}, retry after {self.retry_after:.3f}s"
+
+
+class Refused(IamportError):
+    """A business refusal (200 with code != 0, or a 4xx): the request did not apply."""
+
+    outcome = "refused"
+
+
+class NotFound(IamportError):
+    """iamport does not know the payment."""
+
+    outcome = "not_found"
+
+
+class Unavailable(IamportError):
+    """iamport answered with a 5xx or a body we cannot read: a mutating call may have applied."""
+
+    outcome = "unavailable"
+
+
+class OutcomeUnknown(IamportError):
+    """Timeout or connection lost after the request may have been sent: look up before acting."""
+
+    outcome = "timeout"

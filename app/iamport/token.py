@@ -1,0 +1,193 @@
+"""One iamport access token per account, shared by every thread and process through Redis.
+
+The common path reads an in-process cache and touches neither Redis nor iamport. When the
+token nears its expiry (or a call got a 401 with it), one thread per process goes to Redis, and
+one process at a time holds the refresh lock and calls getToken; the others poll Redis briefly
+for the token it stores. If Redis is unreachable we fall back to this process alone: iamport
+hands out the same token to everyone anyway, so correctness does not depend on the sharing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import secrets
+import threading
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, NamedTuple
+
+import redis
+
+from app.iamport.schemas import TokenResponse
+
+if TYPE_CHECKING:
+    from app.iamport.client import CallObserver
+
+TokenFetch = Callable[["CallObserver | None"], TokenResponse]
+
+# Compare-and-delete: release the lock only if it is still ours.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+# iamport answers with the same token and expiry until under a minute is left; asking again
+# sooner is pointless, so a token that is already inside the refresh margin is re-asked for no
+# more often than this.
+_MIN_REFETCH_SECONDS = 10.0
+# Never use a token closer than this to its expiry.
+_SAFETY_SECONDS = 5.0
+
+
+def key_id(imp_key: str) -> str:
+    """A stable, non-reversible name for an account: never put the key itself in Redis."""
+    return hashlib.sha256(imp_key.encode()).hexdigest()[:24]
+
+
+class _Token(NamedTuple):
+    value: str
+    expires_at: float  # local epoch seconds, corrected for iamport's clock
+    refresh_at: float  # local epoch seconds
+
+    def usable(self, now: float) -> bool:
+        return now < self.expires_at - _SAFETY_SECONDS
+
+    def encode(self) -> str:
+        return f"{self.expires_at!r} {self.refresh_at!r} {self.value}"
+
+    @classmethod
+    def decode(cls, raw: bytes | str | None) -> _Token | None:
+        if raw is None:
+            return None
+        text = raw.decode() if isinstance(raw, bytes) else raw
+        try:
+            expires, refresh, value = text.split(" ", 2)
+            return cls(value, float(expires), float(refresh))
+        except ValueError:
+            return None
+
+    def __repr__(self) -> str:
+        return f"_Token(value='***', expires_at={self.expires_at}, refresh_at={self.refresh_at})"
+
+
+class TokenProvider:
+    """Hands out the shared token; `invalidate(stale)` replaces a token iamport refused."""
+
+    def __init__(
+        self,
+        redis_client: redis.Redis | None,
+        fetch: TokenFetch,
+        key_id: str,
+        refresh_margin: float = 120,
+        *,
+        lock_ttl: float = 30.0,
+        wait_timeout: float = 15.0,
+        poll_interval: float = 0.01,
+    ) -> None:
+        self._redis = redis_client
+        self._fetch = fetch
+        self._key = f"iamport:token:{key_id}"
+        self._lock_key = f"iamport:token-lock:{key_id}"
+        self._margin = refresh_margin
+        self._lock_ttl_ms = int(lock_ttl * 1000)
+        self._wait_timeout = wait_timeout
+        self._poll = poll_interval
+        self._local: _Token | None = None
+        self._mutex = threading.Lock()
+        self._release = redis_client.register_script(_RELEASE) if redis_client else None
+
+    def __repr__(self) -> str:
+        return f"TokenProvider(key={self._key!r})"
+
+    def get(self, observer: CallObserver | None = None) -> str:
+        """The current token, refreshed first if it is due."""
+        local = self._local
+        if local is not None and time.time() < local.refresh_at:
+            return local.value
+        with self._mutex:
+            local = self._local
+            now = time.time()
+            if local is not None and now < local.refresh_at:
+                return local.value
+            try:
+                return self._refresh(lambda t: time.time() < t.refresh_at, observer)
+            except Exception:
+                # iamport or Redis failed during a routine refresh: a still-valid token beats
+                # none (the refresh margin exists for exactly this).
+                if local is not None and local.usable(time.time()):
+                    return local.value
+                raise
+
+    def invalidate(self, stale: str, observer: CallObserver | None = None) -> str:
+        """A fresh token to replace `stale`, which iamport refused; one refresh per stale token."""
+        with self._mutex:
+            local = self._local
+            if local is not None and local.value != stale and local.usable(time.time()):
+                return local.value
+            return self._refresh(lambda t: t.value != stale and t.usable(time.time()), observer)
+
+    def _refresh(
+        self,
+        good: Callable[[_Token], bool],
+        observer: CallObserver | None,
+    ) -> str:
+        """Adopt a `good` token from Redis, or become the one process that fetches it."""
+        if self._redis is None:
+            return self._store_local(self._fetch_token(observer))
+        try:
+            shared = _Token.decode(self._redis.get(self._key))
+            if shared is not None and good(shared):
+                self._local = shared
+                return shared.value
+            deadline = time.monotonic() + self._wait_timeout
+            while True:
+                lock = secrets.token_hex(16)
+                if self._redis.set(self._lock_key, lock, nx=True, px=self._lock_ttl_ms):
+                    try:
+                        # Someone may have stored a token between our read and our lock.
+                        shared = _Token.decode(self._redis.get(self._key))
+                        if shared is not None and good(shared):
+                            self._local = shared
+                            return shared.value
+                        token = self._fetch_token(observer)
+                        self._local = token
+                        ttl_ms = int((token.expires_at - time.time()) * 1000)
+                        if ttl_ms > 0:
+                            with contextlib.suppress(redis.RedisError):
+                                self._redis.set(self._key, token.encode(), px=ttl_ms)
+                        return token.value
+                    finally:
+                        assert self._release is not None
+                        with contextlib.suppress(redis.RedisError):
+                            self._release(keys=[self._lock_key], args=[lock])
+                # Another process is fetching: wait for what it stores.
+                while time.monotonic() < deadline:
+                    time.sleep(self._poll)
+                    shared = _Token.decode(self._redis.get(self._key))
+                    if shared is not None and good(shared):
+                        self._local = shared
+                        return shared.value
+                    if not self._redis.exists(self._lock_key):
+                        break  # the holder gave up or died: try to take the lock ourselves
+                else:
+                    # Bounded wait is over: fetch for ourselves (iamport returns the same token).
+                    return self._store_local(self._fetch_token(observer))
+        except redis.RedisError:
+            return self._store_local(self._fetch_token(observer))
+
+    def _store_local(self, token: _Token) -> str:
+        self._local = token
+        return token.value
+
+    def _fetch_token(self, observer: CallObserver | None) -> _Token:
+        answer = self._fetch(observer)
+        now = time.time()
+        # Correct for clock skew: iamport's "now" and "expired_at" share iamport's clock.
+        expires_at = now + (answer.expired_at - answer.now)
+        refresh_at = expires_at - self._margin
+        if refresh_at < now + _MIN_REFETCH_SECONDS:
+            refresh_at = min(now + _MIN_REFETCH_SECONDS, expires_at - _SAFETY_SECONDS)
+        return _Token(answer.access_token, expires_at, refresh_at)

@@ -1,0 +1,338 @@
+"""The sandbox's HTTP edge: iamport's routes and the `/__control` API over one `Sandbox`.
+
+Lean on purpose (it must serve hundreds of calls per second with injected latency on little
+CPU): plain Starlette routes, asyncio sleeps for latency, no per-request logging. A call that
+hangs (a timeout fault) watches for the client's disconnect, so a client that gave up stops
+counting as in flight at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive
+
+from app.sandbox.state import HTML_ERROR, UNAUTHORIZED, CallEntry, Decision, Sandbox, envelope
+
+CLIENT_CLOSED = 499  # logged status of a call whose client went away before the answer
+CONFIRM_TIMEOUT = 5.0
+
+Action = Callable[[], Awaitable[tuple[int, Any, bool | None]]]
+
+
+def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _bearer(request: Request) -> str | None:
+    """The token from `Authorization: Bearer T`, a bare `Authorization: T`, or X-ImpTokenHeader."""
+    auth = request.headers.get("authorization")
+    if auth:
+        auth = auth.strip()
+        return auth[7:].strip() if auth[:7].lower() == "bearer " else auth
+    return request.headers.get("x-imptokenheader")
+
+
+async def _fields(request: Request) -> dict[str, Any]:
+    """A JSON object or form-encoded body as a dict ({} when neither)."""
+    raw = await request.body()
+    if not raw:
+        return {}
+    if "json" in request.headers.get("content-type", ""):
+        try:
+            body = json.loads(raw)
+        except ValueError:
+            return {}
+        return body if isinstance(body, dict) else {}
+    return dict(parse_qsl(raw.decode("utf-8", "replace")))
+
+
+async def _wait_disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _pause(request: Request, seconds: float, watch: bool) -> bool:
+    """Sleep `seconds`; False if the client disconnected first (only noticed when `watch`)."""
+    if seconds <= 0:
+        return True
+    if not watch:
+        await asyncio.sleep(seconds)
+        return True
+    waiter = asyncio.ensure_future(_wait_disconnect(request.receive))
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=seconds)
+        return not done
+    finally:
+        waiter.cancel()
+
+
+def create_app(sandbox: Sandbox) -> Starlette:
+    """The ASGI app serving `sandbox`."""
+    background: set[asyncio.Task[None]] = set()
+    outbound: dict[str, httpx.AsyncClient] = {}
+
+    def client() -> httpx.AsyncClient:
+        if "c" not in outbound:
+            outbound["c"] = httpx.AsyncClient(timeout=CONFIRM_TIMEOUT)
+        return outbound["c"]
+
+    async def serve(
+        request: Request, call: str, imp_uid: str | None, action: Action, auth: bool = True
+    ) -> Response:
+        """One iamport call: log it, inject its faults, check the token, act, answer."""
+        entry = sandbox.begin_call(call, imp_uid)
+        decision = sandbox.decide(call)
+        watch = call == "cancel"
+        applied: bool | None = False if watch else None
+        if not await _pause(request, decision.latency, watch):
+            return gone(entry, applied, decision.fault)
+        if decision.fault == "429":
+            retry = decision_retry_after()
+            return done(
+                entry,
+                429,
+                envelope(None, -1, "Too Many Requests"),
+                applied,
+                "429",
+                {"Retry-After": retry},
+            )
+        if decision.fault == "error":
+            return error(entry, decision, applied)
+        if auth and not sandbox.authorized(_bearer(request)):
+            return done(entry, 401, UNAUTHORIZED, applied, None)
+        if decision.fault == "timeout_before":
+            if not await _pause(request, sandbox.faults.hang_seconds, watch):
+                return gone(entry, False, decision.fault)
+            html = HTML_ERROR.format(status="504 Gateway Time-out")
+            sandbox.end_call(entry, 504, False, decision.fault)
+            return Response(html, status_code=504, media_type="text/html")
+        status, body, applied = await action()
+        if decision.fault == "timeout_after" and not await _pause(
+            request, sandbox.faults.hang_seconds, watch
+        ):
+            return gone(entry, applied, decision.fault)
+        return done(entry, status, body, applied, decision.fault)
+
+    def decision_retry_after() -> str:
+        return repr(sandbox.faults.retry_after).removesuffix(".0")
+
+    def done(
+        entry: CallEntry,
+        status: int,
+        body: Any,
+        applied: bool | None,
+        fault: str | None,
+        headers: dict[str, str] | None = None,
+    ) -> Response:
+        sandbox.end_call(entry, status, applied, fault)
+        return _json(status, body, headers)
+
+    def gone(entry: CallEntry, applied: bool | None, fault: str | None) -> Response:
+        sandbox.end_call(entry, CLIENT_CLOSED, applied, fault)
+        return Response(status_code=CLIENT_CLOSED)
+
+    def error(entry: CallEntry, decision: Decision, applied: bool | None) -> Response:
+        sandbox.end_call(entry, decision.status, applied, "error")
+        if decision.html:
+            page = HTML_ERROR.format(status=decision.status)
+            return Response(page, status_code=decision.status, media_type="text/html")
+        return _json(decision.status, envelope(None, -1, "Internal Server Error"))
+
+    # -- iamport ---------------------------------------------------------------------------
+
+    async def get_token(request: Request) -> Response:
+        async def action() -> tuple[int, Any, bool | None]:
+            fields = await _fields(request)
+            status, body = sandbox.get_token(fields.get("imp_key"), fields.get("imp_secret"))
+            return status, body, None
+
+        return await serve(request, "token", None, action, auth=False)
+
+    async def get_payment(request: Request) -> Response:
+        imp_uid = request.path_params["imp_uid"]
+
+        async def action() -> tuple[int, Any, bool | None]:
+            status, body = sandbox.lookup(imp_uid)
+            return status, body, None
+
+        return await serve(request, "lookup", imp_uid, action)
+
+    async def cancel_cvs(request: Request) -> Response:
+        imp_uid = request.path_params["imp_uid"]
+
+        async def action() -> tuple[int, Any, bool | None]:
+            return sandbox.cancel(imp_uid)
+
+        return await serve(request, "cancel", imp_uid, action)
+
+    async def issue_cvs(request: Request) -> Response:
+        async def action() -> tuple[int, Any, bool | None]:
+            status, body = sandbox.issue(await _fields(request))
+            return status, body, None
+
+        return await serve(request, "issue", None, action)
+
+    # -- control ---------------------------------------------------------------------------
+
+    async def create_payments(request: Request) -> Response:
+        body = await _fields(request)
+        specs = body.get("payments")
+        if not isinstance(specs, list):
+            return _json(400, {"error": 'expected {"payments": [...]}'})
+        try:
+            created = sandbox.add_payments(specs)
+        except ValueError as exc:
+            return _json(400, {"error": str(exc)})
+        return _json(200, {"payments": [p.truth() for p in created]})
+
+    async def payment_truth(request: Request) -> Response:
+        payment = sandbox.payments.get(request.path_params["imp_uid"])
+        if payment is None:
+            return _json(404, {"error": "unknown imp_uid"})
+        return _json(200, payment.truth())
+
+    async def pay(request: Request) -> Response:
+        imp_uid = request.path_params["imp_uid"]
+        payment = sandbox.payments.get(imp_uid)
+        if payment is None:
+            return _json(404, {"error": "unknown imp_uid"})
+        if payment.status != "ready":
+            return _json(200, {"allowed": False, "status": payment.status, "confirm_status": None})
+        pay_type = (await _fields(request)).get("pay_type", "cash")
+        confirm_status: int | None = None
+        allowed = True
+        if payment.confirm_url:
+            try:
+                answer = await client().post(
+                    payment.confirm_url, json=sandbox.confirm_body(payment, str(pay_type))
+                )
+                confirm_status = answer.status_code
+                allowed = confirm_status == 200
+            except httpx.HTTPError:
+                allowed = False
+        # The barcode may have been cancelled while confirm_url was thinking.
+        allowed = allowed and sandbox.mark_paid(imp_uid)
+        if allowed:
+            notify(payment.notice_url, imp_uid, payment.merchant_uid, "paid")
+        body = {"allowed": allowed, "status": payment.status, "confirm_status": confirm_status}
+        return _json(200, body)
+
+    def notify(url: str | None, imp_uid: str, merchant_uid: str, status: str) -> None:
+        """POST iamport's notification to `url`, fire and forget."""
+        if not url:
+            return
+
+        async def send() -> None:
+            with contextlib.suppress(httpx.HTTPError):
+                body = {"imp_uid": imp_uid, "merchant_uid": merchant_uid, "status": status}
+                await client().post(url, json=body)
+
+        task = asyncio.ensure_future(send())
+        background.add(task)
+        task.add_done_callback(background.discard)
+
+    async def set_status(request: Request) -> Response:
+        imp_uid = request.path_params["imp_uid"]
+        status = (await _fields(request)).get("status")
+        try:
+            payment = sandbox.set_status(imp_uid, str(status))
+        except KeyError:
+            return _json(404, {"error": "unknown imp_uid"})
+        except ValueError as exc:
+            return _json(400, {"error": str(exc)})
+        notify(payment.notice_url, imp_uid, payment.merchant_uid, payment.status)
+        return _json(200, payment.truth())
+
+    async def faults(request: Request) -> Response:
+        if request.method == "DELETE":
+            return _json(200, sandbox.clear_faults().as_dict())
+        if request.method == "POST":
+            try:
+                sandbox.set_faults(await _fields(request))
+            except ValueError as exc:
+                return _json(400, {"error": str(exc)})
+        return _json(200, sandbox.faults.as_dict())
+
+    async def expire_tokens(request: Request) -> Response:
+        sandbox.expire_tokens()
+        return _json(200, {"expired": True})
+
+    async def calls(request: Request) -> Response:
+        try:
+            since = int(request.query_params.get("since", "0"))
+        except ValueError:
+            return _json(400, {"error": "since must be an integer"})
+        return _json(200, sandbox.calls_since(since))
+
+    async def stats(request: Request) -> Response:
+        return _json(200, sandbox.stats())
+
+    async def reset(request: Request) -> Response:
+        sandbox.reset()
+        return _json(200, {"reset": True})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        if "c" in outbound:
+            await outbound.pop("c").aclose()
+
+    routes = [
+        Route("/users/getToken", get_token, methods=["POST"]),
+        Route("/payments/{imp_uid}", get_payment, methods=["GET"]),
+        Route("/cvs/{imp_uid}", cancel_cvs, methods=["DELETE"]),
+        Route("/cvs", issue_cvs, methods=["POST"]),
+        Route("/__control/payments", create_payments, methods=["POST"]),
+        Route("/__control/payments/{imp_uid}", payment_truth, methods=["GET"]),
+        Route("/__control/payments/{imp_uid}/pay", pay, methods=["POST"]),
+        Route("/__control/payments/{imp_uid}/status", set_status, methods=["POST"]),
+        Route("/__control/faults", faults, methods=["GET", "POST", "DELETE"]),
+        Route("/__control/tokens/expire", expire_tokens, methods=["POST"]),
+        Route("/__control/calls", calls, methods=["GET"]),
+        Route("/__control/stats", stats, methods=["GET"]),
+        Route("/__control/reset", reset, methods=["POST"]),
+    ]
+    app = Starlette(routes=routes, lifespan=lifespan)
+    app.state.sandbox = sandbox
+    return app
+
+
+def run(
+    host: str = "127.0.0.1",
+    port: int = 8090,
+    imp_key: str = "sandbox_key",
+    imp_secret: str = "sandbox_secret",  # noqa: S107 - the sandbox's well-known default
+    token_ttl: float = 1800,
+    seed: int = 0,
+    refusal_style: str = "mixed",
+) -> None:
+    """Serve a fresh sandbox until interrupted (what `stockout sandbox` runs)."""
+    import uvicorn
+
+    sandbox = Sandbox(
+        imp_key=imp_key,
+        imp_secret=imp_secret,
+        token_ttl=token_ttl,
+        seed=seed,
+        refusal_style=refusal_style,
+    )
+    uvicorn.run(
+        create_app(sandbox),
+        host=host,
+        port=port,
+        access_log=False,
+        log_level="warning",
+        backlog=4096,
+        timeout_keep_alive=30,
+    )
