@@ -90,3 +90,21 @@ def service_env(
 
 def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+
+
+@pytest.fixture
+def api(service_env: dict[str, str]) -> Iterator[object]:
+    """The FastAPI app in process, on the test Postgres and Redis."""
+    from fastapi.testclient import TestClient
+
+    from app.main import create_app
+
+    with TestClient(create_app(), raise_server_exceptions=False) as client:
+        yield client
+
+
+@pytest.fixture
+def key(service_env: dict[str, str]) -> str:
+    from tests.support.factories import api_key
+
+    return api_key()

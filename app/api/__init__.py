@@ -1,0 +1,1 @@
+"""HTTP routers; app/main.py wires them."""

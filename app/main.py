@@ -1,0 +1,30 @@
+"""The FastAPI application: `uvicorn app.main:app`."""
+
+from __future__ import annotations
+
+from fastapi import FastAPI
+
+from app.api import events, health, jobs
+from app.api.limits import BodyLimit
+from app.config import get_settings
+from app.errors import install_handlers
+from app.logs import configure
+
+
+def create_app() -> FastAPI:
+    """Wire routers, error handlers and the body limit."""
+    settings = get_settings()
+    configure(settings.log_level, settings.log_json)
+    app = FastAPI(
+        title="stockout-cancel",
+        version="0.1.0",
+        description="Cancels convenience-store payment barcodes at iamport for orders that cannot be shipped.",
+    )
+    install_handlers(app)
+    for router in (events.router, jobs.router, health.router):
+        app.include_router(router)
+    app.add_middleware(BodyLimit)
+    return app
+
+
+app = create_app()

@@ -1,0 +1,138 @@
+"""The API's request and response shapes (CONTRACT section 4)."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+
+JobStatus = Literal["queued", "running", "retry_wait", "cancelled", "needs_refund", "failed"]
+NON_TERMINAL: frozenset[str] = frozenset({"queued", "running", "retry_wait"})
+TERMINAL: frozenset[str] = frozenset({"cancelled", "needs_refund", "failed"})
+
+
+def _printable(value: str) -> str:
+    # Postgres text cannot hold NUL, and control characters in an operator's view are a trap.
+    if any(ord(c) < 32 and c not in "\t" for c in value):
+        raise ValueError("control characters are not allowed")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_printable)]
+EventId = Annotated[str, StringConstraints(min_length=1, max_length=128, pattern=r"^[A-Za-z0-9._:\-]+$")]
+ImpUid = Annotated[str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")]
+
+
+class PaymentRef(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    imp_uid: ImpUid
+    merchant_uid: Annotated[Text, StringConstraints(max_length=128)] | None = None
+
+
+class EventCreate(BaseModel):
+    """An out-of-stock event: these payments' barcodes must be cancelled."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    event_id: EventId
+    sku: Annotated[Text, StringConstraints(min_length=1, max_length=128)]
+    reason: Annotated[Text, StringConstraints(min_length=1, max_length=256)] = "out of stock"
+    occurred_at: AwareDatetime | None = None
+    payments: Annotated[list[PaymentRef], Field(min_length=1, max_length=1000)]
+
+    def unique_payments(self) -> list[PaymentRef]:
+        """The payments in order, each imp_uid once (the first mention wins)."""
+        seen: dict[str, PaymentRef] = {}
+        for p in self.payments:
+            seen.setdefault(p.imp_uid, p)
+        return list(seen.values())
+
+
+class Cancellation(BaseModel):
+    pg_tid: str | None
+    amount: float
+    cancelled_at: datetime | None
+    reason: str | None
+    receipt_url: str | None
+    cancelled_by: Literal["service", "upstream"]
+
+
+class UpstreamError(BaseModel):
+    http_status: int | None
+    code: int | None
+    message: str | None
+
+
+class JobPublic(BaseModel):
+    id: uuid.UUID
+    imp_uid: str
+    merchant_uid: str | None
+    status: JobStatus
+    attempts: int
+    next_attempt_at: datetime | None
+    payment_status: str | None
+    cancellation: Cancellation | None
+    error: UpstreamError | None
+    event_ids: list[str]
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class EventPublic(BaseModel):
+    event_id: str
+    sku: str
+    reason: str
+    occurred_at: datetime | None
+    received_at: datetime
+    jobs: list[JobPublic]
+
+
+class JobPage(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None
+
+
+class AttemptPublic(BaseModel):
+    n: int
+    call: Literal["cancel", "lookup", "token"]
+    started_at: datetime
+    duration_ms: int | None
+    http_status: int | None
+    code: int | None
+    message: str | None
+    outcome: str | None
+
+
+class AttemptList(BaseModel):
+    items: list[AttemptPublic]
+
+
+class Stats(BaseModel):
+    counts: dict[str, int]
+    oldest_waiting_age_seconds: float | None
+    finished_last_minute: dict[str, int]
+    finished_last_hour: dict[str, int]
+
+
+def job_public(row: Any, event_ids: list[str]) -> JobPublic:
+    """A Job as the API shows it, from a jobs row."""
+    cancellation = row.cancellation if row.status == "cancelled" else None
+    return JobPublic(
+        id=row.id,
+        imp_uid=row.imp_uid,
+        merchant_uid=row.merchant_uid,
+        status=row.status,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at if row.status == "retry_wait" else None,
+        payment_status=row.payment_status,
+        cancellation=Cancellation.model_validate(cancellation) if cancellation else None,
+        error=UpstreamError.model_validate(row.error) if row.error else None,
+        event_ids=event_ids,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at,
+    )

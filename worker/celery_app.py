@@ -1,0 +1,51 @@
+"""The Celery app, configured for a money path. Each choice says why."""
+
+from __future__ import annotations
+
+from celery import Celery
+
+from app.config import get_settings
+from app.dispatch import QUEUE, SWEEP_TASK, broker_options
+
+settings = get_settings()
+
+app = Celery("stockout", broker=settings.redis_url, include=["worker.tasks"])
+app.conf.update(
+    task_default_queue=QUEUE,
+    # Ack after the task ran, and requeue a task whose worker died: a lost message costs only
+    # a duplicate, which the lease in Postgres turns away.
+    task_acks_late=True,
+    task_reject_on_worker_lost=True,
+    # One message in hand per thread: nothing waits in a busy worker's buffer while another idles.
+    worker_prefetch_multiplier=1,
+    # No results are read, so none are stored (no backend growth).
+    task_ignore_result=True,
+    task_store_errors_even_if_ignored=False,
+    # Many upstream calls in flight per node at low CPU: threads, not processes. A job spends
+    # almost all its time waiting on iamport (50 ms and more) and the CPU work per job is
+    # small, so 32 threads keep 32 calls in flight in one process.
+    worker_pool="threads",
+    worker_concurrency=32,
+    broker_transport_options=broker_options(),
+    broker_connection_retry_on_startup=True,
+    broker_connection_max_retries=None,
+    # When the broker connection drops, unacked messages go back to Redis; stop the tasks that
+    # hold them rather than let them finish and ack on a dead channel. The lease makes a rerun safe.
+    worker_cancel_long_running_tasks_on_connection_loss=True,
+    # Soft shutdown: on SIGTERM, running tasks get this long to finish their current job.
+    worker_soft_shutdown_timeout=10.0,
+    worker_enable_soft_shutdown_on_idle=True,
+    # Retries are scheduled in Postgres (next_attempt_at), never as ETA/countdown messages:
+    # Redis redelivers those after the visibility timeout and they would run twice.
+    worker_hijack_root_logger=False,
+    worker_send_task_events=False,
+    task_send_sent_event=False,
+    beat_schedule={
+        "sweep": {
+            "task": SWEEP_TASK,
+            "schedule": settings.sweep_interval_seconds,
+            # A sweep stuck behind a backlog is useless once the next one is due.
+            "options": {"queue": QUEUE, "expires": settings.sweep_interval_seconds * 2},
+        }
+    },
+)

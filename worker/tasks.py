@@ -1,0 +1,98 @@
+"""The tasks: thin wrappers that claim jobs and hand each to the runner."""
+
+from __future__ import annotations
+
+import random
+import threading
+import uuid
+
+import structlog
+from celery.signals import worker_process_init, worker_process_shutdown
+
+from app.config import get_settings
+from app.dispatch import CANCEL_TASK, SWEEP_TASK, publish_jobs
+from app.iamport.client import IamportClient
+from app.logs import configure
+from app.redis_conn import get_redis
+from worker import store
+from worker.celery_app import app
+from worker.runner import run_job
+
+log = structlog.get_logger("worker")
+_client: IamportClient | None = None
+_client_lock = threading.Lock()
+_rng = threading.local()
+SWEEP_MAX_ROUNDS = 20
+
+
+def client() -> IamportClient:
+    """One iamport client (one httpx pool) per process."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = IamportClient.from_settings(get_settings(), get_redis())
+        return _client
+
+
+def rng() -> random.Random:
+    r = getattr(_rng, "r", None)
+    if r is None:
+        r = _rng.r = random.Random()  # noqa: S311 (jitter, not secrets)
+    return r
+
+
+@worker_process_init.connect
+def _init_process(**_: object) -> None:
+    settings = get_settings()
+    configure(settings.log_level, settings.log_json)
+
+
+@worker_process_shutdown.connect
+def _close(**_: object) -> None:
+    store.close_pool()
+
+
+def _parse(ids: list[str]) -> list[uuid.UUID]:
+    out = []
+    for i in ids:
+        try:
+            out.append(uuid.UUID(str(i)))
+        except ValueError:
+            log.warning("bad_job_id_in_message")
+    return out
+
+
+@app.task(name=CANCEL_TASK)
+def cancel_jobs(job_ids: list[str]) -> int:
+    """Claim what is ready among `job_ids` and run each; returns how many were run."""
+    settings = get_settings()
+    ids = _parse(job_ids)
+    if not ids:
+        return 0
+    with store.pool().connection() as conn:
+        claimed = store.claim(conn, ids, settings.lease_seconds)
+        for job in claimed:
+            structlog.contextvars.bind_contextvars(job_id=str(job.id), imp_uid=job.imp_uid)
+            try:
+                run_job(conn, client(), job, settings, rng())
+            finally:
+                structlog.contextvars.clear_contextvars()
+    return len(claimed)
+
+
+@app.task(name=SWEEP_TASK)
+def sweep() -> int:
+    """Publish due retry_wait jobs, queued jobs whose message was lost, and expired leases."""
+    settings = get_settings()
+    total = 0
+    with store.pool().connection() as conn:
+        for _ in range(SWEEP_MAX_ROUNDS):
+            ids = store.take_due(conn, settings.sweep_batch_size, settings.dispatch_grace_seconds)
+            if ids:
+                publish_jobs(ids, celery=app)
+            total += len(ids)
+            if len(ids) < settings.sweep_batch_size:
+                break
+    if total:
+        log.info("sweep_dispatched", jobs=total)
+    return total
