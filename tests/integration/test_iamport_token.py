@@ -1,0 +1,210 @@
+"""The shared iamport token against real Redis and a real sandbox: one getToken, not a stampede."""
+
+from __future__ import annotations
+
+import multiprocessing
+import threading
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from app.iamport import IamportClient, TokenProvider, TokenResponse
+from app.iamport.token import key_id
+from app.sandbox.control import SandboxControl
+from tests.support.sandbox import IMP_KEY, IMP_SECRET, running_sandbox
+
+PROCESSES = 4
+THREADS = 16
+
+
+@pytest.fixture(scope="module")
+def sandbox_url() -> Iterator[str]:
+    with running_sandbox() as url:
+        yield url
+
+
+@pytest.fixture
+def control(sandbox_url: str) -> Iterator[SandboxControl]:
+    with SandboxControl(sandbox_url) as control:
+        control.reset()
+        yield control
+
+
+def _lookups(client: IamportClient, imp_uid: str, barrier: threading.Barrier) -> list[str]:
+    """THREADS threads look the payment up at once; returns the errors they hit."""
+    errors: list[str] = []
+
+    def one() -> None:
+        barrier.wait()
+        try:
+            assert client.get_payment(imp_uid).imp_uid == imp_uid
+        except Exception as exc:  # reported to the parent
+            errors.append(repr(exc))
+
+    threads = [threading.Thread(target=one) for _ in range(THREADS)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return errors
+
+
+def token_worker(base_url: str, redis_url: str, imp_uid: str, phases: Any, results: Any) -> None:
+    """One process of the stampede: phase 1 cold start, then (tokens expired) phase 2."""
+    client = IamportClient(
+        base_url=base_url,
+        imp_key=IMP_KEY,
+        imp_secret=IMP_SECRET,
+        timeout=10,
+        limiter=None,
+        redis_client=redis.Redis.from_url(redis_url),
+    )
+    errors: list[str] = []
+    for _ in range(2):
+        phases.wait()  # every process ready (and, before phase 2, tokens expired)
+        errors += _lookups(client, imp_uid, threading.Barrier(THREADS))
+        phases.wait()  # phase done everywhere
+    results.put(errors)
+    client.close()
+
+
+def test_many_threads_in_many_processes_share_one_token(
+    control: SandboxControl, clean_redis: str
+) -> None:
+    imp_uid = control.create_payment()["imp_uid"]
+    ctx = multiprocessing.get_context("spawn")
+    phases = ctx.Barrier(PROCESSES + 1, timeout=60)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(
+            target=token_worker, args=(control.base_url, clean_redis, imp_uid, phases, results)
+        )
+        for _ in range(PROCESSES)
+    ]
+    for p in procs:
+        p.start()
+    try:
+        phases.wait()  # phase 1 starts
+        phases.wait()  # phase 1 done
+        calls = control.calls()
+        assert [c["call"] for c in calls].count("token") == 1
+        assert [c["call"] for c in calls].count("lookup") == PROCESSES * THREADS
+        seen = len(calls)
+        control.expire_tokens()
+        phases.wait()  # phase 2 starts
+        phases.wait()  # phase 2 done
+        errors = [results.get(timeout=30) for _ in procs]
+    finally:
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.kill()
+    assert errors == [[]] * PROCESSES
+    later = control.calls(since=seen)
+    assert [c["call"] for c in later].count("token") == 1
+    lookups = [c for c in later if c["call"] == "lookup"]
+    assert sum(c["status_code"] == 401 for c in lookups) >= PROCESSES  # each process saw 401s
+    assert sum(c["status_code"] == 200 for c in lookups) == PROCESSES * THREADS
+
+
+# -- the provider's rules, with a scripted getToken ----------------------------------------
+
+
+class Fetcher:
+    def __init__(self, lifetime: int = 1800, skew: int = 0, delay: float = 0.0) -> None:
+        self.calls = 0
+        self.lifetime = lifetime
+        self.skew = skew
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def __call__(self, observer: Any = None) -> TokenResponse:
+        with self.lock:
+            self.calls += 1
+            n = self.calls
+        time.sleep(self.delay)
+        now = int(time.time()) + self.skew
+        return TokenResponse(access_token=f"tok{n}", now=now, expired_at=now + self.lifetime)
+
+
+def provider(r: redis.Redis, fetch: Fetcher, **kw: Any) -> TokenProvider:
+    return TokenProvider(r, fetch, key_id(IMP_KEY), **kw)
+
+
+def test_token_is_shared_through_redis_under_a_hashed_key(clean_redis: str) -> None:
+    r = redis.Redis.from_url(clean_redis)
+    fetch = Fetcher()
+    a, b = provider(r, fetch), provider(r, fetch)
+    assert a.get() == "tok1" and b.get() == "tok1" and a.get() == "tok1"
+    assert fetch.calls == 1
+    keys = [k.decode() for k in r.keys("*")]
+    assert keys == [f"iamport:token:{key_id(IMP_KEY)}"] and IMP_KEY not in keys[0]
+    assert 1790 <= r.ttl(keys[0]) <= 1800  # the lock was released, the token expires with iamport's
+
+
+def test_expiry_is_corrected_for_iamport_clock(clean_redis: str) -> None:
+    r = redis.Redis.from_url(clean_redis)
+    fetch = Fetcher(skew=-3600)  # iamport's clock an hour behind ours
+    p = provider(r, fetch)
+    p.get()
+    p.get()
+    assert fetch.calls == 1
+    assert 1790 <= r.ttl(f"iamport:token:{key_id(IMP_KEY)}") <= 1800
+
+
+def test_refresh_inside_margin_is_not_a_storm(clean_redis: str) -> None:
+    r = redis.Redis.from_url(clean_redis)
+    fetch = Fetcher(lifetime=100)  # already inside the 120 s margin when it arrives
+    p = provider(r, fetch)
+    for _ in range(50):
+        assert p.get() == "tok1"
+    assert fetch.calls == 1
+
+
+def test_invalidate_replaces_only_the_stale_token(clean_redis: str) -> None:
+    r = redis.Redis.from_url(clean_redis)
+    fetch = Fetcher()
+    a, b = provider(r, fetch), provider(r, fetch)
+    assert a.get() == b.get() == "tok1"
+    assert a.invalidate("tok1") == "tok2"
+    assert b.invalidate("tok1") == "tok2"  # adopts what a stored: compare-and-refresh
+    assert a.invalidate("tok1") == "tok2"
+    assert fetch.calls == 2
+
+
+def test_waiter_falls_back_when_the_lock_holder_is_gone(clean_redis: str) -> None:
+    r = redis.Redis.from_url(clean_redis)
+    r.set(f"iamport:token-lock:{key_id(IMP_KEY)}", "someone-dead", px=60_000)
+    fetch = Fetcher()
+    started = time.monotonic()
+    assert provider(r, fetch, wait_timeout=0.3).get() == "tok1"
+    assert 0.3 <= time.monotonic() - started < 2 and fetch.calls == 1
+
+
+def test_redis_down_falls_back_to_this_process() -> None:
+    dead = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    fetch = Fetcher()
+    p = provider(dead, fetch)
+    assert p.get() == "tok1" and p.get() == "tok1" and fetch.calls == 1
+
+
+def test_threads_of_one_process_fetch_once(clean_redis: str) -> None:
+    r = redis.Redis.from_url(clean_redis)
+    fetch = Fetcher(delay=0.2)
+    p = provider(r, fetch)
+    barrier = threading.Barrier(32)
+    got: list[str] = []
+
+    def one() -> None:
+        barrier.wait()
+        got.append(p.get())
+
+    threads = [threading.Thread(target=one) for _ in range(32)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert got == ["tok1"] * 32 and fetch.calls == 1
