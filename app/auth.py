@@ -66,13 +66,17 @@ def create_key(session: Session, name: str, scopes: list[str]) -> NewKey:
         ),
         {"n": name, "p": prefix, "h": _hash(secret), "s": sorted(set(scopes))},
     ).one()
-    return NewKey(id=row.id, name=name, scopes=sorted(set(scopes)), key=f"{KEY_PREFIX}_{prefix}_{secret}")
+    return NewKey(
+        id=row.id, name=name, scopes=sorted(set(scopes)), key=f"{KEY_PREFIX}_{prefix}_{secret}"
+    )
 
 
 def list_keys(session: Session) -> list[dict[str, object]]:
     """Every key's public facts (never its hash)."""
     rows = session.execute(
-        text("SELECT id, name, prefix, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at")
+        text(
+            "SELECT id, name, prefix, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at"
+        )
     )
     return [dict(r._mapping) for r in rows]
 
@@ -100,7 +104,9 @@ def authenticate(header: str | None) -> Caller:
     prefix, secret = parts
     with get_engine().connect() as conn:
         row = conn.execute(
-            text("SELECT id, name, secret_hash, scopes, revoked_at FROM api_keys WHERE prefix = :p"),
+            text(
+                "SELECT id, name, secret_hash, scopes, revoked_at FROM api_keys WHERE prefix = :p"
+            ),
             {"p": prefix},
         ).first()
     # Compare even when the prefix is unknown, so timing tells nothing.
@@ -127,4 +133,3 @@ def require(scope: Scope) -> object:
 EventsWriter = Annotated[Caller, require(Scope.EVENTS_WRITE)]
 JobsReader = Annotated[Caller, require(Scope.JOBS_READ)]
 JobsWriter = Annotated[Caller, require(Scope.JOBS_WRITE)]
-

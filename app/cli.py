@@ -14,7 +14,10 @@ from rich.table import Table
 from app.auth import Scope, create_key, list_keys, revoke_key
 from app.db import session_scope
 
-cli = typer.Typer(help="stockout-cancel: cancel CVS barcodes at iamport for orders we cannot ship.", no_args_is_help=True)
+cli = typer.Typer(
+    help="stockout-cancel: cancel CVS barcodes at iamport for orders we cannot ship.",
+    no_args_is_help=True,
+)
 keys = typer.Typer(help="API keys.", no_args_is_help=True)
 cli.add_typer(keys, name="keys")
 err = Console(stderr=True)
@@ -23,12 +26,16 @@ err = Console(stderr=True)
 @keys.command("create")
 def keys_create(
     name: str,
-    scope: Annotated[list[Scope], typer.Option("--scope", help="events:write, jobs:read or jobs:write")],
+    scope: Annotated[
+        list[Scope], typer.Option("--scope", help="events:write, jobs:read or jobs:write")
+    ],
 ) -> None:
     """Create a key; the key alone is the last line printed."""
     with session_scope() as session:
         new = create_key(session, name, [s.value for s in scope])
-    err.print(f"created key {new.id} ({new.name}) with scopes {', '.join(new.scopes)}; it is shown only once")
+    err.print(
+        f"created key {new.id} ({new.name}) with scopes {', '.join(new.scopes)}; it is shown only once"
+    )
     print(new.key)
 
 
@@ -38,8 +45,14 @@ def keys_list() -> None:
     table = Table("id", "name", "prefix", "scopes", "created", "revoked")
     with session_scope() as session:
         for k in list_keys(session):
-            table.add_row(str(k["id"]), str(k["name"]), str(k["prefix"]), ", ".join(k["scopes"]),  # type: ignore[arg-type]
-                          str(k["created_at"]), str(k["revoked_at"] or ""))
+            table.add_row(
+                str(k["id"]),
+                str(k["name"]),
+                str(k["prefix"]),
+                ", ".join(k["scopes"]),  # type: ignore[arg-type]
+                str(k["created_at"]),
+                str(k["revoked_at"] or ""),
+            )
     Console().print(table)
 
 
@@ -57,7 +70,9 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="the key's id or prefix"
 def dev(
     host: str = "127.0.0.1",
     port: int = 8000,
-    data_dir: Annotated[Path, typer.Option(help="where Postgres and Redis keep their data")] = Path(".stockout"),
+    data_dir: Annotated[Path, typer.Option(help="where Postgres and Redis keep their data")] = Path(
+        ".stockout"
+    ),
     concurrency: int = 32,
 ) -> None:
     """Run the whole stack: Postgres, Redis, migrations, API, worker, beat and the sandbox."""
@@ -73,14 +88,16 @@ def sandbox(
     port: int = 8090,
     host: str = "127.0.0.1",
     imp_key: str = "sandbox_key",
-    imp_secret: str = "sandbox_secret",
+    imp_secret: str = "sandbox_secret",  # noqa: S107 (the simulator's own credential)
     token_ttl: int = 1800,
     seed: int = 0,
 ) -> None:
     """Run the iamport simulator."""
     from app.sandbox.server import run
 
-    run(host=host, port=port, imp_key=imp_key, imp_secret=imp_secret, token_ttl=token_ttl, seed=seed)
+    run(
+        host=host, port=port, imp_key=imp_key, imp_secret=imp_secret, token_ttl=token_ttl, seed=seed
+    )
 
 
 def main() -> None:

@@ -72,7 +72,11 @@ class Settings(BaseSettings):
 
     def require_urls(self) -> None:
         """Fail with a clear message when the service is started without its backing stores."""
-        missing = [n for n, v in (("DATABASE_URL", self.database_url), ("REDIS_URL", self.redis_url)) if not v]
+        missing = [
+            n
+            for n, v in (("DATABASE_URL", self.database_url), ("REDIS_URL", self.redis_url))
+            if not v
+        ]
         if missing:
             raise RuntimeError(f"{', '.join(missing)} not set: {EMBEDDED_HINT}")
 

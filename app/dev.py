@@ -27,9 +27,13 @@ class Children:
 
     procs: list[tuple[str, subprocess.Popen[bytes]]] = field(default_factory=list)
 
-    def start(self, name: str, args: list[str], env: dict[str, str], log_dir: Path) -> subprocess.Popen[bytes]:
+    def start(
+        self, name: str, args: list[str], env: dict[str, str], log_dir: Path
+    ) -> subprocess.Popen[bytes]:
         log = (log_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        proc = subprocess.Popen(
+            args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
         self.procs.append((name, proc))
         return proc
 
@@ -71,9 +75,24 @@ def wait_ready(url: str, timeout: float = 60) -> None:
 def create_dev_key(env: dict[str, str]) -> str:
     """A key with every scope, made through the same CLI an operator uses."""
     out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "keys", "create", "dev", "--scope", "events:write",
-         "--scope", "jobs:read", "--scope", "jobs:write"],
-        env=env, check=True, capture_output=True, text=True,
+        [
+            sys.executable,
+            "-m",
+            "app.cli",
+            "keys",
+            "create",
+            "dev",
+            "--scope",
+            "events:write",
+            "--scope",
+            "jobs:read",
+            "--scope",
+            "jobs:write",
+        ],
+        env=env,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return out.strip().splitlines()[-1]
 
@@ -100,34 +119,95 @@ def run_dev(host: str, port: int, data_dir: Path, concurrency: int) -> None:
             dict(os.environ),
             DATABASE_URL=pg.url,
             REDIS_URL=redis_server.url,
-            IAMPORT_WEBHOOK_TOKEN=os.environ.get("IAMPORT_WEBHOOK_TOKEN") or secrets.token_urlsafe(16),
+            IAMPORT_WEBHOOK_TOKEN=os.environ.get("IAMPORT_WEBHOOK_TOKEN")
+            or secrets.token_urlsafe(16),
             LOG_JSON=os.environ.get("LOG_JSON", "true"),
         )
         if not os.environ.get("IAMPORT_IMP_KEY"):
             sandbox_port = free_port()
-            children.start("sandbox", [sys.executable, "-m", "app.cli", "sandbox", "--port", str(sandbox_port)], env, logs)
+            children.start(
+                "sandbox",
+                [sys.executable, "-m", "app.cli", "sandbox", "--port", str(sandbox_port)],
+                env,
+                logs,
+            )
             wait_for_port(sandbox_port)
             env.update(
                 IAMPORT_BASE_URL=f"http://127.0.0.1:{sandbox_port}",
                 IAMPORT_IMP_KEY=SANDBOX_KEY,
                 IAMPORT_IMP_SECRET=SANDBOX_SECRET,
             )
-            console.print(f"  sandbox   {env['IAMPORT_BASE_URL']} (iamport simulator; control API under /__control)")
+            console.print(
+                f"  sandbox   {env['IAMPORT_BASE_URL']} (iamport simulator; control API under /__control)"
+            )
 
-        subprocess.run([sys.executable, "-m", "alembic", "upgrade", "head"], env=env, check=True,
-                       cwd=Path(__file__).resolve().parents[1], capture_output=True)
+        subprocess.run(
+            [sys.executable, "-m", "alembic", "upgrade", "head"],
+            env=env,
+            check=True,
+            cwd=Path(__file__).resolve().parents[1],
+            capture_output=True,
+        )
         key = create_dev_key(env)
         url = f"http://{host}:{port}"
-        children.start("api", [sys.executable, "-m", "uvicorn", "app.main:app", "--host", host, "--port", str(port),
-                               "--no-access-log"], env, logs)
-        children.start("worker", [sys.executable, "-m", "celery", "-A", "worker", "worker", "--loglevel", "INFO",
-                                  "--concurrency", str(concurrency), "-n", "dev-worker@%h"], env, logs)
-        children.start("beat", [sys.executable, "-m", "celery", "-A", "worker", "beat", "--loglevel", "INFO",
-                                "-s", str(data_dir / "celerybeat-schedule")], env, logs)
+        children.start(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:app",
+                "--host",
+                host,
+                "--port",
+                str(port),
+                "--no-access-log",
+            ],
+            env,
+            logs,
+        )
+        children.start(
+            "worker",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "worker",
+                "--loglevel",
+                "INFO",
+                "--concurrency",
+                str(concurrency),
+                "-n",
+                "dev-worker@%h",
+            ],
+            env,
+            logs,
+        )
+        children.start(
+            "beat",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "beat",
+                "--loglevel",
+                "INFO",
+                "-s",
+                str(data_dir / "celerybeat-schedule"),
+            ],
+            env,
+            logs,
+        )
         wait_ready(url)
         console.print(f"\n[bold green]stockout-cancel is up[/] at {url}  (logs in {logs})")
         console.print(f"  API docs  {url}/docs")
-        console.print(f"  webhooks  {url}/v1/iamport/cvs-confirm?token=…  (token in IAMPORT_WEBHOOK_TOKEN)")
+        console.print(
+            f"  webhooks  {url}/v1/iamport/cvs-confirm?token=…  (token in IAMPORT_WEBHOOK_TOKEN)"
+        )
         console.print("  Ctrl-C stops everything.")
         print(f"URL={url}", flush=True)
         print(f"API_KEY={key}", flush=True)

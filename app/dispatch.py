@@ -64,8 +64,11 @@ def publish_jobs(job_ids: Sequence[uuid.UUID | str], celery: Celery | None = Non
         try:
             app.send_task(CANCEL_TASK, args=[batch], queue=QUEUE, retry=False, ignore_result=True)
         except Exception as exc:  # any broker failure: the sweep is the safety net
-            log.warning("publish_failed", jobs=len(ids) - sent * settings.dispatch_batch_size,
-                        error=type(exc).__name__)
+            log.warning(
+                "publish_failed",
+                jobs=len(ids) - sent * settings.dispatch_batch_size,
+                error=type(exc).__name__,
+            )
             return sent
         sent += 1
     return sent

@@ -44,7 +44,9 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise EmbeddedServerError(f"nothing listening on port {port} after {timeout}s") from None
+                raise EmbeddedServerError(
+                    f"nothing listening on port {port} after {timeout}s"
+                ) from None
             time.sleep(0.05)
 
 
@@ -107,7 +109,9 @@ class EmbeddedPostgres:
         cmd = [str(postgres_bin_dir() / tool), *args]
         result = subprocess.run(cmd, user=user, capture_output=True, text=True, timeout=timeout)
         if result.returncode != 0:
-            raise EmbeddedServerError(f"{tool} failed: {result.stderr.strip() or result.stdout.strip()}")
+            raise EmbeddedServerError(
+                f"{tool} failed: {result.stderr.strip() or result.stdout.strip()}"
+            )
 
     def init(self) -> None:
         """Create the cluster if the folder holds none yet."""
@@ -134,7 +138,19 @@ class EmbeddedPostgres:
         if self.fast_unsafe:
             opts += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         log = self.data_dir / "postgres.log"
-        self._pg("pg_ctl", "-D", str(self.data_dir / "pgdata"), "-o", opts, "-l", str(log), "-w", "-t", "60", "start")
+        self._pg(
+            "pg_ctl",
+            "-D",
+            str(self.data_dir / "pgdata"),
+            "-o",
+            opts,
+            "-l",
+            str(log),
+            "-w",
+            "-t",
+            "60",
+            "start",
+        )
         wait_for_port(self.port)
 
     def stop(self, mode: str = "fast") -> None:
@@ -160,9 +176,21 @@ class EmbeddedRedis:
         """Start the server and wait until it accepts connections."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         # No persistence on purpose: a restart loses every message, which our design survives.
-        args = [redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "no", "--dir", str(self.data_dir),
-                "--logfile", str(self.data_dir / "redis.log")]
+        args = [
+            redis_server_binary(),
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.data_dir),
+            "--logfile",
+            str(self.data_dir / "redis.log"),
+        ]
         self.process = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
         wait_for_port(self.port)
 

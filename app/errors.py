@@ -64,7 +64,9 @@ class ServiceUnavailable(ProblemError):
     status, code = 503, "service_unavailable"
 
 
-def problem(status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+def problem(
+    status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
+) -> JSONResponse:
     """An RFC 9457 problem details response."""
     body: dict[str, Any] = {
         "type": "about:blank",
@@ -94,7 +96,13 @@ def _jsonable_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
     # only what a caller needs to fix the request, and never echo the input back.
     out = []
     for err in exc.errors():
-        out.append({"loc": [str(p) for p in err.get("loc", ())], "msg": str(err.get("msg", "")), "type": str(err.get("type", ""))})
+        out.append(
+            {
+                "loc": [str(p) for p in err.get("loc", ())],
+                "msg": str(err.get("msg", "")),
+                "type": str(err.get("type", "")),
+            }
+        )
     return out
 
 
@@ -107,15 +115,21 @@ def install_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestValidationError)
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return problem(422, "validation_error", "the request is not valid", errors=_jsonable_errors(exc))
+        return problem(
+            422, "validation_error", "the request is not valid", errors=_jsonable_errors(exc)
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         if exc.status_code == 400:
             # FastAPI's own 400 is a body it could not decode (bad UTF-8, nesting too deep):
             # for callers that is one more validation error.
-            return problem(422, "validation_error", "the request body could not be parsed",
-                           errors=[{"loc": ["body"], "msg": "unparseable body", "type": "body_unparseable"}])
+            return problem(
+                422,
+                "validation_error",
+                "the request body could not be parsed",
+                errors=[{"loc": ["body"], "msg": "unparseable body", "type": "body_unparseable"}],
+            )
         code = _HTTP_CODES.get(exc.status_code, "http_error")
         detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
         return problem(exc.status_code, code, detail, dict(exc.headers or {}))
@@ -124,7 +138,9 @@ def install_handlers(app: FastAPI) -> None:
     @app.exception_handler(PoolTimeoutError)
     async def _db_down(_: Request, exc: Exception) -> JSONResponse:
         return problem(
-            503, "database_unavailable", "the database is unreachable; try again shortly",
+            503,
+            "database_unavailable",
+            "the database is unreachable; try again shortly",
             {"Retry-After": str(DB_RETRY_AFTER_SECONDS)},
         )
 
@@ -132,6 +148,10 @@ def install_handlers(app: FastAPI) -> None:
     async def _db_error(_: Request, exc: DBAPIError) -> JSONResponse:
         # A dropped connection surfaces as a DBAPIError with connection_invalidated set.
         if exc.connection_invalidated:
-            return problem(503, "database_unavailable", "the database connection was lost; try again",
-                           {"Retry-After": str(DB_RETRY_AFTER_SECONDS)})
+            return problem(
+                503,
+                "database_unavailable",
+                "the database connection was lost; try again",
+                {"Retry-After": str(DB_RETRY_AFTER_SECONDS)},
+            )
         raise exc

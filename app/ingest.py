@@ -44,7 +44,13 @@ def accept_event(session: Session, event: EventCreate, grace_seconds: float) -> 
             "VALUES (:e, :sku, :reason, :occurred, :hash) ON CONFLICT (event_id) DO NOTHING "
             "RETURNING event_id"
         ),
-        {"e": event.event_id, "sku": event.sku, "reason": event.reason, "occurred": event.occurred_at, "hash": digest},
+        {
+            "e": event.event_id,
+            "sku": event.sku,
+            "reason": event.reason,
+            "occurred": event.occurred_at,
+            "hash": digest,
+        },
     ).first()
     if inserted is None:
         known = session.execute(

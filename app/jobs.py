@@ -8,7 +8,8 @@ never reads iamport's message text: refusals are settled by a lookup of the paym
 from __future__ import annotations
 
 import random
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
 from typing import Any, Literal
 
@@ -59,6 +60,7 @@ class Result:
     cancellation: dict[str, Any] | None = None  # the payment's last cancel_history entry
     retry_after: float | None = None
     error: dict[str, Any] | None = None  # {"http_status", "code", "message"} of a failure
+    sent: bool = True  # False when nothing left our side (our own rate limiter, Redis down)
 
 
 @dataclass(frozen=True)
@@ -97,10 +99,20 @@ def _cancelled(result: Result, by: CancelledBy) -> Decision:
     return Decision(status="cancelled", payment_status="cancelled", cancellation=record)
 
 
-def _retry(delay: float, *, uncertain: bool, error: dict[str, Any] | None,
-           payment_status: str | None = None) -> Decision:
-    return Decision(status="retry_wait", delay=delay, uncertain=uncertain, error=error,
-                    payment_status=payment_status)
+def _retry(
+    delay: float,
+    *,
+    uncertain: bool,
+    error: dict[str, Any] | None,
+    payment_status: str | None = None,
+) -> Decision:
+    return Decision(
+        status="retry_wait",
+        delay=delay,
+        uncertain=uncertain,
+        error=error,
+        payment_status=payment_status,
+    )
 
 
 def exhausted_error(error: dict[str, Any] | None, max_attempts: int) -> dict[str, Any]:
@@ -111,8 +123,16 @@ def exhausted_error(error: dict[str, Any] | None, max_attempts: int) -> dict[str
     return base
 
 
-def decide(step: Step, result: Result, state: JobState, policy: Policy, rng: random.Random,
-           *, after_refusal: bool = False, last_error: dict[str, Any] | None = None) -> Decision:
+def decide(
+    step: Step,
+    result: Result,
+    state: JobState,
+    policy: Policy,
+    rng: random.Random,
+    *,
+    after_refusal: bool = False,
+    last_error: dict[str, Any] | None = None,
+) -> Decision:
     """What to do after `step` answered `result`.
 
     `state` is as it stands after the call (a cancel call has been counted and marked
@@ -134,9 +154,9 @@ def decide(step: Step, result: Result, state: JobState, policy: Policy, rng: ran
         if result.kind is Kind.UNKNOWN:
             delay = max(policy.backoff(state.attempts, rng), policy.unknown_floor_seconds)
             return _retry(delay, uncertain=True, error=result.error)
-        # UNAUTHORIZED: the call was not applied.
+        # UNAUTHORIZED: the call was not applied. Out of attempts, a lookup says how it ends.
         if state.attempts >= policy.max_attempts:
-            return Decision(status="failed", error=exhausted_error(result.error, policy.max_attempts))
+            return Decision(next_step=Step.LOOKUP, error=result.error, uncertain=False)
         return _retry(policy.backoff(state.attempts, rng), uncertain=False, error=result.error)
 
     # Step.LOOKUP
@@ -154,15 +174,91 @@ def decide(step: Step, result: Result, state: JobState, policy: Policy, rng: ran
     if status == "paid":
         return Decision(status="needs_refund", payment_status="paid", error=error)
     if status == "failed":
-        return Decision(status="failed", payment_status="failed", error=error or {
-            "http_status": None, "code": None, "message": "the payment failed at iamport"})
+        return Decision(
+            status="failed",
+            payment_status="failed",
+            error=error
+            or {"http_status": None, "code": None, "message": "the payment failed at iamport"},
+        )
     if status != "ready":
         # A status iamport does not document: do not guess, look again later.
-        return _retry(policy.backoff(max(1, state.attempts), rng), uncertain=state.uncertain,
-                      error=error, payment_status=status)
+        return _retry(
+            policy.backoff(max(1, state.attempts), rng),
+            uncertain=state.uncertain,
+            error=error,
+            payment_status=status,
+        )
     # ready: our earlier cancel did not apply, or iamport refused for a reason we cannot see.
     if state.attempts >= policy.max_attempts:
-        return Decision(status="failed", payment_status="ready", error=exhausted_error(error, policy.max_attempts))
+        return Decision(
+            status="failed",
+            payment_status="ready",
+            error=exhausted_error(error, policy.max_attempts),
+        )
     if after_refusal:
-        return _retry(policy.backoff(state.attempts, rng), uncertain=False, error=error, payment_status="ready")
+        return _retry(
+            policy.backoff(state.attempts, rng),
+            uncertain=False,
+            error=error,
+            payment_status="ready",
+        )
     return Decision(next_step=Step.CANCEL, payment_status="ready", error=error)
+
+
+MAX_STEPS = 4  # cancel -> lookup, or lookup -> cancel -> lookup: a run never needs more
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one run decided, and the job's cancel-attempt count after it."""
+
+    decision: Decision
+    attempts: int
+
+
+def counts_as_attempt(step: Step, result: Result) -> bool:
+    """A cancel call that left our side and was not answered 429 is an attempt."""
+    return step is Step.CANCEL and result.sent and result.kind is not Kind.RATE_LIMITED
+
+
+def drive(
+    state: JobState,
+    call: Callable[[Step], Result],
+    policy: Policy,
+    rng: random.Random,
+    last_error: dict[str, Any] | None = None,
+) -> Run:
+    """One run of a job: call, decide, and go on until a status is decided.
+
+    `call` makes one upstream call; it is the only I/O, so this loop is tested with a
+    simulated iamport as well as with the real one.
+    """
+    step = first_step(state)
+    attempts, uncertain = state.attempts, state.uncertain
+    after_refusal = False
+    payment_status: str | None = None
+    for _ in range(MAX_STEPS):
+        if step is Step.CANCEL and attempts >= policy.max_attempts:
+            # Out of attempts: only a lookup may say how the job ends (it may have been
+            # cancelled or paid meanwhile); "ready" then fails it.
+            step, after_refusal = Step.LOOKUP, True
+        result = call(step)
+        if counts_as_attempt(step, result):
+            attempts += 1
+        decision = decide(
+            step,
+            result,
+            JobState(attempts, uncertain),
+            policy,
+            rng,
+            after_refusal=after_refusal,
+            last_error=last_error,
+        )
+        payment_status = decision.payment_status or payment_status
+        if decision.next_step is None:
+            return Run(replace(decision, payment_status=payment_status), attempts)
+        after_refusal = step is Step.CANCEL
+        uncertain = decision.uncertain
+        last_error = decision.error or last_error
+        step = decision.next_step
+    raise AssertionError("a run took more steps than the decision table allows")

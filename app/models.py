@@ -72,7 +72,9 @@ class Job(SQLModel, table=True):
     )
 
     id: uuid.UUID = Field(
-        sa_column=Column(UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()"))
+        sa_column=Column(
+            UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+        )
     )
     imp_uid: str = Field(max_length=64, unique=True)
     merchant_uid: str | None = Field(default=None, max_length=128, index=True)
@@ -86,14 +88,18 @@ class Job(SQLModel, table=True):
     # When a sweep should (re)publish this job if nothing else has: the dispatch grace for
     # queued jobs, next_attempt_at for retry_wait, the lease's end for running.
     due_at: datetime | None = _ts(nullable=True)
-    lease_token: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True), nullable=True))
+    lease_token: uuid.UUID | None = Field(
+        default=None, sa_column=Column(UUID(as_uuid=True), nullable=True)
+    )
     lease_until: datetime | None = _ts(nullable=True)
     # A cancel call was sent whose outcome we do not know: look the payment up before any other.
     uncertain: bool = Field(
         default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
     )
     payment_status: str | None = Field(default=None, max_length=16)
-    cancellation: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
+    cancellation: dict[str, Any] | None = Field(
+        default=None, sa_column=Column(JSONB, nullable=True)
+    )
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
     created_at: datetime = _ts(server_default=text("now()"))
     updated_at: datetime = _ts(server_default=text("now()"))
@@ -137,7 +143,9 @@ class ApiKey(SQLModel, table=True):
     __tablename__ = "api_keys"
 
     id: uuid.UUID = Field(
-        sa_column=Column(UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()"))
+        sa_column=Column(
+            UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+        )
     )
     name: str = Field(max_length=128)
     prefix: str = Field(max_length=16, unique=True)

@@ -26,7 +26,9 @@ def _public(rows: Sequence[Any]) -> list[JobPublic]:
     return [job_public(r, list(r.event_ids or [])) for r in rows]
 
 
-def load_jobs(session: Session, where: str, params: dict[str, Any], tail: str = "") -> list[JobPublic]:
+def load_jobs(
+    session: Session, where: str, params: dict[str, Any], tail: str = ""
+) -> list[JobPublic]:
     """Jobs matching a SQL condition on `j`, each with its event ids."""
     sql = f"SELECT {JOB_COLUMNS}, {EVENT_IDS} FROM jobs j WHERE {where} {tail}"  # noqa: S608
     return _public(session.execute(text(sql), params).all())
@@ -41,7 +43,9 @@ def get_job(session: Session, job_id: uuid.UUID) -> JobPublic | None:
 def get_event(session: Session, event_id: str) -> EventPublic | None:
     """One event with its jobs in the order the event named them, or None."""
     event = session.execute(
-        text("SELECT event_id, sku, reason, occurred_at, received_at FROM events WHERE event_id = :e"),
+        text(
+            "SELECT event_id, sku, reason, occurred_at, received_at FROM events WHERE event_id = :e"
+        ),
         {"e": event_id},
     ).first()
     if event is None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,11 +23,10 @@ from app.iamport.errors import (
     Unavailable,
 )
 from app.iamport.schemas import Payment
-from app.jobs import Decision, JobState, Kind, Policy, Result, Step, decide, exhausted_error, first_step
+from app.jobs import JobState, Kind, Policy, Result, Step, drive
 from worker import store
 
 log = structlog.get_logger("worker")
-MAX_STEPS = 4  # cancel -> lookup, or lookup -> cancel -> lookup: a run never needs more
 REDIS_DOWN_DELAY = 5.0
 
 
@@ -39,7 +39,9 @@ def policy_from(settings: Settings) -> Policy:
         max_attempts=settings.cancel_max_attempts,
         base_seconds=settings.cancel_retry_base_seconds,
         cap_seconds=settings.cancel_retry_max_seconds,
-        unknown_floor_seconds=min(settings.iamport_timeout_seconds, settings.cancel_retry_max_seconds),
+        unknown_floor_seconds=min(
+            settings.iamport_timeout_seconds, settings.cancel_retry_max_seconds
+        ),
     )
 
 
@@ -51,15 +53,28 @@ def cancellation_of(payment: Payment) -> dict[str, Any]:
     """The cancellation record from the payment's last cancel_history entry."""
     last = payment.last_cancel()
     if last is None:
-        return {"pg_tid": None, "amount": payment.cancel_amount or payment.amount,
-                "cancelled_at": _ts(payment.cancelled_at), "reason": None, "receipt_url": None}
-    return {"pg_tid": last.pg_tid, "amount": last.amount, "cancelled_at": _ts(last.cancelled_at),
-            "reason": last.reason, "receipt_url": last.receipt_url}
+        return {
+            "pg_tid": None,
+            "amount": payment.cancel_amount or payment.amount,
+            "cancelled_at": _ts(payment.cancelled_at),
+            "reason": None,
+            "receipt_url": None,
+        }
+    return {
+        "pg_tid": last.pg_tid,
+        "amount": last.amount,
+        "cancelled_at": _ts(last.cancelled_at),
+        "reason": last.reason,
+        "receipt_url": last.receipt_url,
+    }
 
 
 def _error(exc: Exception) -> dict[str, Any]:
-    return {"http_status": getattr(exc, "http_status", None), "code": getattr(exc, "code", None),
-            "message": getattr(exc, "message", None) or type(exc).__name__}
+    return {
+        "http_status": getattr(exc, "http_status", None),
+        "code": getattr(exc, "code", None),
+        "message": getattr(exc, "message", None) or type(exc).__name__,
+    }
 
 
 def call_step(client: IamportClient, step: Step, imp_uid: str, observer: JobRun) -> Result:
@@ -97,17 +112,13 @@ class JobRun:
         self.others: list[CallRecord] = []
         self.pending: int | None = None
         self.cancels_sent = 0
-        self.uncounted = 0  # cancels answered 429, or 401 and repeated with a fresh token
-        self._unauthorized_pending = False
 
     def before_send(self, call: str) -> None:
         if call != "cancel":
             return
-        if self._unauthorized_pending:
-            self.uncounted += 1
-            self._unauthorized_pending = False
-        attempt_id = store.write_ahead(self.conn, self.job.id, self.job.lease_token, self.lease_seconds,
-                                       datetime.now(UTC))
+        attempt_id = store.write_ahead(
+            self.conn, self.job.id, self.job.lease_token, self.lease_seconds, datetime.now(UTC)
+        )
         if attempt_id is None:
             raise LeaseLost
         self.pending = attempt_id
@@ -118,48 +129,42 @@ class JobRun:
         if record.call == "cancel" and self.pending is not None:
             self.written[self.pending] = record
             self.pending = None
-            if record.outcome == "rate_limited":
-                self.uncounted += 1
-            self._unauthorized_pending = record.outcome == "unauthorized"
         else:
             self.others.append(record)
 
 
-def run_job(conn: Connection[Any], client: IamportClient, job: store.Claimed, settings: Settings,
-            rng: random.Random) -> str:
+def run_job(
+    conn: Connection[Any],
+    client: IamportClient,
+    job: store.Claimed,
+    settings: Settings,
+    rng: random.Random,
+) -> str:
     """Drive one claimed job as far as this run can; returns the status recorded."""
-    policy = policy_from(settings)
     observer = JobRun(conn, job, settings.lease_seconds)
-    state = JobState(attempts=job.attempts, uncertain=job.uncertain)
-    step = first_step(state)
-    last_error = job.error
-    after_refusal = False
-    payment_status: str | None = None
-    decision: Decision | None = None
+
+    def call(step: Step) -> Result:
+        before = observer.cancels_sent
+        result = call_step(client, step, job.imp_uid, observer)
+        return replace(result, sent=step is Step.LOOKUP or observer.cancels_sent > before)
+
     try:
-        for _ in range(MAX_STEPS):
-            if step is Step.CANCEL and state.attempts >= policy.max_attempts:
-                decision = Decision(status="failed", error=exhausted_error(last_error, policy.max_attempts))
-                break
-            result = call_step(client, step, job.imp_uid, observer)
-            sent = job.attempts + observer.cancels_sent - observer.uncounted
-            decision = decide(step, result, JobState(sent, state.uncertain), policy, rng,
-                              after_refusal=after_refusal, last_error=last_error)
-            payment_status = decision.payment_status or payment_status
-            if decision.next_step is None:
-                break
-            after_refusal = step is Step.CANCEL
-            state = JobState(sent, decision.uncertain)
-            last_error = decision.error or last_error
-            step = decision.next_step
+        run = drive(
+            JobState(job.attempts, job.uncertain), call, policy_from(settings), rng, job.error
+        )
     except LeaseLost:
         log.info("lease_lost", job_id=str(job.id), imp_uid=job.imp_uid)
         return "lease_lost"
-    assert decision is not None and decision.status is not None
+    decision = run.decision
+    assert decision.status is not None
     outcome = store.Outcome(
-        status=decision.status, delay=decision.delay or 0.0, uncertain=decision.uncertain,
-        uncount=observer.uncounted, payment_status=payment_status,
-        cancellation=decision.cancellation, error=decision.error,
+        status=decision.status,
+        delay=decision.delay or 0.0,
+        uncertain=decision.uncertain,
+        attempts=run.attempts,
+        payment_status=decision.payment_status,
+        cancellation=decision.cancellation,
+        error=decision.error,
         terminal=decision.terminal,
     )
     if not store.finish(conn, job.id, job.lease_token, outcome, observer.written, observer.others):
@@ -167,6 +172,11 @@ def run_job(conn: Connection[Any], client: IamportClient, job: store.Claimed, se
         return "lease_lost"
     if decision.terminal:
         metrics.job_finished(decision.status)
-    log.info("job_run", job_id=str(job.id), imp_uid=job.imp_uid, status=decision.status,
-             attempts=job.attempts + observer.cancels_sent - observer.uncounted)
+    log.info(
+        "job_run",
+        job_id=str(job.id),
+        imp_uid=job.imp_uid,
+        status=decision.status,
+        attempts=run.attempts,
+    )
     return decision.status

@@ -76,7 +76,11 @@ RETURNING id, imp_uid, attempts, uncertain, lease_token, error
 
 def claim(conn: Connection[Any], ids: Sequence[uuid.UUID], lease_seconds: float) -> list[Claimed]:
     """Take the lease on those of `ids` that are ready to run; the rest are someone else's."""
-    rows = conn.cursor(row_factory=tuple_row).execute(CLAIM, {"ids": list(ids), "lease": lease_seconds}).fetchall()
+    rows = (
+        conn.cursor(row_factory=tuple_row)
+        .execute(CLAIM, {"ids": list(ids), "lease": lease_seconds})
+        .fetchall()
+    )
     return [Claimed(*r) for r in rows]
 
 
@@ -95,8 +99,13 @@ INSERT INTO attempts (job_id, call, started_at) SELECT id, 'cancel', %(started)s
 """
 
 
-def write_ahead(conn: Connection[Any], job_id: uuid.UUID, token: uuid.UUID, lease_seconds: float,
-                started_at: datetime) -> int | None:
+def write_ahead(
+    conn: Connection[Any],
+    job_id: uuid.UUID,
+    token: uuid.UUID,
+    lease_seconds: float,
+    started_at: datetime,
+) -> int | None:
     """The attempt row's id, or None when the lease is no longer ours."""
     row = conn.execute(
         WRITE_AHEAD, {"id": job_id, "token": token, "lease": lease_seconds, "started": started_at}
@@ -124,7 +133,7 @@ WITH done AS (
   RETURNING id
 )
 UPDATE jobs SET status = %(status)s,
-    attempts = attempts - %(uncount)s,
+    attempts = %(attempts)s,
     uncertain = %(uncertain)s,
     next_attempt_at = CASE WHEN %(status)s = 'retry_wait'
                            THEN now() + make_interval(secs => %(delay)s) END,
@@ -145,30 +154,47 @@ class Outcome:
     status: str
     delay: float
     uncertain: bool
-    uncount: int
+    attempts: int
     payment_status: str | None
     cancellation: dict[str, Any] | None
     error: dict[str, Any] | None
     terminal: bool
 
 
-def finish(conn: Connection[Any], job_id: uuid.UUID, token: uuid.UUID, outcome: Outcome,
-           written: dict[int, CallRecord], others: Sequence[CallRecord]) -> bool:
+def finish(
+    conn: Connection[Any],
+    job_id: uuid.UUID,
+    token: uuid.UUID,
+    outcome: Outcome,
+    written: dict[int, CallRecord],
+    others: Sequence[CallRecord],
+) -> bool:
     """Record the run; False when the lease was lost and nothing was written."""
     w_ids = list(written)
     w = [written[i] for i in w_ids]
     params = {
-        "id": job_id, "token": token, "status": outcome.status, "delay": outcome.delay,
-        "uncertain": outcome.uncertain, "uncount": outcome.uncount,
+        "id": job_id,
+        "token": token,
+        "status": outcome.status,
+        "delay": outcome.delay,
+        "uncertain": outcome.uncertain,
+        "attempts": outcome.attempts,
         "payment_status": outcome.payment_status,
         "cancellation": Jsonb(outcome.cancellation) if outcome.cancellation else None,
         "error": Jsonb(outcome.error) if outcome.error else None,
         "terminal": outcome.terminal,
-        "w_ids": w_ids, "w_ms": [r.duration_ms for r in w], "w_http": [r.http_status for r in w],
-        "w_code": [r.code for r in w], "w_msg": [r.message for r in w], "w_out": [r.outcome for r in w],
-        "i_call": [r.call for r in others], "i_start": [r.started_at for r in others],
-        "i_ms": [r.duration_ms for r in others], "i_http": [r.http_status for r in others],
-        "i_code": [r.code for r in others], "i_msg": [r.message for r in others],
+        "w_ids": w_ids,
+        "w_ms": [r.duration_ms for r in w],
+        "w_http": [r.http_status for r in w],
+        "w_code": [r.code for r in w],
+        "w_msg": [r.message for r in w],
+        "w_out": [r.outcome for r in w],
+        "i_call": [r.call for r in others],
+        "i_start": [r.started_at for r in others],
+        "i_ms": [r.duration_ms for r in others],
+        "i_http": [r.http_status for r in others],
+        "i_code": [r.code for r in others],
+        "i_msg": [r.message for r in others],
         "i_out": [r.outcome for r in others],
     }
     return conn.execute(FINISH, params).fetchone() is not None

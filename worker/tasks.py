@@ -37,7 +37,7 @@ def client() -> IamportClient:
 def rng() -> random.Random:
     r = getattr(_rng, "r", None)
     if r is None:
-        r = _rng.r = random.Random()  # noqa: S311 (jitter, not secrets)
+        r = _rng.r = random.Random()
     return r
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from fastapi import APIRouter, BackgroundTasks, Path, Response
 
 from app.auth import EventsWriter, JobsReader
@@ -15,7 +17,10 @@ from app.schemas import EventCreate, EventPublic
 
 router = APIRouter(prefix="/v1/stockout-events", tags=["events"])
 
-PROBLEMS = {409: {"description": "event_conflict"}, 422: {"description": "validation_error"}}
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    409: {"description": "event_conflict"},
+    422: {"description": "validation_error"},
+}
 
 
 @router.post(
@@ -41,7 +46,9 @@ def post_event(
     return public
 
 
-@router.get("/{event_id}", response_model=EventPublic, responses={404: {"description": "not_found"}})
+@router.get(
+    "/{event_id}", response_model=EventPublic, responses={404: {"description": "not_found"}}
+)
 def read_event(event_id: str = Path(max_length=128), *, _: JobsReader) -> EventPublic:
     """One event and its jobs."""
     with session_scope() as session:

@@ -51,5 +51,7 @@ class BodyLimit:
         await self.app(scope, counting_receive, guarded_send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
-        response = problem(413, "payload_too_large", f"request bodies are limited to {self.limit} bytes")
+        response = problem(
+            413, "payload_too_large", f"request bodies are limited to {self.limit} bytes"
+        )
         await response(scope, receive, send)

@@ -14,7 +14,9 @@ from tests.support.factories import auth, event
 
 def stored(db: str) -> tuple[int, int]:
     with psycopg.connect(db) as conn:
-        row = conn.execute("SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM jobs)").fetchone()
+        row = conn.execute(
+            "SELECT (SELECT count(*) FROM events), (SELECT count(*) FROM jobs)"
+        ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
 
@@ -69,8 +71,14 @@ CASES: list[tuple[str, bytes, int]] = [
 
 
 @pytest.mark.parametrize(("name", "body", "status"), CASES, ids=[c[0] for c in CASES])
-def test_bad_input(api: TestClient, key: str, service_env: dict[str, str], name: str, body: bytes, status: int) -> None:
-    r = api.post("/v1/stockout-events", content=body, headers={**auth(key), "Content-Type": "application/json"})
+def test_bad_input(
+    api: TestClient, key: str, service_env: dict[str, str], name: str, body: bytes, status: int
+) -> None:
+    r = api.post(
+        "/v1/stockout-events",
+        content=body,
+        headers={**auth(key), "Content-Type": "application/json"},
+    )
     assert r.status_code == status, r.text
     assert r.headers["content-type"].startswith("application/problem+json")
     problem = r.json()
@@ -81,28 +89,42 @@ def test_bad_input(api: TestClient, key: str, service_env: dict[str, str], name:
 
 def test_oversized_body_is_413(api: TestClient, key: str, service_env: dict[str, str]) -> None:
     body = with_(reason="x" * 200, sku="s" * 100) + b" " * (1024 * 1024)
-    r = api.post("/v1/stockout-events", content=body, headers={**auth(key), "Content-Type": "application/json"})
+    r = api.post(
+        "/v1/stockout-events",
+        content=body,
+        headers={**auth(key), "Content-Type": "application/json"},
+    )
     assert r.status_code == 413 and r.json()["code"] == "payload_too_large"
     assert stored(service_env["DATABASE_URL"]) == (0, 0)
 
 
-def test_oversized_chunked_body_is_413(api: TestClient, key: str, service_env: dict[str, str]) -> None:
+def test_oversized_chunked_body_is_413(
+    api: TestClient, key: str, service_env: dict[str, str]
+) -> None:
     def chunks():  # type: ignore[no-untyped-def]
         for _ in range(20):
             yield b" " * (100 * 1024)
 
-    r = api.post("/v1/stockout-events", content=chunks(), headers={**auth(key), "Content-Type": "application/json"})
+    r = api.post(
+        "/v1/stockout-events",
+        content=chunks(),
+        headers={**auth(key), "Content-Type": "application/json"},
+    )
     assert r.status_code == 413
     assert stored(service_env["DATABASE_URL"]) == (0, 0)
 
 
 def test_wrong_content_type_is_4xx(api: TestClient, key: str, service_env: dict[str, str]) -> None:
-    r = api.post("/v1/stockout-events", content=with_(), headers={**auth(key), "Content-Type": "text/plain"})
+    r = api.post(
+        "/v1/stockout-events", content=with_(), headers={**auth(key), "Content-Type": "text/plain"}
+    )
     assert 400 <= r.status_code < 500
     assert stored(service_env["DATABASE_URL"]) == (0, 0)
 
 
-@pytest.mark.parametrize("path", ["/v1/jobs/not-a-uuid", "/v1/jobs/" + "9" * 500, "/v1/stockout-events/" + "e" * 300])
+@pytest.mark.parametrize(
+    "path", ["/v1/jobs/not-a-uuid", "/v1/jobs/" + "9" * 500, "/v1/stockout-events/" + "e" * 300]
+)
 def test_bad_path_params_are_4xx(api: TestClient, key: str, path: str) -> None:
     r = api.get(path, headers=auth(key))
     assert 400 <= r.status_code < 500

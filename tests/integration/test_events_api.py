@@ -22,21 +22,27 @@ def queue_length(redis_url: str) -> int:
     return int(redis.Redis.from_url(redis_url).llen("stockout"))
 
 
-def test_new_event_is_committed_and_published(api: TestClient, key: str, service_env: dict[str, str]) -> None:
+def test_new_event_is_committed_and_published(
+    api: TestClient, key: str, service_env: dict[str, str]
+) -> None:
     body = event(3)
     r = api.post("/v1/stockout-events", json=body, headers=auth(key))
     assert r.status_code == 202, r.text
     got = r.json()
     assert got["event_id"] == body["event_id"]
     assert [j["imp_uid"] for j in got["jobs"]] == [p["imp_uid"] for p in body["payments"]]
-    assert all(j["status"] == "queued" and j["event_ids"] == [body["event_id"]] for j in got["jobs"])
+    assert all(
+        j["status"] == "queued" and j["event_ids"] == [body["event_id"]] for j in got["jobs"]
+    )
     assert all(j["cancellation"] is None and j["attempts"] == 0 for j in got["jobs"])
     assert count(service_env["DATABASE_URL"], "jobs") == 3
     # Published after the commit, as one wake-up message (batch of ids).
     assert queue_length(service_env["REDIS_URL"]) == 1
 
 
-def test_replay_answers_200_with_identical_jobs(api: TestClient, key: str, service_env: dict[str, str]) -> None:
+def test_replay_answers_200_with_identical_jobs(
+    api: TestClient, key: str, service_env: dict[str, str]
+) -> None:
     body = event(2)
     first = api.post("/v1/stockout-events", json=body, headers=auth(key))
     again = api.post("/v1/stockout-events", json=body, headers=auth(key))
@@ -54,7 +60,9 @@ def test_replay_ignores_payment_order(api: TestClient, key: str) -> None:
 
 
 @pytest.mark.parametrize("change", [{"sku": "OTHER"}, {"reason": "damaged"}, {"occurred_at": None}])
-def test_same_event_id_other_content_is_409(api: TestClient, key: str, change: dict[str, Any]) -> None:
+def test_same_event_id_other_content_is_409(
+    api: TestClient, key: str, change: dict[str, Any]
+) -> None:
     body = event(1)
     assert api.post("/v1/stockout-events", json=body, headers=auth(key)).status_code == 202
     r = api.post("/v1/stockout-events", json={**body, **change}, headers=auth(key))
@@ -67,10 +75,15 @@ def test_other_payments_under_same_event_id_is_409(api: TestClient, key: str) ->
     body = event(1)
     api.post("/v1/stockout-events", json=body, headers=auth(key))
     other = {**body, "payments": [{"imp_uid": "imps_other"}]}
-    assert api.post("/v1/stockout-events", json=other, headers=auth(key)).json()["code"] == "event_conflict"
+    assert (
+        api.post("/v1/stockout-events", json=other, headers=auth(key)).json()["code"]
+        == "event_conflict"
+    )
 
 
-def test_one_job_per_imp_uid_across_events(api: TestClient, key: str, service_env: dict[str, str]) -> None:
+def test_one_job_per_imp_uid_across_events(
+    api: TestClient, key: str, service_env: dict[str, str]
+) -> None:
     a = event(2, prefix="shared")
     b = event(3, prefix="shared")  # shared_0, shared_1 overlap with a
     ra = api.post("/v1/stockout-events", json=a, headers=auth(key)).json()
@@ -89,7 +102,9 @@ def test_duplicate_imp_uid_in_one_event_counts_once(api: TestClient, key: str) -
     assert r.status_code == 202 and len(r.json()["jobs"]) == 1
 
 
-def test_concurrent_duplicates_give_one_202(api: TestClient, key: str, service_env: dict[str, str]) -> None:
+def test_concurrent_duplicates_give_one_202(
+    api: TestClient, key: str, service_env: dict[str, str]
+) -> None:
     body = event(20)
     barrier = threading.Barrier(12)
     codes: list[int] = []
@@ -108,13 +123,17 @@ def test_concurrent_duplicates_give_one_202(api: TestClient, key: str, service_e
     assert count(service_env["DATABASE_URL"], "event_jobs") == 20
 
 
-def test_concurrent_overlapping_events_share_jobs(api: TestClient, key: str, service_env: dict[str, str]) -> None:
+def test_concurrent_overlapping_events_share_jobs(
+    api: TestClient, key: str, service_env: dict[str, str]
+) -> None:
     """Events naming the same imp_uids in different orders neither deadlock nor duplicate."""
     uids = [f"imps_overlap_{k}" for k in range(30)]
     bodies = []
     for n in range(8):
         order = uids[n:] + uids[:n]
-        bodies.append({"event_id": f"overlap-{n}", "sku": "S", "payments": [{"imp_uid": u} for u in order]})
+        bodies.append(
+            {"event_id": f"overlap-{n}", "sku": "S", "payments": [{"imp_uid": u} for u in order]}
+        )
     barrier = threading.Barrier(len(bodies))
     codes: list[int] = []
 
@@ -134,9 +153,8 @@ def test_concurrent_overlapping_events_share_jobs(api: TestClient, key: str, ser
 def test_redis_down_at_publish_still_202(
     api: TestClient, key: str, service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from tests.support.settings import reset_caches
-
     from app import dispatch
+    from tests.support.settings import reset_caches
 
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there
     reset_caches()
@@ -146,7 +164,9 @@ def test_redis_down_at_publish_still_202(
         assert r.status_code == 202
         assert count(service_env["DATABASE_URL"], "jobs") == 2
         with psycopg.connect(service_env["DATABASE_URL"]) as conn:
-            due = conn.execute("SELECT count(*) FROM jobs WHERE status='queued' AND due_at IS NOT NULL").fetchone()
+            due = conn.execute(
+                "SELECT count(*) FROM jobs WHERE status='queued' AND due_at IS NOT NULL"
+            ).fetchone()
         assert due is not None and due[0] == 2  # the sweep will find them
     finally:
         dispatch.publisher.cache_clear()
@@ -159,18 +179,32 @@ def test_get_event_and_unknown(api: TestClient, key: str) -> None:
     assert r.status_code == 200 and len(r.json()["jobs"]) == 2
     missing = api.get("/v1/stockout-events/nope", headers=auth(key))
     assert missing.status_code == 404 and missing.json()["code"] == "not_found"
-    assert api.get("/v1/jobs/00000000-0000-0000-0000-000000000000", headers=auth(key)).status_code == 404
+    assert (
+        api.get("/v1/jobs/00000000-0000-0000-0000-000000000000", headers=auth(key)).status_code
+        == 404
+    )
 
 
 def test_auth_and_scopes(api: TestClient, service_env: dict[str, str]) -> None:
     body = event(1)
     assert api.post("/v1/stockout-events", json=body).status_code == 401
-    assert api.post("/v1/stockout-events", json=body, headers=auth("sk_nope_nope")).status_code == 401
-    assert api.post("/v1/stockout-events", json=body, headers={"Authorization": "Basic abc"}).status_code == 401
+    assert (
+        api.post("/v1/stockout-events", json=body, headers=auth("sk_nope_nope")).status_code == 401
+    )
+    assert (
+        api.post(
+            "/v1/stockout-events", json=body, headers={"Authorization": "Basic abc"}
+        ).status_code
+        == 401
+    )
     reader = api_key("jobs:read")
     r = api.post("/v1/stockout-events", json=body, headers=auth(reader))
     assert r.status_code == 403 and r.json()["code"] == "forbidden"
     writer = api_key("events:write")
     assert api.post("/v1/stockout-events", json=body, headers=auth(writer)).status_code == 202
-    assert api.get(f"/v1/stockout-events/{body['event_id']}", headers=auth(writer)).status_code == 403
-    assert api.get(f"/v1/stockout-events/{body['event_id']}", headers=auth(reader)).status_code == 200
+    assert (
+        api.get(f"/v1/stockout-events/{body['event_id']}", headers=auth(writer)).status_code == 403
+    )
+    assert (
+        api.get(f"/v1/stockout-events/{body['event_id']}", headers=auth(reader)).status_code == 200
+    )

@@ -21,7 +21,9 @@ def auth(key: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {key}"}
 
 
-def event(n_payments: int = 1, *, event_id: str | None = None, prefix: str | None = None, **extra: Any) -> dict[str, Any]:
+def event(
+    n_payments: int = 1, *, event_id: str | None = None, prefix: str | None = None, **extra: Any
+) -> dict[str, Any]:
     i = next(_seq)
     prefix = prefix or f"imps_{i:06d}"
     body: dict[str, Any] = {
@@ -29,7 +31,10 @@ def event(n_payments: int = 1, *, event_id: str | None = None, prefix: str | Non
         "sku": "SKU-123",
         "reason": "out of stock",
         "occurred_at": "2026-11-25T06:00:00Z",
-        "payments": [{"imp_uid": f"{prefix}_{k}", "merchant_uid": f"order-{i}-{k}"} for k in range(n_payments)],
+        "payments": [
+            {"imp_uid": f"{prefix}_{k}", "merchant_uid": f"order-{i}-{k}"}
+            for k in range(n_payments)
+        ],
     }
     body.update(extra)
     return body

@@ -16,8 +16,11 @@ def migrate(database_url: str) -> None:
     """Run `alembic upgrade head` exactly as an operator would."""
     env = dict(os.environ, DATABASE_URL=database_url)
     result = subprocess.run(
-        [sys.executable, "-m", "alembic", "upgrade", "head"], cwd=ROOT, env=env,
-        capture_output=True, text=True,
+        [sys.executable, "-m", "alembic", "upgrade", "head"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
     )
     if result.returncode != 0:
         raise RuntimeError(f"alembic upgrade head failed:\n{result.stderr}")

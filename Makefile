@@ -1,0 +1,45 @@
+# The two commands a newcomer needs: `make run` and `make test`. Both create .venv when missing.
+PYTHON ?= $(shell command -v python3.11 || command -v python3.12 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+ARGS ?=
+export XDG_RUNTIME_DIR ?= /tmp
+
+.PHONY: run test lint fmt bench bench-ingest bench-reads chaos venv clean
+
+$(BIN)/stockout: pyproject.toml requirements.lock
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 11) <= v <= (3, 12) else "Python 3.11 or 3.12 is needed (the embedded Postgres and Redis wheels exist only for those); found %d.%d" % v)'
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	@touch $(BIN)/stockout
+
+venv: $(BIN)/stockout
+
+run: venv  ## the whole service on this machine: stockout dev
+	$(BIN)/stockout dev $(ARGS)
+
+test: venv  ## lint, type-check and the whole test suite
+	$(BIN)/ruff check app worker tests benchmarks migrations
+	$(BIN)/ruff format --check app worker tests benchmarks migrations
+	$(BIN)/mypy
+	$(BIN)/pytest -p no:cacheprovider $(ARGS)
+
+fmt: venv
+	$(BIN)/ruff check --fix app worker tests benchmarks migrations
+	$(BIN)/ruff format app worker tests benchmarks migrations
+
+bench: venv  ## end-to-end worker benchmark (issue 4)
+	$(BIN)/python benchmarks/bench_worker.py $(ARGS)
+
+bench-ingest: venv
+	$(BIN)/python benchmarks/bench_ingest.py $(ARGS)
+
+bench-reads: venv
+	$(BIN)/python benchmarks/bench_reads.py $(ARGS)
+
+chaos: venv  ## the long chaos run (issue 6)
+	$(BIN)/python -m tests.chaos.run $(ARGS)
+
+clean:
+	rm -rf $(VENV) .stockout
