@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -138,8 +139,9 @@ class IamportClient:
         )
 
     @classmethod
-    def from_settings(cls, settings: Settings, redis_client: redis.Redis) -> IamportClient:
-        """The process's client: shared token and rate limit through `redis_client`."""
+    def from_settings(cls, settings: Settings, redis: redis.Redis) -> IamportClient:
+        """The process's client: shared token and rate limit through `redis`."""
+        redis_client = redis
         if settings.iamport_imp_key is None or settings.iamport_imp_secret is None:
             raise RuntimeError("IAMPORT_IMP_KEY and IAMPORT_IMP_SECRET must be set")
         imp_key = settings.iamport_imp_key.get_secret_value()
@@ -167,25 +169,27 @@ class IamportClient:
     def fetch_token(self, observer: CallObserver | None = None) -> TokenResponse:
         """POST /users/getToken: a token for our credentials (use `tokens.get()` instead)."""
         body = {"imp_key": self._imp_key, "imp_secret": self._imp_secret}
-        answer = self._exchange("token", "POST", "/users/getToken", observer, None, json=body)
-        try:
-            return TokenResponse.model_validate(answer)
-        except ValidationError:
-            raise Unavailable("token", http_status=200, message="malformed token answer") from None
+        answer: TokenResponse = self._exchange(
+            "token", "POST", "/users/getToken", observer, None, _token_answer, json=body
+        )
+        return answer
 
     def get_payment(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
         """GET /payments/{imp_uid}: the payment as iamport knows it now."""
         path = "/payments/" + quote(imp_uid, safe="")
-        answer = self._authed("lookup", "GET", path, observer, params=self._lookup_params)
-        return self._payment("lookup", answer)
+        answer: Payment = self._authed(
+            "lookup", "GET", path, observer, _payment, params=self._lookup_params
+        )
+        return answer
 
     def cancel_cvs(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
         """DELETE /cvs/{imp_uid}: void an unpaid barcode; the cancelled Payment on success."""
-        answer = self._authed("cancel", "DELETE", "/cvs/" + quote(imp_uid, safe=""), observer)
+        path = "/cvs/" + quote(imp_uid, safe="")
+        answer: Payment | None = self._authed("cancel", "DELETE", path, observer, _payment_or_none)
         if answer is None:
             # Success without the payment: read it back rather than guess.
             return self.get_payment(imp_uid, observer)
-        return self._payment("cancel", answer)
+        return answer
 
     def issue_cvs(
         self,
@@ -209,8 +213,8 @@ class IamportClient:
         }
         body.update((k, v) for k, v in optional.items() if v is not None)
         body.update(extra)
-        answer = self._authed("issue", "POST", "/cvs", observer, json=body)
-        return self._payment("issue", answer)
+        answer: Payment = self._authed("issue", "POST", "/cvs", observer, _payment, json=body)
+        return answer
 
     def refund(
         self,
@@ -227,16 +231,12 @@ class IamportClient:
             body["amount"] = amount
         if checksum is not None:
             body["checksum"] = checksum
-        answer = self._authed("refund", "POST", "/payments/cancel", observer, json=body)
-        return self._payment("refund", answer)
+        answer: Payment = self._authed(
+            "refund", "POST", "/payments/cancel", observer, _payment, json=body
+        )
+        return answer
 
     # -- plumbing ------------------------------------------------------------------------
-
-    def _payment(self, call: str, answer: Any) -> Payment:
-        try:
-            return Payment.model_validate(answer)
-        except ValidationError:
-            raise Unavailable(call, http_status=200, code=0, message="malformed payment") from None
 
     def _authed(
         self,
@@ -244,6 +244,7 @@ class IamportClient:
         method: str,
         path: str,
         observer: CallObserver | None,
+        parse: Callable[[Any], Any],
         *,
         params: dict[str, str] | None = None,
         json: Any = None,
@@ -251,11 +252,13 @@ class IamportClient:
         """An exchange with the shared token; on a 401, one fresh token and one repeat."""
         token = self.tokens.get(observer)
         try:
-            return self._exchange(call, method, path, observer, token, params=params, json=json)
+            return self._exchange(
+                call, method, path, observer, token, parse, params=params, json=json
+            )
         except Unauthorized:
             pass
         token = self.tokens.invalidate(token, observer)
-        return self._exchange(call, method, path, observer, token, params=params, json=json)
+        return self._exchange(call, method, path, observer, token, parse, params=params, json=json)
 
     def _exchange(
         self,
@@ -264,11 +267,12 @@ class IamportClient:
         path: str,
         observer: CallObserver | None,
         token: str | None,
+        parse: Callable[[Any], Any],
         *,
         params: dict[str, str] | None = None,
         json: Any = None,
     ) -> Any:
-        """One rate-limited, observed HTTP exchange; the envelope's `response` or an error."""
+        """One rate-limited, observed HTTP exchange: `parse(envelope's response)` or an error."""
         if self._limiter is not None:
             try:
                 self._limiter.acquire(self._max_wait)
@@ -315,6 +319,13 @@ class IamportClient:
                 if raw_message is not None:
                     message = self._scrub(str(raw_message), token)
             answer = self._classify(call, response, body, code, message)
+            try:
+                answer = parse(answer)
+            except ValidationError:
+                raise _Failure(
+                    "bad_response",
+                    Unavailable(call, code=code, message="malformed response object"),
+                ) from None
         except _Failure as failure:
             error = failure.error
             if error.http_status is None and http_status is not None:
@@ -396,6 +407,18 @@ class IamportClient:
         observer.after_call(
             CallRecord(call, started_at, duration_ms, http_status, code, message, outcome)
         )
+
+
+def _payment(answer: Any) -> Payment:
+    return Payment.model_validate(answer)
+
+
+def _payment_or_none(answer: Any) -> Payment | None:
+    return None if answer is None else Payment.model_validate(answer)
+
+
+def _token_answer(answer: Any) -> TokenResponse:
+    return TokenResponse.model_validate(answer)
 
 
 def _json_object(content: bytes) -> dict[str, Any] | None:

@@ -38,6 +38,8 @@ return 0
 # sooner is pointless, so a token that is already inside the refresh margin is re-asked for no
 # more often than this.
 _MIN_REFETCH_SECONDS = 10.0
+# After a failed routine refresh, keep using the valid token this long before trying again.
+_RETRY_REFRESH_SECONDS = 5.0
 # Never use a token closer than this to its expiry.
 _SAFETY_SECONDS = 5.0
 
@@ -116,8 +118,12 @@ class TokenProvider:
                 return self._refresh(lambda t: time.time() < t.refresh_at, observer)
             except Exception:
                 # iamport or Redis failed during a routine refresh: a still-valid token beats
-                # none (the refresh margin exists for exactly this).
-                if local is not None and local.usable(time.time()):
+                # none (the refresh margin exists for exactly this). Try again in a while, not
+                # on every call: the calls would queue behind each failing refresh.
+                now = time.time()
+                if local is not None and local.usable(now):
+                    retry_at = min(now + _RETRY_REFRESH_SECONDS, local.expires_at - _SAFETY_SECONDS)
+                    self._local = local._replace(refresh_at=retry_at)
                     return local.value
                 raise
 

@@ -208,3 +208,22 @@ def test_threads_of_one_process_fetch_once(clean_redis: str) -> None:
     for t in threads:
         t.join()
     assert got == ["tok1"] * 32 and fetch.calls == 1
+
+
+def test_failed_refresh_keeps_the_valid_token_and_backs_off(clean_redis: str) -> None:
+    r = redis.Redis.from_url(clean_redis)
+    fetch = Fetcher(lifetime=100)  # due for refresh 10 s after it arrives
+    p = provider(r, fetch)
+    assert p.get() == "tok1"
+    r.flushall()
+    failures = 0
+
+    def broken(observer: Any = None) -> TokenResponse:
+        nonlocal failures
+        failures += 1
+        raise RuntimeError("iamport down")
+
+    p._fetch = broken
+    p._local = p._local._replace(refresh_at=time.time() - 1)  # type: ignore[union-attr]
+    assert [p.get() for _ in range(20)] == ["tok1"] * 20
+    assert failures == 1

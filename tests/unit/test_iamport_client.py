@@ -395,8 +395,32 @@ def test_unreadable_or_5xx_is_unavailable(answer: httpx.Response, outcome: str) 
 
 
 def test_payment_without_required_fields_is_unavailable() -> None:
-    with pytest.raises(Unavailable):
-        make_client(Upstream(ok({"merchant_uid": "x"}))).cancel_cvs(IMP_UID)
+    rec = Recorder()
+    with pytest.raises(Unavailable) as info:
+        make_client(Upstream(ok({"merchant_uid": "x"}))).cancel_cvs(IMP_UID, rec)
+    assert info.value.http_status == 200 and info.value.code == 0
+    assert rec.records[-1].outcome == "bad_response"
+
+
+def test_from_settings_builds_a_shared_limited_client() -> None:
+    import redis
+
+    from app.config import Settings
+
+    settings = Settings(
+        iamport_base_url="https://api.iamport.test/",
+        iamport_imp_key=KEY,
+        iamport_imp_secret=SECRET,
+        iamport_timeout_seconds=7,
+        iamport_max_rps=30,
+    )
+    client = IamportClient.from_settings(settings, redis.Redis())  # connects lazily
+    assert client._limiter is not None and client._limiter.rate == 30
+    assert client._http.timeout == httpx.Timeout(7)
+    assert KEY not in repr(client) and KEY not in repr(client.tokens)
+    client.close()
+    with pytest.raises(RuntimeError):
+        IamportClient.from_settings(Settings(), redis.Redis())
 
 
 # -- the network failed ---------------------------------------------------------------------
