@@ -3,22 +3,74 @@
 from __future__ import annotations
 
 import uuid
+from typing import Annotated
 
-from fastapi import APIRouter
+from fastapi import APIRouter, BackgroundTasks, Query
+from pydantic import AfterValidator, StringConstraints
 
 from app.api.deps import SessionDep
-from app.auth import JobsReader
-from app.errors import NotFound
-from app.reads import get_job
-from app.schemas import JobPublic
+from app.auth import JobsReader, JobsWriter
+from app.config import get_settings
+from app.db import session_scope
+from app.dispatch import publish_jobs
+from app.listing import (
+    DEFAULT_LIMIT,
+    MAX_LIMIT,
+    JobFilters,
+    list_attempts,
+    list_jobs,
+    require_job,
+    retry_job,
+)
+from app.schemas import AttemptList, JobPage, JobPublic, JobStatus, _printable
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+Filter = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_printable)]
+
+
+@router.get("", response_model=JobPage, responses={400: {"description": "invalid_cursor"}})
+def read_jobs(
+    session: SessionDep,
+    _: JobsReader,
+    status: Annotated[JobStatus | None, Query()] = None,
+    imp_uid: Annotated[Filter | None, Query()] = None,
+    merchant_uid: Annotated[Filter | None, Query()] = None,
+    sku: Annotated[Filter | None, Query()] = None,
+    event_id: Annotated[Filter | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query()] = None,
+) -> JobPage:
+    """Jobs newest first, filtered; follow `next_cursor` for the next page."""
+    filters = JobFilters(status, imp_uid, merchant_uid, sku, event_id)
+    return list_jobs(session, filters, limit, cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses={404: {"description": "not_found"}})
 def read_job(job_id: uuid.UUID, session: SessionDep, _: JobsReader) -> JobPublic:
     """One job."""
-    job = get_job(session, job_id)
-    if job is None:
-        raise NotFound(f"no job {job_id}")
+    return require_job(session, job_id)
+
+
+@router.get(
+    "/{job_id}/attempts", response_model=AttemptList, responses={404: {"description": "not_found"}}
+)
+def read_attempts(job_id: uuid.UUID, session: SessionDep, _: JobsReader) -> AttemptList:
+    """Every upstream call made for the job, in order."""
+    return AttemptList(items=list_attempts(session, job_id))
+
+
+@router.post(
+    "/{job_id}/retry",
+    status_code=202,
+    response_model=JobPublic,
+    responses={404: {"description": "not_found"}, 409: {"description": "not_retryable"}},
+)
+def retry(job_id: uuid.UUID, background: BackgroundTasks, _: JobsWriter) -> JobPublic:
+    """Put a failed job back to queued; it is published once the change is committed."""
+    # Our own transaction, committed before the answer and before the publish; if the
+    # publish is lost, the sweep publishes the job once its due_at passes.
+    with session_scope() as session:
+        job = retry_job(session, job_id, get_settings().dispatch_grace_seconds)
+    background.add_task(publish_jobs, [job.id])
     return job
