@@ -135,9 +135,9 @@ WITH done AS (
 UPDATE jobs SET status = %(status)s,
     attempts = %(attempts)s,
     uncertain = %(uncertain)s,
-    next_attempt_at = CASE WHEN %(status)s = 'retry_wait'
+    next_attempt_at = CASE WHEN %(retry)s
                            THEN now() + make_interval(secs => %(delay)s) END,
-    due_at = CASE WHEN %(status)s = 'retry_wait' THEN now() + make_interval(secs => %(delay)s) END,
+    due_at = CASE WHEN %(retry)s THEN now() + make_interval(secs => %(delay)s) END,
     lease_token = NULL, lease_until = NULL,
     payment_status = COALESCE(%(payment_status)s, payment_status),
     cancellation = COALESCE(%(cancellation)s, cancellation),
@@ -183,6 +183,7 @@ def finish(
         "cancellation": Jsonb(outcome.cancellation) if outcome.cancellation else None,
         "error": Jsonb(outcome.error) if outcome.error else None,
         "terminal": outcome.terminal,
+        "retry": outcome.status == "retry_wait",
         "w_ids": w_ids,
         "w_ms": [r.duration_ms for r in w],
         "w_http": [r.http_status for r in w],
