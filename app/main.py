@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.api import events, health, jobs
+from app.api import events, health, iamport_hooks, jobs, metrics, middleware, stats
 from app.api.limits import BodyLimit
 from app.config import get_settings
 from app.errors import install_handlers
@@ -21,9 +21,11 @@ def create_app() -> FastAPI:
         description="Cancels convenience-store payment barcodes at iamport for orders that cannot be shipped.",
     )
     install_handlers(app)
-    for router in (events.router, jobs.router, health.router):
+    mine = (stats.router, metrics.router, iamport_hooks.router)
+    for router in (events.router, jobs.router, health.router, *mine):
         app.include_router(router)
     app.add_middleware(BodyLimit)
+    middleware.install(app)
     return app
 
 

@@ -25,7 +25,9 @@ def post_event(api: TestClient, key: str, body: dict[str, Any]) -> dict[str, Any
 def set_status(db: str, job_id: str, status: str, **extra: Any) -> None:
     sets = ", ".join(["status = %(status)s", *(f"{k} = %({k})s" for k in extra)])
     with psycopg.connect(db, autocommit=True) as conn:
-        conn.execute(f"UPDATE jobs SET {sets} WHERE id = %(id)s", {"id": job_id, "status": status, **extra})
+        conn.execute(
+            f"UPDATE jobs SET {sets} WHERE id = %(id)s", {"id": job_id, "status": status, **extra}
+        )
 
 
 def page_all(api: TestClient, key: str, query: str = "", limit: int = 100) -> list[str]:
@@ -52,9 +54,21 @@ def test_list_is_newest_first_with_all_fields(api: TestClient, key: str) -> None
     assert body["items"][0]["id"] == second["jobs"][0]["id"]
     assert {j["id"] for j in body["items"][1:]} == {j["id"] for j in first["jobs"]}
     job = body["items"][0]
-    assert set(job) == {"id", "imp_uid", "merchant_uid", "status", "attempts", "next_attempt_at",
-                        "payment_status", "cancellation", "error", "event_ids", "created_at",
-                        "updated_at", "finished_at"}
+    assert set(job) == {
+        "id",
+        "imp_uid",
+        "merchant_uid",
+        "status",
+        "attempts",
+        "next_attempt_at",
+        "payment_status",
+        "cancellation",
+        "error",
+        "event_ids",
+        "created_at",
+        "updated_at",
+        "finished_at",
+    }
     assert job["event_ids"] == [second["event_id"]]
 
 
@@ -93,8 +107,16 @@ def test_job_linked_to_two_events_found_by_both(api: TestClient, key: str) -> No
 
 @pytest.mark.parametrize(
     "query",
-    ["status=bogus", "status=", "limit=0", "limit=501", "limit=x", "imp_uid=" + "x" * 129,
-     "merchant_uid=a%00b", "sku="],
+    [
+        "status=bogus",
+        "status=",
+        "limit=0",
+        "limit=501",
+        "limit=x",
+        "imp_uid=" + "x" * 129,
+        "merchant_uid=a%00b",
+        "sku=",
+    ],
 )
 def test_bad_filters_are_422(api: TestClient, key: str, query: str) -> None:
     r = api.get(f"/v1/jobs?{query}", headers=auth(key))
@@ -170,7 +192,9 @@ def test_paging_1050_jobs_with_inserts_between_pages(api: TestClient, key: str) 
 def test_paging_with_filter_and_small_limit(api: TestClient, key: str) -> None:
     body = post_event(api, key, event(7, sku="PAGED"))
     post_event(api, key, event(3, sku="OTHER"))
-    assert sorted(page_all(api, key, "&sku=PAGED", limit=2)) == sorted(j["id"] for j in body["jobs"])
+    assert sorted(page_all(api, key, "&sku=PAGED", limit=2)) == sorted(
+        j["id"] for j in body["jobs"]
+    )
 
 
 def test_list_needs_jobs_read(api: TestClient, service_env: dict[str, str]) -> None:
@@ -185,8 +209,9 @@ def test_list_needs_jobs_read(api: TestClient, service_env: dict[str, str]) -> N
 def test_attempts_in_order_numbered(api: TestClient, key: str, service_env: dict[str, str]) -> None:
     job = post_event(api, key, event(1))["jobs"][0]
     with psycopg.connect(service_env["DATABASE_URL"], autocommit=True) as conn:
-        for i, (call, outcome) in enumerate([("token", "ok"), ("cancel", "timeout"), ("lookup", "ok"),
-                                             ("cancel", "ok")]):
+        for i, (call, outcome) in enumerate(
+            [("token", "ok"), ("cancel", "timeout"), ("lookup", "ok"), ("cancel", "ok")]
+        ):
             conn.execute(
                 "INSERT INTO attempts (job_id, call, started_at, duration_ms, http_status, code, "
                 "message, outcome) VALUES (%s, %s, now() + make_interval(secs => %s), 12, 200, 0, "
@@ -197,9 +222,21 @@ def test_attempts_in_order_numbered(api: TestClient, key: str, service_env: dict
     assert r.status_code == 200
     items = r.json()["items"]
     assert [(a["n"], a["call"], a["outcome"]) for a in items] == [
-        (1, "token", "ok"), (2, "cancel", "timeout"), (3, "lookup", "ok"), (4, "cancel", "ok")]
-    assert set(items[0]) == {"n", "call", "started_at", "duration_ms", "http_status", "code",
-                             "message", "outcome"}
+        (1, "token", "ok"),
+        (2, "cancel", "timeout"),
+        (3, "lookup", "ok"),
+        (4, "cancel", "ok"),
+    ]
+    assert set(items[0]) == {
+        "n",
+        "call",
+        "started_at",
+        "duration_ms",
+        "http_status",
+        "code",
+        "message",
+        "outcome",
+    }
 
 
 def test_attempts_empty_and_unknown(api: TestClient, key: str) -> None:
@@ -218,12 +255,20 @@ def test_unknown_job_is_404(api: TestClient, key: str) -> None:
 # -- retry --------------------------------------------------------------------------------------
 
 
-def test_retry_failed_job_requeues_and_publishes(api: TestClient, key: str, service_env: dict[str, str]) -> None:
+def test_retry_failed_job_requeues_and_publishes(
+    api: TestClient, key: str, service_env: dict[str, str]
+) -> None:
     db, rurl = service_env["DATABASE_URL"], service_env["REDIS_URL"]
     job = post_event(api, key, event(1))["jobs"][0]
-    set_status(db, job["id"], "failed", attempts=8, finished_at="2026-11-25T07:00:00Z",
-               error=psycopg.types.json.Jsonb({"http_status": 400, "code": -1, "message": "no"}),
-               uncertain=True)
+    set_status(
+        db,
+        job["id"],
+        "failed",
+        attempts=8,
+        finished_at="2026-11-25T07:00:00Z",
+        error=psycopg.types.json.Jsonb({"http_status": 400, "code": -1, "message": "no"}),
+        uncertain=True,
+    )
     redis.Redis.from_url(rurl).delete("stockout")
     r = api.post(f"/v1/jobs/{job['id']}/retry", headers=auth(key))
     assert r.status_code == 202, r.text
@@ -242,7 +287,9 @@ def test_retry_failed_job_requeues_and_publishes(api: TestClient, key: str, serv
 
 
 @pytest.mark.parametrize("status", ["queued", "running", "retry_wait", "cancelled", "needs_refund"])
-def test_retry_other_status_is_409(api: TestClient, key: str, service_env: dict[str, str], status: str) -> None:
+def test_retry_other_status_is_409(
+    api: TestClient, key: str, service_env: dict[str, str], status: str
+) -> None:
     job = post_event(api, key, event(1))["jobs"][0]
     set_status(service_env["DATABASE_URL"], job["id"], status)
     r = api.post(f"/v1/jobs/{job['id']}/retry", headers=auth(key))
@@ -251,7 +298,9 @@ def test_retry_other_status_is_409(api: TestClient, key: str, service_env: dict[
     assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == status
 
 
-def test_retry_unknown_404_and_scope(api: TestClient, key: str, service_env: dict[str, str]) -> None:
+def test_retry_unknown_404_and_scope(
+    api: TestClient, key: str, service_env: dict[str, str]
+) -> None:
     assert api.post(f"/v1/jobs/{uuid.uuid4()}/retry", headers=auth(key)).status_code == 404
     reader = api_key("jobs:read")
     job = post_event(api, key, event(1))["jobs"][0]

@@ -1,0 +1,103 @@
+"""GET /metrics: Prometheus text, no API key.
+
+Process metrics of every API and worker process are merged from Redis (see app/metrics.py);
+the job gauges are read from Postgres at scrape time, with a short timeout and a short cache so
+that frequent scrapes of a large table stay cheap.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+
+import structlog
+from fastapi import APIRouter
+from fastapi.responses import Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from sqlalchemy import text
+
+from app.db import get_engine
+from app.listing import STATUSES
+from app.metrics import MergedCollector
+from app.models import NON_TERMINAL_SQL
+
+router = APIRouter(tags=["health"])
+log = structlog.get_logger(__name__)
+
+CACHE_SECONDS = 5.0
+STATEMENT_TIMEOUT_MS = 2000
+
+
+class JobsCollector(Collector):
+    """Jobs by status and the oldest waiting job's age, from Postgres."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at = 0.0
+        self._cached: tuple[dict[str, int], float | None] | None = None
+
+    def clear(self) -> None:
+        """Forget the cached figures (tests)."""
+        with self._lock:
+            self._cached = None
+
+    def _read(self) -> tuple[dict[str, int], float | None]:
+        counts = dict.fromkeys(STATUSES, 0)
+        with get_engine().connect() as conn:
+            conn.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
+            for status, n in conn.execute(
+                text("SELECT status, count(*) FROM jobs GROUP BY status")
+            ):
+                counts[status] = int(n)
+            oldest = conn.execute(
+                text(
+                    "SELECT EXTRACT(EPOCH FROM now() - min(created_at))::float8 "  # noqa: S608
+                    f"FROM jobs WHERE {NON_TERMINAL_SQL}"
+                )
+            ).scalar_one()
+            conn.rollback()
+        return counts, (max(float(oldest), 0.0) if oldest is not None else None)
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "stockout_database_up", "1 when this scrape could read the jobs table, else 0."
+        )
+        with self._lock:
+            if self._cached is None or time.monotonic() - self._at > CACHE_SECONDS:
+                try:
+                    self._cached = self._read()
+                    self._at = time.monotonic()
+                except Exception as exc:  # the scrape must answer during an outage
+                    log.warning("metrics_jobs_unavailable", error=type(exc).__name__)
+                    self._cached = None
+            cached = self._cached
+        up.add_metric([], 1.0 if cached is not None else 0.0)
+        yield up
+        if cached is None:
+            return
+        counts, oldest = cached
+        jobs = GaugeMetricFamily("stockout_jobs", "Jobs by status.", labels=["status"])
+        for status in STATUSES:
+            jobs.add_metric([status], counts[status])
+        yield jobs
+        age = GaugeMetricFamily(
+            "stockout_oldest_waiting_job_age_seconds",
+            "Age of the oldest job not yet in a terminal status (0 when none).",
+        )
+        age.add_metric([], oldest or 0.0)
+        yield age
+
+
+JOBS = JobsCollector()
+REGISTRY = CollectorRegistry(auto_describe=False)
+REGISTRY.register(MergedCollector())
+REGISTRY.register(JOBS)
+
+
+@router.get("/metrics", response_class=Response)
+def metrics() -> Response:
+    """Prometheus text format: requests, jobs by status, upstream calls by result and latency."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

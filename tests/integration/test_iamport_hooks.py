@@ -1,0 +1,313 @@
+"""The two URLs iamport calls: confirm_url and notifications, against a real sandbox."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from fastapi.testclient import TestClient
+
+from app.embedded import free_port
+from app.sandbox.control import SandboxControl
+from tests.support.factories import auth, event
+from tests.support.sandbox import running_sandbox
+from tests.support.settings import reset_caches
+
+TOKEN = "hook-secret-token"  # what service_env sets IAMPORT_WEBHOOK_TOKEN to
+CONFIRM = f"/v1/iamport/cvs-confirm?token={TOKEN}"
+NOTIFY = f"/v1/iamport/notifications?token={TOKEN}"
+
+
+@pytest.fixture(scope="module")
+def sandbox_url() -> Iterator[str]:
+    with running_sandbox() as url:
+        yield url
+
+
+@pytest.fixture
+def sandbox(
+    sandbox_url: str, service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[SandboxControl]:
+    monkeypatch.setenv("IAMPORT_BASE_URL", sandbox_url)
+    reset_caches()
+    with SandboxControl(sandbox_url) as control:
+        control.reset()
+        yield control
+
+
+def job_for(api: TestClient, key: str, imp_uid: str) -> dict[str, Any]:
+    body = event(1)
+    body["payments"] = [{"imp_uid": imp_uid, "merchant_uid": f"order-{imp_uid}"}]
+    r = api.post("/v1/stockout-events", json=body, headers=auth(key))
+    assert r.status_code == 202, r.text
+    return r.json()["jobs"][0]  # type: ignore[no-any-return]
+
+
+def confirm_body(imp_uid: str) -> dict[str, Any]:
+    return {
+        "event": "Galaxia.Cvs.Confirm",
+        "imp_uid": imp_uid,
+        "merchant_uid": "order-1",
+        "status": "ready",
+        "extra": {"barcode": "1234", "payType": "cash"},
+    }
+
+
+def db_row(db: str, job_id: str) -> dict[str, Any]:
+    with psycopg.connect(db) as conn:
+        cur = conn.execute("SELECT * FROM jobs WHERE id = %s", (job_id,))
+        names = [d.name for d in cur.description or []]
+        row = cur.fetchone()
+        assert row is not None
+        return dict(zip(names, row, strict=True))
+
+
+def set_job(db: str, job_id: str, **values: Any) -> None:
+    sets = ", ".join(f"{k} = %({k})s" for k in values)
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(f"UPDATE jobs SET {sets} WHERE id = %(id)s", {"id": job_id, **values})
+
+
+# -- confirm_url ------------------------------------------------------------------------------
+
+
+def test_confirm_blocks_a_payment_with_a_job_whatever_its_status(
+    api: TestClient, key: str, service_env: dict[str, str]
+) -> None:
+    job = job_for(api, key, "imps_confirm_1")
+    r = api.post(CONFIRM, json=confirm_body("imps_confirm_1"))
+    assert r.status_code == 409
+    assert r.json()["code"] == "payment_blocked"
+    for status in ("cancelled", "failed", "needs_refund", "running"):
+        set_job(service_env["DATABASE_URL"], job["id"], status=status)
+        assert api.post(CONFIRM, json=confirm_body("imps_confirm_1")).status_code == 409
+
+
+def test_confirm_allows_a_payment_without_a_job(api: TestClient, key: str) -> None:
+    job_for(api, key, "imps_other")
+    r = api.post(CONFIRM, json=confirm_body("imps_no_job"))
+    assert r.status_code == 200
+
+
+def test_confirm_accepts_a_form(api: TestClient, key: str) -> None:
+    job_for(api, key, "imps_form")
+    assert api.post(CONFIRM, data={"imp_uid": "imps_form", "status": "ready"}).status_code == 409
+    assert api.post(CONFIRM, data={"imp_uid": "imps_free", "status": "ready"}).status_code == 200
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "/v1/iamport/cvs-confirm",
+        "/v1/iamport/cvs-confirm?token=wrong",
+        "/v1/iamport/cvs-confirm?token=",
+        f"/v1/iamport/cvs-confirm?token={TOKEN}x",
+        "/v1/iamport/notifications",
+        "/v1/iamport/notifications?token=wrong",
+    ],
+)
+def test_wrong_or_missing_token_is_401(api: TestClient, url: str) -> None:
+    r = api.post(url, json=confirm_body("imps_x"))
+    assert r.status_code == 401
+    assert r.headers["content-type"].startswith("application/problem+json")
+    assert TOKEN not in r.text
+
+
+def test_no_configured_token_is_404(api: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("IAMPORT_WEBHOOK_TOKEN")
+    reset_caches()
+    assert api.post(CONFIRM, json=confirm_body("imps_x")).status_code == 404
+    assert api.post(NOTIFY, json={"imp_uid": "imps_x"}).status_code == 404
+    assert api.post("/v1/iamport/cvs-confirm", json=confirm_body("imps_x")).status_code == 404
+
+
+@pytest.mark.parametrize(
+    "body, ctype",
+    [
+        (b"", "application/json"),
+        (b"{not json", "application/json"),
+        (b"[1, 2]", "application/json"),
+        (b'{"event": "Galaxia.Cvs.Confirm"}', "application/json"),
+        (b'{"imp_uid": 12}', "application/json"),
+        (b'{"imp_uid": "has space"}', "application/json"),
+        (b'{"imp_uid": "a\\u0000b"}', "application/json"),
+        (b"\xff\xfe", "application/octet-stream"),
+        (b"status=paid", "application/x-www-form-urlencoded"),
+    ],
+)
+def test_confirm_unusable_body_blocks(api: TestClient, body: bytes, ctype: str) -> None:
+    r = api.post(CONFIRM, content=body, headers={"content-type": ctype})
+    assert r.status_code in (400, 422), r.text
+    r = api.post(NOTIFY, content=body, headers={"content-type": ctype})
+    assert r.status_code in (400, 422), r.text
+
+
+def test_confirm_with_database_down_blocks(
+    api: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
+    reset_caches()
+    r = api.post(CONFIRM, json=confirm_body("imps_any"))
+    assert r.status_code == 503
+    assert r.json()["code"] == "database_unavailable"
+    assert "Retry-After" in r.headers
+
+
+# -- notifications ----------------------------------------------------------------------------
+
+
+def attempts(api: TestClient, key: str, job_id: str) -> list[dict[str, Any]]:
+    return api.get(f"/v1/jobs/{job_id}/attempts", headers=auth(key)).json()["items"]  # type: ignore[no-any-return]
+
+
+def test_paid_while_waiting_becomes_needs_refund(
+    api: TestClient, key: str, sandbox: SandboxControl, service_env: dict[str, str]
+) -> None:
+    sandbox.create_payment(imp_uid="imps_paid_1", status="paid")
+    job = job_for(api, key, "imps_paid_1")
+    r = api.post(NOTIFY, json={"imp_uid": "imps_paid_1", "merchant_uid": "m", "status": "paid"})
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    got = api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()
+    assert got["status"] == "needs_refund"
+    assert got["payment_status"] == "paid"
+    assert got["finished_at"] is not None
+    row = db_row(service_env["DATABASE_URL"], job["id"])
+    assert row["due_at"] is None and row["lease_token"] is None
+    lookups = [a for a in attempts(api, key, job["id"]) if a["call"] == "lookup"]
+    assert len(lookups) == 1
+    assert lookups[0]["http_status"] == 200 and lookups[0]["outcome"] == "ok"
+    assert lookups[0]["duration_ms"] is not None
+
+
+def test_form_notification_in_retry_wait(
+    api: TestClient, key: str, sandbox: SandboxControl, service_env: dict[str, str]
+) -> None:
+    sandbox.create_payment(imp_uid="imps_paid_2", status="paid")
+    job = job_for(api, key, "imps_paid_2")
+    set_job(service_env["DATABASE_URL"], job["id"], status="retry_wait", attempts=2)
+    r = api.post(NOTIFY, data={"imp_uid": "imps_paid_2", "status": "paid"})
+    assert r.status_code == 200
+    assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == "needs_refund"
+
+
+def test_forged_body_changes_nothing(api: TestClient, key: str, sandbox: SandboxControl) -> None:
+    sandbox.create_payment(imp_uid="imps_forged")  # ready at iamport
+    job = job_for(api, key, "imps_forged")
+    r = api.post(NOTIFY, json={"imp_uid": "imps_forged", "merchant_uid": "x", "status": "paid"})
+    assert r.status_code == 200
+    got = api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()
+    assert got["status"] == "queued"
+    assert got["payment_status"] == "ready"
+    assert got["finished_at"] is None
+
+
+def test_duplicates_are_harmless(api: TestClient, key: str, sandbox: SandboxControl) -> None:
+    sandbox.create_payment(imp_uid="imps_dup", status="paid")
+    job = job_for(api, key, "imps_dup")
+    for _ in range(3):
+        assert api.post(NOTIFY, json={"imp_uid": "imps_dup", "status": "paid"}).status_code == 200
+    got = api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()
+    assert got["status"] == "needs_refund"
+    first_finish = got["finished_at"]
+    assert api.post(NOTIFY, json={"imp_uid": "imps_dup", "status": "paid"}).status_code == 200
+    assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["finished_at"] == first_finish
+
+
+def test_running_job_is_left_to_its_worker(
+    api: TestClient, key: str, sandbox: SandboxControl, service_env: dict[str, str]
+) -> None:
+    sandbox.create_payment(imp_uid="imps_running", status="paid")
+    job = job_for(api, key, "imps_running")
+    set_job(service_env["DATABASE_URL"], job["id"], status="running")
+    assert api.post(NOTIFY, json={"imp_uid": "imps_running", "status": "paid"}).status_code == 200
+    row = db_row(service_env["DATABASE_URL"], job["id"])
+    assert row["status"] == "running" and row["finished_at"] is None
+    assert row["payment_status"] == "paid"  # the last status seen is still recorded
+
+
+@pytest.mark.parametrize("uncertain, by", [(False, "upstream"), (True, "service")])
+def test_cancelled_at_iamport_becomes_cancelled(
+    api: TestClient,
+    key: str,
+    sandbox: SandboxControl,
+    service_env: dict[str, str],
+    uncertain: bool,
+    by: str,
+) -> None:
+    imp_uid = f"imps_cancel_{by}"
+    sandbox.create_payment(imp_uid=imp_uid, status="cancelled")
+    job = job_for(api, key, imp_uid)
+    set_job(service_env["DATABASE_URL"], job["id"], uncertain=uncertain)
+    assert api.post(NOTIFY, json={"imp_uid": imp_uid, "status": "cancelled"}).status_code == 200
+    got = api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()
+    assert got["status"] == "cancelled"
+    c = got["cancellation"]
+    assert c["cancelled_by"] == by
+    assert c["pg_tid"] == f"cvs_cancel_{imp_uid}_1"
+    assert c["amount"] == 1000 and c["cancelled_at"] and c["reason"] == "console cancel"
+    assert c["receipt_url"].startswith("https://")
+
+
+def test_failed_at_iamport_becomes_failed(
+    api: TestClient, key: str, sandbox: SandboxControl
+) -> None:
+    sandbox.create_payment(imp_uid="imps_failed", status="failed")
+    job = job_for(api, key, "imps_failed")
+    assert api.post(NOTIFY, json={"imp_uid": "imps_failed", "status": "failed"}).status_code == 200
+    got = api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()
+    assert got["status"] == "failed" and got["payment_status"] == "failed"
+    assert got["error"]["message"]
+
+
+def test_terminal_job_only_gets_payment_status(
+    api: TestClient, key: str, sandbox: SandboxControl, service_env: dict[str, str]
+) -> None:
+    sandbox.create_payment(imp_uid="imps_refunded", status="cancelled")
+    job = job_for(api, key, "imps_refunded")
+    set_job(service_env["DATABASE_URL"], job["id"], status="needs_refund", payment_status="paid")
+    assert api.post(NOTIFY, json={"imp_uid": "imps_refunded"}).status_code == 200
+    row = db_row(service_env["DATABASE_URL"], job["id"])
+    assert (row["status"], row["payment_status"], row["cancellation"]) == (
+        "needs_refund",
+        "cancelled",
+        None,
+    )
+
+
+def test_unknown_imp_uid_is_200_without_any_upstream_call(
+    api: TestClient, sandbox: SandboxControl
+) -> None:
+    r = api.post(NOTIFY, json={"imp_uid": "imps_not_ours", "status": "paid"})
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    assert sandbox.calls() == []
+
+
+def test_unknown_at_iamport_is_200_and_recorded(
+    api: TestClient, key: str, sandbox: SandboxControl
+) -> None:
+    job = job_for(api, key, "imps_nowhere")
+    assert api.post(NOTIFY, json={"imp_uid": "imps_nowhere", "status": "paid"}).status_code == 200
+    assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == "queued"
+    assert [a["outcome"] for a in attempts(api, key, job["id"]) if a["call"] == "lookup"] == [
+        "not_found"
+    ]
+
+
+def test_iamport_down_is_503_so_it_resends(
+    api: TestClient, key: str, sandbox: SandboxControl
+) -> None:
+    sandbox.create_payment(imp_uid="imps_down", status="paid")
+    job = job_for(api, key, "imps_down")
+    sandbox.set_faults(error_rate=1.0, calls=["lookup"])
+    r = api.post(NOTIFY, json={"imp_uid": "imps_down", "status": "paid"})
+    assert r.status_code == 503
+    assert "Retry-After" in r.headers
+    assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == "queued"
+    assert [a["outcome"] for a in attempts(api, key, job["id"]) if a["call"] == "lookup"] == [
+        "unavailable"
+    ]
+    sandbox.clear_faults()
+    assert api.post(NOTIFY, json={"imp_uid": "imps_down", "status": "paid"}).status_code == 200
+    assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == "needs_refund"
