@@ -30,13 +30,13 @@ fmt: venv
 	$(BIN)/ruff format app worker tests benchmarks migrations
 
 bench: venv  ## end-to-end worker benchmark (issue 4)
-	$(BIN)/python benchmarks/bench_worker.py $(ARGS)
+	$(BIN)/python -m benchmarks.bench_worker $(ARGS)
 
 bench-ingest: venv
-	$(BIN)/python benchmarks/bench_ingest.py $(ARGS)
+	$(BIN)/python -m benchmarks.bench_ingest $(ARGS)
 
 bench-reads: venv
-	$(BIN)/python benchmarks/bench_reads.py $(ARGS)
+	$(BIN)/python -m benchmarks.bench_reads $(ARGS)
 
 chaos: venv  ## the long chaos run (issue 6)
 	$(BIN)/python -m tests.chaos.run $(ARGS)
