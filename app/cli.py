@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from app.auth import Scope, create_key, list_keys, revoke_key
+from app.cli_ops import register as register_operations
 from app.db import session_scope
 
 cli = typer.Typer(
@@ -20,6 +21,7 @@ cli = typer.Typer(
 )
 keys = typer.Typer(help="API keys.", no_args_is_help=True)
 cli.add_typer(keys, name="keys")
+register_operations(cli)
 err = Console(stderr=True)
 
 

@@ -21,8 +21,8 @@ def create_app() -> FastAPI:
         description="Cancels convenience-store payment barcodes at iamport for orders that cannot be shipped.",
     )
     install_handlers(app)
-    mine = (stats.router, metrics.router, iamport_hooks.router)
-    for router in (events.router, jobs.router, health.router, *mine):
+    operations = (stats.router, metrics.router, iamport_hooks.router)
+    for router in (events.router, jobs.router, health.router, *operations):
         app.include_router(router)
     app.add_middleware(BodyLimit)
     middleware.install(app)
