@@ -7,7 +7,7 @@ import threading
 import uuid
 
 import structlog
-from celery.signals import worker_process_init, worker_process_shutdown
+from celery.signals import worker_init, worker_process_init, worker_process_shutdown
 
 from app.config import get_settings
 from app.dispatch import CANCEL_TASK, SWEEP_TASK, publish_jobs
@@ -39,6 +39,14 @@ def rng() -> random.Random:
     if r is None:
         r = _rng.r = random.Random()
     return r
+
+
+@worker_init.connect
+def _check_credentials(**_: object) -> None:
+    # Without credentials every job would fail its run over and over; refuse to start instead.
+    settings = get_settings()
+    if settings.iamport_imp_key is None or settings.iamport_imp_secret is None:
+        raise SystemExit("IAMPORT_IMP_KEY and IAMPORT_IMP_SECRET must be set for the worker")
 
 
 @worker_process_init.connect
