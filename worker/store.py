@@ -141,7 +141,7 @@ UPDATE jobs SET status = %(status)s,
     lease_token = NULL, lease_until = NULL,
     payment_status = COALESCE(%(payment_status)s, payment_status),
     cancellation = COALESCE(%(cancellation)s, cancellation),
-    error = %(error)s,
+    error = COALESCE(%(error)s, error),
     finished_at = CASE WHEN %(terminal)s THEN now() END,
     updated_at = now()
 WHERE id = %(id)s AND lease_token = %(token)s

@@ -159,6 +159,13 @@ def test_faults(
     assert report.by_status == {"cancelled": 40}
     stats = sandbox.stats()
     assert stats["cancels_applied_max_per_imp_uid"] == 1
+    if fault == "5xx":
+        # A job that got there through a 5xx still shows the last upstream error.
+        with psycopg.connect(db) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM jobs WHERE (error->>'http_status')::int >= 500"
+            ).fetchone()
+        assert row is not None and row[0] > 0
 
 
 def test_token_expiry_mid_run(
