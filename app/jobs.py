@@ -145,6 +145,11 @@ def decide(
         uncertain = state.uncertain and step is Step.LOOKUP
         return _retry(result.retry_after or 1.0, uncertain=uncertain, error=last_error)
 
+    if step is Step.CANCEL and not result.sent:
+        # Nothing left our side (no token, limiter or Redis down): nothing can have applied.
+        delay = result.retry_after or policy.backoff(max(1, state.attempts), rng)
+        return _retry(delay, uncertain=False, error=result.error or last_error)
+
     if step is Step.CANCEL:
         if result.kind is Kind.OK:
             return _cancelled(result, "service")

@@ -141,3 +141,8 @@ def test_backoff_is_full_jitter_doubling_and_capped() -> None:
         samples = [p.backoff(attempt, rng) for _ in range(300)]
         assert 0 <= min(samples) and max(samples) <= ceiling
         assert max(samples) > ceiling * 0.8  # it really spreads over the whole range
+
+
+def test_a_cancel_that_never_left_is_a_plain_retry() -> None:
+    d = run(Step.CANCEL, Result(Kind.UNKNOWN, error=ERR, sent=False), attempts=2)
+    assert d.status == "retry_wait" and not d.uncertain and d.delay is not None and d.delay <= 4

@@ -17,7 +17,17 @@ from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, 
 from app.jobs import TERMINAL, JobState, Kind, Policy, Result, Step, drive
 
 POLICY = Policy(max_attempts=4, base_seconds=1, cap_seconds=8, unknown_floor_seconds=2)
-CANCEL_FAULTS = ["ok", "ok", "timeout_before", "timeout_after", "5xx", "429", "401", "local_limit"]
+CANCEL_FAULTS = [
+    "ok",
+    "ok",
+    "timeout_before",
+    "timeout_after",
+    "5xx",
+    "429",
+    "401",
+    "local_limit",
+    "token_down",
+]
 LOOKUP_FAULTS = ["ok", "ok", "5xx", "429", "401"]
 ERR = {"http_status": 500, "code": None, "message": "x"}
 
@@ -48,6 +58,9 @@ class Iamport:
         if fault == "local_limit":
             self.calls.pop()  # nothing left our side
             return Result(Kind.RATE_LIMITED, retry_after=1, sent=False)
+        if fault == "token_down":
+            self.calls.pop()  # getToken failed: the cancel was never sent
+            return Result(Kind.UNKNOWN, error=ERR, sent=False)
         if fault == "429":
             return Result(Kind.RATE_LIMITED, retry_after=1)
         if fault == "401":
