@@ -25,6 +25,9 @@ def main() -> None:
     parser.add_argument("--latency-ms", type=int, default=50)
     parser.add_argument("--workers", type=int, default=1, help="worker processes")
     parser.add_argument("--concurrency", type=int, default=32, help="threads per worker")
+    parser.add_argument(
+        "--log-level", default="INFO", help="the workers' LOG_LEVEL (INFO: one line per job run)"
+    )
     args = parser.parse_args()
 
     per_event = args.payments // args.events
@@ -33,7 +36,7 @@ def main() -> None:
         concurrency=args.concurrency,
         IAMPORT_MAX_RPS="100000",
         IAMPORT_TIMEOUT_SECONDS="10",
-        LOG_LEVEL="WARNING",
+        LOG_LEVEL=args.log_level,
     ) as stack:
         key = stack.key()
         db = stack.env["DATABASE_URL"]
@@ -98,7 +101,7 @@ def main() -> None:
     n = args.payments
     print(
         f"\nworker benchmark: {n} payments in {args.events} events, upstream latency {args.latency_ms} ms, "
-        f"{args.workers} worker process(es) x {args.concurrency} threads"
+        f"{args.workers} worker process(es) x {args.concurrency} threads, LOG_LEVEL {args.log_level}"
     )
     print(f"  statuses                     {statuses}")
     print(f"  posting took                 {posted:.2f} s")
