@@ -311,3 +311,28 @@ def test_iamport_down_is_503_so_it_resends(
     sandbox.clear_faults()
     assert api.post(NOTIFY, json={"imp_uid": "imps_down", "status": "paid"}).status_code == 200
     assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == "needs_refund"
+
+
+def test_the_token_never_reaches_the_logs(api: TestClient) -> None:
+    import logging
+
+    from structlog.contextvars import merge_contextvars
+    from structlog.testing import capture_logs
+
+    from app.api.middleware import RedactQueryTokens
+
+    with capture_logs(processors=[merge_contextvars]) as logs:
+        api.post(CONFIRM, json=confirm_body("imps_logged"))
+        api.post("/v1/iamport/cvs-confirm?token=wrong-guess", json=confirm_body("imps_logged"))
+    requests = [e for e in logs if e["event"] == "request"]
+    assert [e["status"] for e in requests] == [200, 401]
+    assert all(e["path"] == "/v1/iamport/cvs-confirm" and e["request_id"] for e in requests)
+    text = repr(logs)
+    assert TOKEN not in text and "wrong-guess" not in text
+    # uvicorn's own access line (uvicorn app.main:app) is scrubbed too.
+    line = ("1.2.3.4", "POST", f"/v1/iamport/notifications?token={TOKEN}", "1.1", 200)
+    record = logging.LogRecord(
+        "uvicorn.access", logging.INFO, "", 0, '%s - "%s %s HTTP/%s" %d', line, None
+    )
+    RedactQueryTokens().filter(record)
+    assert TOKEN not in record.getMessage() and "token=[redacted]" in record.getMessage()
