@@ -1,0 +1,157 @@
+"""The nemesis: a seeded thread that breaks iamport, workers, Redis and Postgres at intervals."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from app.sandbox.control import SandboxControl
+
+KINDS = ("faults", "token_expiry", "kill_worker", "redis", "postgres", "calm")
+WEIGHTS = (5, 2, 4, 2, 2, 1)
+HANG_SECONDS = 2.5  # longer than the services' IAMPORT_TIMEOUT_SECONDS=1: a real timeout
+
+
+class Target(Protocol):
+    """What the nemesis can break: the stack of the chaos run."""
+
+    def kill_worker(self, rng: random.Random) -> str: ...
+    def stop_redis(self) -> None: ...
+    def start_redis(self) -> None: ...
+    def stop_postgres(self) -> None: ...
+    def start_postgres(self) -> None: ...
+
+
+@dataclass
+class Strike:
+    at: float  # seconds since the run started
+    kind: str
+    detail: str
+    seconds: float = 0.0  # how long the action (an outage) lasted
+
+
+def fault_profile(rng: random.Random) -> dict[str, Any]:
+    """A random mix of iamport faults: two to four of 5xx, 429, timeouts and latency."""
+    menu: dict[str, Callable[[], dict[str, Any]]] = {
+        "5xx": lambda: {"error_rate": round(rng.uniform(0.05, 0.3), 2)},
+        "429": lambda: {
+            "rate_429": round(rng.uniform(0.05, 0.3), 2),
+            "retry_after": round(rng.uniform(0.1, 0.5), 2),
+        },
+        "timeout_before": lambda: {"timeout_before_rate": round(rng.uniform(0.03, 0.15), 2)},
+        "timeout_after": lambda: {"timeout_after_rate": round(rng.uniform(0.03, 0.15), 2)},
+        "latency": lambda: {
+            "latency_ms": rng.randint(5, 80),
+            "latency_jitter_ms": rng.randint(0, 40),
+        },
+    }
+    chosen = rng.sample(sorted(menu), rng.randint(2, 4))
+    profile: dict[str, Any] = {"hang_seconds": HANG_SECONDS, "seed": rng.randint(0, 2**31)}
+    for name in chosen:
+        profile.update(menu[name]())
+    return profile
+
+
+@dataclass
+class Nemesis:
+    """Strikes every `mean_interval` seconds (jittered) until stopped; every kind at least once.
+
+    iamport misbehaves from the first second (a fault profile is set at once), so the first
+    events meet faults too; then each kind strikes once in a seeded order, then at random.
+    """
+
+    seed: int
+    target: Target
+    sandbox_url: str
+    mean_interval: float
+    started: float = field(default_factory=time.monotonic)
+    strikes: list[Strike] = field(default_factory=list)
+    active: str = "none"
+    errors: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.rng = random.Random(f"nemesis-{self.seed}")
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="nemesis", daemon=True)
+        first = list(KINDS)
+        self.rng.shuffle(first)
+        self._queue = first
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop striking and wait for a strike in progress to finish (outages are healed)."""
+        self._stop.set()
+        self._thread.join(120)
+
+    def counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for s in self.strikes:
+            out[s.kind] = out.get(s.kind, 0) + 1
+        return out
+
+    def _next_kind(self) -> str:
+        if self._queue:
+            return self._queue.pop()
+        return self.rng.choices(KINDS, WEIGHTS)[0]
+
+    def _run(self) -> None:
+        with SandboxControl(self.sandbox_url) as sandbox:
+            kind = "faults"
+            while True:
+                began = time.monotonic()
+                try:
+                    detail = self._strike(kind, sandbox)
+                except Exception as exc:  # the run must see a nemesis that could not act
+                    self.errors.append(f"{kind}: {type(exc).__name__}: {exc}")
+                    detail = "error"
+                self.strikes.append(
+                    Strike(
+                        round(began - self.started, 1),
+                        kind,
+                        detail,
+                        round(time.monotonic() - began, 1),
+                    )
+                )
+                if self._stop.wait(self.rng.uniform(0.5, 1.5) * self.mean_interval):
+                    return
+                kind = self._next_kind()
+
+    def _strike(self, kind: str, sandbox: SandboxControl) -> str:
+        rng = self.rng
+        if kind == "faults":
+            profile = fault_profile(rng)
+            sandbox.clear_faults()
+            sandbox.set_faults(**profile)
+            shown = sorted(k for k in profile if k not in ("seed", "hang_seconds", "retry_after"))
+            self.active = " ".join(f"{k}={profile[k]}" for k in shown)
+            return str(profile)
+        if kind == "calm":
+            sandbox.clear_faults()
+            self.active = "none"
+            return "faults cleared"
+        if kind == "token_expiry":
+            sandbox.expire_tokens()
+            return "every token expired"
+        if kind == "kill_worker":
+            return self.target.kill_worker(rng)
+        outage = rng.uniform(1.0, 4.0)
+        was = self.active
+        if kind == "redis":
+            self.active = f"{was} +REDIS DOWN"
+            self.target.stop_redis()
+            time.sleep(outage)
+            self.target.start_redis()
+        else:
+            self.active = f"{was} +POSTGRES DOWN"
+            self.target.stop_postgres()
+            time.sleep(outage)
+            self.target.start_postgres()
+        self.active = was
+        return f"down {outage:.1f}s"

@@ -1,0 +1,552 @@
+"""The chaos run: the real stack in processes, a seeded workload, a seeded nemesis, a checker.
+
+    python -m tests.chaos.run [--payments 5000] [--seed 1] [--duration 150] [--keep]
+
+Embedded Postgres and Redis on fixed ports (so they restart where the services expect them),
+migrations, the API under uvicorn, two Celery workers (threads pool), a separate beat and the
+iamport sandbox. The workload posts events over HTTP with a real key while customers pay and
+the nemesis strikes; then faults are cleared, the jobs drain, and every job is compared with
+the sandbox's truth. Exit status 1 on any violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
+from app.sandbox.control import SandboxControl
+from tests.chaos.nemesis import Nemesis
+from tests.chaos.workload import Judgement, Workload, create_at_sandbox, judge, make_plan
+from tests.support.checker import Report, check
+from tests.support.processes import ROOT, service_env, start_worker, stop, wait_until
+from tests.support.stack import migrate
+
+IMP_KEY = "chaos_imp_key"
+WORKER_CONCURRENCY = 16
+NON_TERMINAL_SQL = "SELECT count(*) FROM jobs WHERE status IN ('queued','running','retry_wait')"
+
+
+def _say(msg: str) -> None:
+    print(msg, flush=True)
+
+
+@dataclass
+class Stack:
+    """Every process of the service, started the way an operator would, and breakable."""
+
+    base: Path
+    seed: int
+    imp_secret: str = field(default_factory=lambda: "chaos-secret-" + secrets.token_hex(12))
+    webhook_token: str = field(default_factory=lambda: "chaos-hook-" + secrets.token_hex(12))
+    procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    workers: list[str] = field(default_factory=list)
+    _n_workers: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self.logs = self.base / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.pg = EmbeddedPostgres(self.base / "pg", fast_unsafe=True)
+        self.redis = EmbeddedRedis(self.base / "redis")
+        self.api_port = free_port()
+        self.sandbox_port = free_port()
+
+    @property
+    def api_url(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def sandbox_url(self) -> str:
+        return f"http://127.0.0.1:{self.sandbox_port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return service_env(
+            DATABASE_URL=self.pg.url,
+            REDIS_URL=self.redis.url,
+            IAMPORT_BASE_URL=self.sandbox_url,
+            IAMPORT_IMP_KEY=IMP_KEY,
+            IAMPORT_IMP_SECRET=self.imp_secret,
+            IAMPORT_WEBHOOK_TOKEN=self.webhook_token,
+            IAMPORT_MAX_RPS="5000",
+            LOG_LEVEL="INFO",  # so the logs scanned for secrets hold something
+            LOG_JSON="true",
+        )
+
+    def hook_url(self, name: str) -> str:
+        return f"{self.api_url}/v1/iamport/{name}?token={self.webhook_token}"
+
+    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+        out = (self.logs / f"{name}.log").open("ab")
+        proc = subprocess.Popen(
+            args,
+            cwd=ROOT,
+            env=self.env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.procs[name] = proc
+        return proc
+
+    def start(self) -> None:
+        self.pg.start()
+        with psycopg.connect(self.pg.url, autocommit=True) as conn:
+            # fast_unsafe turns synchronous_commit off: an immediate stop would then lose the
+            # last commits, a loss no real deployment has. fsync stays off (speed), but every
+            # commit reaches the OS before it is acknowledged, which survives a server crash.
+            conn.execute("ALTER DATABASE postgres SET synchronous_commit = on")
+        migrate(self.pg.url)
+        self.redis.start()
+        code = (
+            "from app.sandbox.server import run; "
+            f"run('127.0.0.1', {self.sandbox_port}, {IMP_KEY!r}, {self.imp_secret!r}, 1800, "
+            f"{self.seed}, 'mixed')"
+        )
+        self._spawn("sandbox", [sys.executable, "-c", code])
+        self._spawn(
+            "api",
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "app.main:app",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.api_port),
+                "--no-access-log",
+            ],
+        )
+        for _ in range(2):
+            self.add_worker()
+        self._spawn(
+            "beat",
+            [
+                sys.executable,
+                "-m",
+                "celery",
+                "-A",
+                "worker",
+                "beat",
+                "-s",
+                str(self.base / "beat-schedule"),
+                "--loglevel",
+                "INFO",
+            ],
+        )
+        wait_for_port(self.sandbox_port, 30)
+        wait_for_port(self.api_port, 30)
+
+    def add_worker(self) -> str:
+        with self._lock:
+            self._n_workers += 1
+            name = f"w{self._n_workers}"
+            self.procs[name] = start_worker(
+                self.env,
+                self.logs / f"{name}.log",
+                concurrency=WORKER_CONCURRENCY,
+                beat=False,
+                name=name,
+            )
+            self.workers.append(name)
+        return name
+
+    def create_key(self) -> str:
+        """`stockout keys create`, as an operator does; the key is the last line of stdout."""
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "app.cli",
+                "keys",
+                "create",
+                "chaos",
+                "--scope",
+                "events:write",
+                "--scope",
+                "jobs:read",
+            ],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return result.stdout.strip().splitlines()[-1]
+
+    # -- what the nemesis breaks ---------------------------------------------------------------
+
+    def kill_worker(self, rng: random.Random) -> str:
+        with self._lock:
+            victim = rng.choice(self.workers)
+            self.workers.remove(victim)
+        stop(self.procs[victim], signal.SIGKILL)
+        new = self.add_worker()
+        return f"SIGKILL {victim}, started {new}"
+
+    def stop_redis(self) -> None:
+        self.redis.stop()
+
+    def start_redis(self) -> None:
+        self.redis.start()
+
+    def stop_postgres(self) -> None:
+        self.pg.stop("immediate")
+
+    def start_postgres(self) -> None:
+        self.pg.start()
+
+    # -- the end -------------------------------------------------------------------------------
+
+    def heal(self) -> None:
+        """Everything up again, whatever a failed strike left behind."""
+        if self.redis.process is None:
+            self.redis.start()
+        try:
+            with psycopg.connect(self.pg.url, connect_timeout=3):
+                pass
+        except psycopg.OperationalError:
+            self.pg.start()
+
+    def dead(self) -> list[str]:
+        """Processes that should be running and are not."""
+        live = {"sandbox", "api", "beat", *self.workers}
+        return [n for n in sorted(live) if self.procs[n].poll() is not None]
+
+    def shutdown(self) -> None:
+        for name in ["beat", *self.workers, "api", "sandbox"]:
+            proc = self.procs.get(name)
+            if proc is not None:
+                stop(proc, signal.SIGTERM, timeout=15)
+        self.redis.stop()
+        try:
+            self.pg.stop("immediate")
+        except Exception as exc:
+            _say(f"postgres stop: {exc}")
+
+
+def non_terminal(db: str) -> int | None:
+    try:
+        with psycopg.connect(db, connect_timeout=2) as conn:
+            row = conn.execute(NON_TERMINAL_SQL).fetchone()
+        return int(row[0]) if row else None
+    except psycopg.Error:
+        return None
+
+
+def job_counts(db: str) -> tuple[int, int] | None:
+    """(jobs, terminal jobs), or None while Postgres is down."""
+    try:
+        with psycopg.connect(db, connect_timeout=2) as conn:
+            row = conn.execute(
+                "SELECT count(*), count(*) FILTER (WHERE status IN "
+                "('cancelled','needs_refund','failed')) FROM jobs"
+            ).fetchone()
+        return (int(row[0]), int(row[1])) if row else None
+    except psycopg.Error:
+        return None
+
+
+def current_token(sandbox_url: str, secret: str) -> str | None:
+    """The token iamport hands out now (the same one the workers hold while it is valid)."""
+    try:
+        r = httpx.post(
+            f"{sandbox_url}/users/getToken",
+            json={"imp_key": IMP_KEY, "imp_secret": secret},
+            timeout=5,
+        )
+        if r.status_code == 200:
+            return str(r.json()["response"]["access_token"])
+    except (httpx.HTTPError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+@dataclass
+class Findings:
+    """What the run shows beyond the per-job checker."""
+
+    lost_imp_uids: list[str] = field(default_factory=list)
+    lost_events: list[str] = field(default_factory=list)
+    conflict_jobs: list[str] = field(default_factory=list)
+    conflict_changed: list[str] = field(default_factory=list)
+    secrets_in_logs: list[str] = field(default_factory=list)
+    dead_processes: list[str] = field(default_factory=list)
+    nemesis_errors: list[str] = field(default_factory=list)
+
+
+def find_lost(db: str, workload: Workload, j: Judgement, f: Findings) -> None:
+    """Every accepted event and imp_uid in Postgres; conflicting bodies left no trace."""
+    with psycopg.connect(db) as conn:
+        jobs = {r[0] for r in conn.execute("SELECT imp_uid FROM jobs")}
+        events = dict(conn.execute("SELECT event_id, sku FROM events").fetchall())
+        links: dict[str, set[str]] = {}
+        for event_id, imp_uid in conn.execute(
+            "SELECT ej.event_id, j.imp_uid FROM event_jobs ej JOIN jobs j ON j.id = ej.job_id"
+        ):
+            links.setdefault(event_id, set()).add(imp_uid)
+    f.lost_imp_uids = sorted(j.accepted_imp_uids - jobs)
+    for event_id in workload.accepted_at:
+        body = workload.plan.bodies[event_id]
+        want = {p["imp_uid"] for p in body["payments"]}
+        if event_id not in events or links.get(event_id, set()) != want:
+            f.lost_events.append(event_id)
+        elif events[event_id] != body["sku"]:
+            f.conflict_changed.append(event_id)
+    f.conflict_jobs = sorted(set(workload.plan.conflict_imp_uids) & jobs)
+
+
+def scan_logs(logs: Path, needles: dict[str, str]) -> list[str]:
+    """Which secret appears in which log file."""
+    found = []
+    for path in sorted(logs.glob("*.log")):
+        text = path.read_text(errors="replace")
+        for what, needle in needles.items():
+            if needle and needle in text:
+                found.append(f"{what} in {path.name}")
+    return found
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--payments", type=int, default=5000)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument(
+        "--duration", type=float, default=None, help="workload seconds (default: by size)"
+    )
+    parser.add_argument("--drain-limit", type=float, default=180, help="seconds to drain")
+    parser.add_argument(
+        "--duration-limit", type=float, default=540, help="wall seconds for the whole run"
+    )
+    parser.add_argument("--nemesis-interval", type=float, default=None)
+    parser.add_argument("--keep", action="store_true", help="keep logs and data even on success")
+    parser.add_argument("--json", type=Path, default=None, help="write the figures here")
+    args = parser.parse_args(argv)
+    duration = args.duration or max(25.0, min(150.0, args.payments / 35))
+    interval = args.nemesis_interval or max(2.5, duration / 25)
+    # What the workload leaves of the wall-clock limit goes to draining (stack and check: ~60s).
+    drain = max(30.0, min(args.drain_limit, args.duration_limit - duration - 60))
+    return run(args.seed, args.payments, duration, interval, drain, args.keep, args.json)
+
+
+def run(
+    seed: int,
+    payments: int,
+    duration: float,
+    interval: float,
+    drain_limit: float,
+    keep: bool = False,
+    json_out: Path | None = None,
+) -> int:
+    os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
+    t0 = time.monotonic()
+    base = Path(tempfile.mkdtemp(prefix=f"stockout-chaos-{seed}-"))
+    base.chmod(0o755)
+    stack = Stack(base, seed)
+    _say(f"chaos: seed {seed}, {payments} payments, workload {duration:.0f}s, dir {base}")
+    ok = False
+    try:
+        stack.start()
+        key = stack.create_key()
+        plan = make_plan(seed, payments, duration)
+        with SandboxControl(stack.sandbox_url) as sandbox:
+            create_at_sandbox(
+                sandbox, plan, stack.hook_url("cvs-confirm"), stack.hook_url("notifications")
+            )
+        _say(
+            f"stack up in {time.monotonic() - t0:.1f}s: api {stack.api_url}, "
+            f"{len(plan.actions)} posts, {len(plan.pays)} customers paying"
+        )
+        ok = _exercise(stack, plan, key, seed, interval, drain_limit, duration, json_out)
+        return 0 if ok else 1
+    finally:
+        stack.shutdown()
+        if ok and not keep:
+            shutil.rmtree(base, ignore_errors=True)
+        else:
+            _say(f"logs and data kept in {base}")
+
+
+def _exercise(
+    stack: Stack,
+    plan: Any,
+    key: str,
+    seed: int,
+    interval: float,
+    drain_limit: float,
+    duration: float,
+    json_out: Path | None,
+) -> bool:
+    db = stack.pg.url
+    workload = Workload(plan, stack.api_url, key, stack.sandbox_url)
+    nemesis = Nemesis(seed, stack, stack.sandbox_url, interval)
+    tokens: set[str] = set()
+    started = time.monotonic()
+    runner = threading.Thread(target=workload.run, name="workload", daemon=True)
+    runner.start()
+    nemesis.start()
+    last = 0.0
+    while not workload.finished.wait(0.5):
+        token = current_token(stack.sandbox_url, stack.imp_secret)
+        if token:
+            tokens.add(token)
+        if time.monotonic() - last >= 3:
+            last = time.monotonic()
+            counts = job_counts(db)
+            jobs = f"{counts[1]}/{counts[0]} terminal" if counts else "db down"
+            _say(
+                f"  t={last - started:5.1f}s posted {workload.posted_events}/{len(plan.bodies)} "
+                f"events, jobs {jobs}, 503 retries {workload.retries_503}, "
+                f"strikes {len(nemesis.strikes)}, faults: {nemesis.active}"
+            )
+        if time.monotonic() - started > duration + 300:
+            _say("workload did not finish in time")
+            break
+    nemesis.stop()
+    stack.heal()
+    workload_seconds = time.monotonic() - started
+    with SandboxControl(stack.sandbox_url) as sandbox:
+        sandbox.clear_faults()
+        drain_started = time.monotonic()
+        drained = True
+        try:
+            last = 0.0
+
+            def drained_now() -> bool:
+                nonlocal last
+                left = non_terminal(db)
+                if time.monotonic() - last >= 3:
+                    last = time.monotonic()
+                    _say(f"  draining: {left} jobs not terminal")
+                return left == 0
+
+            wait_until(drained_now, drain_limit, "every job terminal", interval=0.5)
+        except AssertionError:
+            drained = False
+        drain_seconds = time.monotonic() - drain_started
+        token = current_token(stack.sandbox_url, stack.imp_secret)
+        if token:
+            tokens.add(token)
+        report = check(db, sandbox)
+        sandbox_stats = sandbox.stats()
+    j = judge(workload)
+    f = Findings(dead_processes=stack.dead(), nemesis_errors=nemesis.errors)
+    find_lost(db, workload, j, f)
+    needles = {"imp_secret": stack.imp_secret, "webhook token": stack.webhook_token}
+    needles["api key"] = key.rsplit("_", 1)[-1]
+    needles.update({f"iamport token {t[:6]}…": t for t in tokens})
+    f.secrets_in_logs = scan_logs(stack.logs, needles)
+    return _print_report(
+        report,
+        j,
+        f,
+        nemesis,
+        sandbox_stats,
+        workload,
+        drained,
+        drain_seconds,
+        workload_seconds,
+        len(tokens),
+        json_out,
+    )
+
+
+def _print_report(
+    report: Report,
+    j: Judgement,
+    f: Findings,
+    nemesis: Nemesis,
+    sandbox_stats: dict[str, Any],
+    workload: Workload,
+    drained: bool,
+    drain_seconds: float,
+    workload_seconds: float,
+    n_tokens: int,
+    json_out: Path | None,
+) -> bool:
+    pays_allowed = sum(1 for p in workload.pays if p.allowed)
+    figures: dict[str, Any] = {
+        "seed": workload.plan.seed,
+        "payments planned": len(workload.plan.payments),
+        "posts": j.counts,
+        "events accepted": j.accepted_events,
+        "jobs accepted": report.jobs,
+        "jobs by status": report.by_status,
+        "customers paying": f"{len(workload.pays)} tries, {pays_allowed} allowed",
+        "503 retries by the workload": workload.retries_503,
+        "nemesis strikes": nemesis.counts(),
+        "iamport faults injected": sandbox_stats.get("faults_injected", {}),
+        "iamport calls": sandbox_stats.get("calls", {}),
+        "tokens seen": n_tokens,
+        "workload seconds": round(workload_seconds, 1),
+        "time to drain seconds": round(drain_seconds, 1),
+        "drained": drained,
+    }
+    violations: dict[str, Any] = {
+        "not drained (non-terminal jobs)": report.non_terminal,
+        "lost (accepted imp_uids without a job)": f.lost_imp_uids,
+        "lost (accepted events missing or incomplete)": f.lost_events,
+        "wrong outcome": report.wrong_outcome,
+        "applied cancels per imp_uid over 1": max(0, report.applied_max - 1),
+        "overlapping cancel calls": report.overlapping_cancels,
+        "cancel after applied": report.cancel_after_applied,
+        "unexpected API statuses": j.unexpected_statuses,
+        "wrong event bodies": j.wrong_bodies,
+        "jobs from conflicting bodies": f.conflict_jobs,
+        "events changed by a conflict": f.conflict_changed,
+        "paid after the job was accepted": j.paid_after_accepted,
+        "secrets in logs": f.secrets_in_logs,
+        "dead processes": f.dead_processes,
+        "nemesis errors": f.nemesis_errors,
+    }
+    _say("")
+    _say("== chaos figures ==")
+    for name, value in figures.items():
+        _say(f"{name:32} {value}")
+    _say(f"{'applied cancels per imp_uid (max)':32} {report.applied_max}")
+    _say("== violations (all must be 0) ==")
+    total = 0
+    for name, value in violations.items():
+        n = len(value) if isinstance(value, list) else int(value)
+        total += n
+        sample = f"  e.g. {value[:5]}" if isinstance(value, list) and value else ""
+        _say(f"{name:45} {n}{sample}")
+    _say(f"strikes: {[(s.at, s.kind, s.seconds) for s in nemesis.strikes]}")
+    _say(f"RESULT: {'PASS' if total == 0 else 'FAIL'} ({total} violations)")
+    if json_out is not None:
+        json_out.write_text(
+            json.dumps(
+                {
+                    "figures": figures,
+                    "violations": violations,
+                    "applied_max": report.applied_max,
+                    "total": total,
+                },
+                default=str,
+                indent=2,
+            )
+        )
+    return total == 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

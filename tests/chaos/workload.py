@@ -1,0 +1,332 @@
+"""The chaos workload: a seeded plan of payments and events, and the threads that post it.
+
+The plan is a pure function of the seed (same seed, same payments, events, duplicates,
+replays, conflicts and customers). Timing under faults is not repeatable, so the judge
+accepts every answer the contract allows for what happened (a `200` instead of a `202` after a
+`503` whose commit may have landed) and nothing else.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from app.sandbox.control import SandboxControl
+
+# Initial status at iamport; "unknown" payments are never created there.
+STATUS_WEIGHTS = {"ready": 86, "paid": 4, "cancelled": 4, "failed": 3, "unknown": 3}
+RETRY_DEADLINE_SECONDS = 120.0  # an event still not accepted after this long is a violation
+API_TIMEOUT_SECONDS = 30.0
+
+
+@dataclass
+class Planned:
+    """One payment of the plan."""
+
+    imp_uid: str
+    merchant_uid: str
+    status: str
+
+
+@dataclass
+class Action:
+    """One POST of the plan at offset `at` seconds: new, concurrent, replay or conflict."""
+
+    kind: str  # new | concurrent | replay | conflict
+    event_id: str
+    body: dict[str, Any]
+    at: float
+    fresh_imp_uids: list[str] = field(default_factory=list)  # only in a conflicting body
+
+
+@dataclass
+class Plan:
+    seed: int
+    payments: list[Planned]
+    actions: list[Action]
+    pays: list[tuple[float, str]]  # (offset, imp_uid): a customer tries to pay
+    bodies: dict[str, dict[str, Any]]  # event_id -> the original body
+
+    @property
+    def conflict_imp_uids(self) -> list[str]:
+        return [u for a in self.actions if a.kind == "conflict" for u in a.fresh_imp_uids]
+
+
+def make_plan(seed: int, n_payments: int, duration: float) -> Plan:
+    """The whole workload, from the seed alone."""
+    rng = random.Random(seed)
+    statuses = list(STATUS_WEIGHTS)
+    weights = list(STATUS_WEIGHTS.values())
+    payments = [
+        Planned(f"imps_c{seed}_{i:05d}", f"order-{seed}-{i}", rng.choices(statuses, weights)[0])
+        for i in range(n_payments)
+    ]
+    order = payments[:]
+    rng.shuffle(order)
+    actions: list[Action] = []
+    bodies: dict[str, dict[str, Any]] = {}
+    posted: list[Planned] = []
+    chunks: list[list[Planned]] = []
+    i = 0
+    while i < len(order):
+        size = rng.randint(1, 50)
+        chunks.append(order[i : i + size])
+        i += size
+    step = duration / max(1, len(chunks))
+    for k, chunk in enumerate(chunks):
+        refs = list(chunk)
+        if posted and rng.random() < 0.2:  # overlap: imp_uids already named by earlier events
+            refs += rng.sample(posted, min(len(posted), rng.randint(1, 5)))
+        if rng.random() < 0.05:  # the same imp_uid twice in one event counts once
+            refs.append(rng.choice(refs))
+        posted.extend(chunk)
+        event_id = f"chaos-{seed}-{k}"
+        body = {
+            "event_id": event_id,
+            "sku": f"SKU-{rng.randint(1, 40)}",
+            "reason": "out of stock",
+            "occurred_at": "2026-11-25T06:00:00Z",
+            "payments": [
+                {"imp_uid": p.imp_uid, "merchant_uid": p.merchant_uid}
+                if rng.random() < 0.9
+                else {"imp_uid": p.imp_uid}
+                for p in refs
+            ],
+        }
+        bodies[event_id] = body
+        at = k * step + rng.uniform(0, step)
+        kind = "concurrent" if rng.random() < 0.08 else "new"
+        actions.append(Action(kind, event_id, body, at))
+        if rng.random() < 0.12:
+            actions.append(Action("replay", event_id, body, at + rng.uniform(0.5, 8)))
+        if rng.random() < 0.06:
+            fresh = [f"imps_c{seed}_x{k}"]
+            conflicting = dict(body, sku=body["sku"] + "-other")
+            conflicting["payments"] = [*body["payments"], {"imp_uid": fresh[0]}]
+            actions.append(
+                Action("conflict", event_id, conflicting, at + rng.uniform(0.5, 8), fresh)
+            )
+    actions.sort(key=lambda a: a.at)
+    payable = [p.imp_uid for p in payments if p.status == "ready"]
+    n_pays = max(3, n_payments // 25)
+    pays = sorted((rng.uniform(0, duration), rng.choice(payable)) for _ in range(n_pays))
+    return Plan(seed, payments, actions, pays, bodies)
+
+
+def create_at_sandbox(
+    sandbox: SandboxControl, plan: Plan, confirm_url: str, notice_url: str
+) -> None:
+    """Every planned payment (but the unknown ones) and every conflict's fresh one, at iamport."""
+    specs = [
+        {
+            "imp_uid": p.imp_uid,
+            "merchant_uid": p.merchant_uid,
+            "amount": 1000 + (i % 50) * 100,
+            "status": p.status,
+            "confirm_url": confirm_url,
+            "notice_url": notice_url,
+        }
+        for i, p in enumerate(plan.payments)
+        if p.status != "unknown"
+    ]
+    specs += [
+        {"imp_uid": u, "merchant_uid": f"order-{u}", "amount": 1000, "confirm_url": confirm_url}
+        for u in plan.conflict_imp_uids
+    ]
+    for i in range(0, len(specs), 500):
+        sandbox.create_payments(specs[i : i + 500])
+
+
+@dataclass
+class Post:
+    """What one POST of an action met, retried through 503s until a final answer."""
+
+    action: Action
+    statuses: list[int | str] = field(default_factory=list)  # ints, or "timeout"/"conn:<Error>"
+    final: int | None = None
+    body: dict[str, Any] | None = None
+    done_at: float | None = None  # monotonic
+
+
+@dataclass
+class PayTry:
+    imp_uid: str
+    started_at: float  # monotonic
+    allowed: bool | None
+    error: str | None = None
+
+
+class Workload:
+    """Posts the plan's actions on schedule, retrying the same body through 503s."""
+
+    def __init__(
+        self, plan: Plan, api_url: str, key: str, sandbox_url: str, posters: int = 8
+    ) -> None:
+        self.plan = plan
+        self.api_url = api_url
+        self.key = key
+        self.sandbox_url = sandbox_url
+        self.posters = posters
+        self.posts: list[Post] = []
+        self.pays: list[PayTry] = []
+        self.accepted_at: dict[str, float] = {}  # event_id -> first 200/202 (monotonic)
+        self._accepted = {eid: threading.Event() for eid in plan.bodies}
+        self._lock = threading.Lock()
+        self._http = httpx.Client(
+            base_url=api_url,
+            timeout=API_TIMEOUT_SECONDS,
+            headers={"Authorization": f"Bearer {key}"},
+            limits=httpx.Limits(max_connections=posters * 2 + 4),
+        )
+        self.started = 0.0
+        self.finished = threading.Event()
+
+    # -- progress --------------------------------------------------------------------------
+
+    @property
+    def posted_events(self) -> int:
+        return len(self.accepted_at)
+
+    @property
+    def retries_503(self) -> int:
+        with self._lock:
+            return sum(p.statuses.count(503) for p in self.posts)
+
+    # -- running -----------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Run the whole plan; returns when every action and every customer is done."""
+        self.started = time.monotonic()
+        payer = threading.Thread(target=self._customers, name="customers", daemon=True)
+        payer.start()
+        with ThreadPoolExecutor(self.posters, thread_name_prefix="poster") as pool:
+            for action in self.plan.actions:
+                self._sleep_until(action.at)
+                if action.kind == "concurrent":
+                    pool.submit(self._post_guarded, action)
+                    pool.submit(self._post_guarded, action)
+                else:
+                    pool.submit(self._post_guarded, action)
+        payer.join()
+        self._http.close()
+        self.finished.set()
+
+    def _sleep_until(self, offset: float) -> None:
+        delay = self.started + offset - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+
+    def _post_guarded(self, action: Action) -> None:
+        try:
+            self._post(action)
+        except Exception as exc:  # a bug here must show as a violation, not vanish in a pool
+            post = Post(action, [f"crash:{type(exc).__name__}: {exc}"])
+            with self._lock:
+                self.posts.append(post)
+
+    def _post(self, action: Action) -> None:
+        if action.kind in ("replay", "conflict"):
+            # Only meaningful once the original is in: a conflict posted first would be new.
+            self._accepted[action.event_id].wait(RETRY_DEADLINE_SECONDS + 30)
+        post = Post(action)
+        deadline = time.monotonic() + RETRY_DEADLINE_SECONDS
+        while True:
+            status: int | str
+            try:
+                r = self._http.post("/v1/stockout-events", json=action.body)
+                status = r.status_code
+            except httpx.TimeoutException:
+                status = "timeout"
+            except httpx.TransportError as exc:
+                status = f"conn:{type(exc).__name__}"
+            post.statuses.append(status)
+            if status in (503, "timeout") or isinstance(status, str):
+                if time.monotonic() > deadline:
+                    break
+                time.sleep(0.3)
+                continue
+            post.final = status
+            if status in (200, 202):
+                post.body = r.json()
+                with self._lock:
+                    self.accepted_at.setdefault(action.event_id, time.monotonic())
+                self._accepted[action.event_id].set()
+            break
+        post.done_at = time.monotonic()
+        with self._lock:
+            self.posts.append(post)
+
+    def _customers(self) -> None:
+        with SandboxControl(self.sandbox_url) as sandbox:
+            for at, imp_uid in self.plan.pays:
+                self._sleep_until(at)
+                started = time.monotonic()
+                try:
+                    result = sandbox.pay(imp_uid)
+                    self.pays.append(PayTry(imp_uid, started, bool(result["allowed"])))
+                except httpx.HTTPError as exc:
+                    self.pays.append(PayTry(imp_uid, started, None, type(exc).__name__))
+
+
+@dataclass
+class Judgement:
+    """The workload's own findings (the job-level ones come from the checker)."""
+
+    accepted_events: int = 0
+    accepted_imp_uids: set[str] = field(default_factory=set)
+    unexpected_statuses: list[str] = field(default_factory=list)
+    wrong_bodies: list[str] = field(default_factory=list)
+    paid_after_accepted: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+def judge(workload: Workload) -> Judgement:
+    """Every answer against what the contract allows for its action."""
+    j = Judgement()
+    by_event: dict[str, list[Post]] = {}
+    for post in workload.posts:
+        by_event.setdefault(post.action.event_id, []).append(post)
+        kind = post.action.kind
+        j.counts[kind] = j.counts.get(kind, 0) + 1
+        saw_503 = 503 in post.statuses
+        odd = [s for s in post.statuses[:-1] if s != 503] if post.final is not None else []
+        allowed: set[int] = {
+            "new": {202, 200} if saw_503 else {202},
+            "concurrent": {202, 200},
+            "replay": {200},
+            "conflict": {409},
+        }[kind]
+        if post.final is None or post.final not in allowed or odd:
+            j.unexpected_statuses.append(f"{kind} {post.action.event_id}: {post.statuses}")
+        if post.final in (200, 202) and post.body is not None:
+            want = {p["imp_uid"] for p in post.action.body["payments"]}
+            got = {job["imp_uid"] for job in post.body.get("jobs", [])}
+            if want != got or post.body.get("event_id") != post.action.event_id:
+                j.wrong_bodies.append(f"{post.action.event_id}: jobs {sorted(got ^ want)[:5]}")
+    for event_id, posts in by_event.items():
+        firsts = [p for p in posts if p.action.kind in ("new", "concurrent")]
+        created = sum(1 for p in firsts if p.final == 202)
+        if created > 1:
+            j.unexpected_statuses.append(f"{event_id}: {created} answers 202 for one event")
+        if created == 0 and firsts and not any(503 in p.statuses for p in firsts):
+            j.unexpected_statuses.append(f"{event_id}: no 202 and no 503 to explain it")
+        if any(p.final in (200, 202) for p in firsts):
+            j.accepted_events += 1
+            j.accepted_imp_uids.update(
+                p["imp_uid"] for p in workload.plan.bodies[event_id]["payments"]
+            )
+    by_uid_accepted: dict[str, float] = {}
+    for event_id, at in workload.accepted_at.items():
+        for p in workload.plan.bodies[event_id]["payments"]:
+            by_uid_accepted[p["imp_uid"]] = min(at, by_uid_accepted.get(p["imp_uid"], at))
+    for pay in workload.pays:
+        accepted = by_uid_accepted.get(pay.imp_uid)
+        if pay.allowed and accepted is not None and accepted < pay.started_at:
+            j.paid_after_accepted.append(pay.imp_uid)
+    return j
