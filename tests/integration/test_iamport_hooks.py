@@ -313,15 +313,19 @@ def test_iamport_down_is_503_so_it_resends(
     assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == "needs_refund"
 
 
-def test_the_token_never_reaches_the_logs(api: TestClient) -> None:
+def test_the_token_never_reaches_the_logs(api: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:
     import logging
 
+    import structlog
     from structlog.contextvars import merge_contextvars
     from structlog.testing import capture_logs
 
+    from app.api import middleware
     from app.api.middleware import RedactQueryTokens
 
     with capture_logs(processors=[merge_contextvars]) as logs:
+        # A fresh logger: the module's own was cached with the real processors on first use.
+        monkeypatch.setattr(middleware, "log", structlog.get_logger("api"))
         api.post(CONFIRM, json=confirm_body("imps_logged"))
         api.post("/v1/iamport/cvs-confirm?token=wrong-guess", json=confirm_body("imps_logged"))
     requests = [e for e in logs if e["event"] == "request"]
