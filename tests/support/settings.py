@@ -4,9 +4,10 @@ from __future__ import annotations
 
 
 def reset_caches() -> None:
-    from app import config, db
+    from app import config, db, redis_conn
 
     config.get_settings.cache_clear()
+    redis_conn.get_redis.cache_clear()
     engine = db.get_engine.cache_info().currsize and db.get_engine()
     if engine:
         engine.dispose()
