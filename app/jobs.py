@@ -10,8 +10,11 @@ from __future__ import annotations
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any, Literal
+
+from app.iamport.schemas import Payment
 
 
 class Step(StrEnum):
@@ -31,6 +34,9 @@ class Kind(StrEnum):
 
 
 TERMINAL = frozenset({"cancelled", "needs_refund", "failed"})
+# What a looked-up payment status means for a job nobody is working on (decide() agrees; a
+# test holds them together). "ready" means nothing has happened yet.
+TERMINAL_FOR_PAYMENT = {"paid": "needs_refund", "cancelled": "cancelled", "failed": "failed"}
 CancelledBy = Literal["service", "upstream"]
 
 
@@ -86,6 +92,30 @@ class Decision:
     @property
     def terminal(self) -> bool:
         return self.status in TERMINAL
+
+
+def _iso(unix: int | float | None) -> str | None:
+    return datetime.fromtimestamp(unix, UTC).isoformat() if unix else None
+
+
+def cancellation_of(payment: Payment) -> dict[str, Any]:
+    """The cancellation record from the payment's last cancel_history entry."""
+    last = payment.last_cancel()
+    if last is None:
+        return {
+            "pg_tid": None,
+            "amount": payment.cancel_amount or payment.amount,
+            "cancelled_at": _iso(payment.cancelled_at),
+            "reason": None,
+            "receipt_url": None,
+        }
+    return {
+        "pg_tid": last.pg_tid,
+        "amount": last.amount,
+        "cancelled_at": _iso(last.cancelled_at),
+        "reason": last.reason,
+        "receipt_url": last.receipt_url,
+    }
 
 
 def first_step(state: JobState) -> Step:

@@ -12,7 +12,6 @@ import re
 import threading
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -26,6 +25,7 @@ from app.db import get_engine, session_scope
 from app.iamport.client import CallRecord, IamportClient
 from app.iamport.errors import IamportError, NotFound
 from app.iamport.schemas import Payment
+from app.jobs import TERMINAL_FOR_PAYMENT, cancellation_of
 
 log = structlog.get_logger(__name__)
 
@@ -129,9 +129,6 @@ class Handled:
     changed: bool  # the job moved to a terminal status because of this notification
 
 
-# Which terminal status a payment status puts a still-waiting job in (None: stays as it is).
-TRANSITIONS = {"paid": "needs_refund", "cancelled": "cancelled", "failed": "failed"}
-
 # Only a job nobody is working on changes hands here: a running job belongs to its worker,
 # which will see the payment's status itself. The WHERE is re-checked under the row lock, so
 # a worker's claim that commits first wins and this UPDATE then matches nothing.
@@ -158,30 +155,6 @@ _ATTEMPT = """
 INSERT INTO attempts (job_id, call, started_at, duration_ms, http_status, code, message, outcome)
 VALUES (:job_id, :call, :started_at, :duration_ms, :http_status, :code, :message, :outcome)
 """
-
-
-def _ts(unix: int | float) -> str | None:
-    return datetime.fromtimestamp(unix, UTC).isoformat() if unix else None
-
-
-def cancellation_of(payment: Payment) -> dict[str, Any]:
-    """The cancellation record from the payment's last cancel_history entry."""
-    last = payment.last_cancel()
-    if last is None:
-        return {
-            "pg_tid": None,
-            "amount": payment.cancel_amount or payment.amount,
-            "cancelled_at": _ts(payment.cancelled_at),
-            "reason": None,
-            "receipt_url": None,
-        }
-    return {
-        "pg_tid": last.pg_tid,
-        "amount": last.amount,
-        "cancelled_at": _ts(last.cancelled_at),
-        "reason": last.reason,
-        "receipt_url": last.receipt_url,
-    }
 
 
 def handle_notification(imp_uid: str, client: IamportClient | None = None) -> Handled:
@@ -244,7 +217,7 @@ def handle_notification(imp_uid: str, client: IamportClient | None = None) -> Ha
 
 
 def _apply(session: Any, imp_uid: str, payment: Payment, records: list[CallRecord]) -> bool:
-    to = TRANSITIONS.get(payment.status)
+    to = TERMINAL_FOR_PAYMENT.get(payment.status)
     if to is not None:
         lookup = next((r for r in reversed(records) if r.call == "lookup"), None)
         params: dict[str, Any] = {

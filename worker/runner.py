@@ -22,8 +22,7 @@ from app.iamport.errors import (
     Unauthorized,
     Unavailable,
 )
-from app.iamport.schemas import Payment
-from app.jobs import JobState, Kind, Policy, Result, Step, drive
+from app.jobs import JobState, Kind, Policy, Result, Step, cancellation_of, drive
 from worker import store
 
 log = structlog.get_logger("worker")
@@ -43,30 +42,6 @@ def policy_from(settings: Settings) -> Policy:
             settings.iamport_timeout_seconds, settings.cancel_retry_max_seconds
         ),
     )
-
-
-def _ts(unix: int | float | None) -> str | None:
-    return datetime.fromtimestamp(unix, UTC).isoformat() if unix else None
-
-
-def cancellation_of(payment: Payment) -> dict[str, Any]:
-    """The cancellation record from the payment's last cancel_history entry."""
-    last = payment.last_cancel()
-    if last is None:
-        return {
-            "pg_tid": None,
-            "amount": payment.cancel_amount or payment.amount,
-            "cancelled_at": _ts(payment.cancelled_at),
-            "reason": None,
-            "receipt_url": None,
-        }
-    return {
-        "pg_tid": last.pg_tid,
-        "amount": last.amount,
-        "cancelled_at": _ts(last.cancelled_at),
-        "reason": last.reason,
-        "receipt_url": last.receipt_url,
-    }
 
 
 def _error(exc: Exception) -> dict[str, Any]:

@@ -146,3 +146,11 @@ def test_backoff_is_full_jitter_doubling_and_capped() -> None:
 def test_a_cancel_that_never_left_is_a_plain_retry() -> None:
     d = run(Step.CANCEL, Result(Kind.UNKNOWN, error=ERR, sent=False), attempts=2)
     assert d.status == "retry_wait" and not d.uncertain and d.delay is not None and d.delay <= 4
+
+
+@pytest.mark.parametrize("payment_status", ["paid", "cancelled", "failed", "ready"])
+def test_notifications_and_worker_agree_on_what_a_payment_status_means(payment_status: str) -> None:
+    from app.jobs import TERMINAL_FOR_PAYMENT
+
+    d = run(Step.LOOKUP, Result(Kind.OK, payment_status=payment_status), attempts=0)
+    assert (d.status if d.terminal else None) == TERMINAL_FOR_PAYMENT.get(payment_status)
