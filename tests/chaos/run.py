@@ -197,11 +197,32 @@ class Stack:
 
     def kill_worker(self, rng: random.Random) -> str:
         with self._lock:
-            victim = rng.choice(self.workers)
+            # Only a live one: a worker that died by itself is the supervisor's to count.
+            live = [w for w in self.workers if self.procs[w].poll() is None]
+            if not live:
+                return "no live worker to kill"
+            victim = rng.choice(live)
             self.workers.remove(victim)
         stop(self.procs[victim], signal.SIGKILL)
         new = self.add_worker()
         return f"SIGKILL {victim}, started {new}"
+
+    def replace_crashed_workers(self, since: float) -> list[str]:
+        """Restart workers that exited on their own, as a supervisor (systemd, k8s) would.
+
+        Each crash is returned (and counted as a violation): a worker should survive a Redis
+        or Postgres restart by itself.
+        """
+        crashed = []
+        with self._lock:
+            gone = [n for n in self.workers if self.procs[n].poll() is not None]
+            for name in gone:
+                self.workers.remove(name)
+        for name in gone:
+            why = _last_line(self.logs / f"{name}.log", ("Unrecoverable", "CRITICAL", "Error"))
+            crashed.append(f"{name} exited {self.procs[name].returncode} at t={since:.0f}s: {why}")
+            self.add_worker()
+        return crashed
 
     def stop_redis(self) -> None:
         self.redis.stop()
@@ -242,6 +263,14 @@ class Stack:
             self.pg.stop("immediate")
         except Exception as exc:
             _say(f"postgres stop: {exc}")
+
+
+def _last_line(path: Path, marks: tuple[str, ...]) -> str:
+    lines = path.read_text(errors="replace").splitlines() if path.exists() else []
+    for line in reversed(lines):
+        if any(m in line for m in marks):
+            return line.strip()[:200]
+    return lines[-1].strip()[:200] if lines else ""
 
 
 def non_terminal(db: str) -> int | None:
@@ -289,6 +318,8 @@ class Findings:
     lost_events: list[str] = field(default_factory=list)
     conflict_jobs: list[str] = field(default_factory=list)
     conflict_changed: list[str] = field(default_factory=list)
+    unrecorded_cancels: list[str] = field(default_factory=list)
+    worker_crashes: list[str] = field(default_factory=list)
     secrets_in_logs: list[str] = field(default_factory=list)
     dead_processes: list[str] = field(default_factory=list)
     nemesis_errors: list[str] = field(default_factory=list)
@@ -313,6 +344,26 @@ def find_lost(db: str, workload: Workload, j: Judgement, f: Findings) -> None:
         elif events[event_id] != body["sku"]:
             f.conflict_changed.append(event_id)
     f.conflict_jobs = sorted(set(workload.plan.conflict_imp_uids) & jobs)
+
+
+def find_unrecorded(db: str, sandbox: SandboxControl) -> list[str]:
+    """Cancel calls iamport saw that no attempt row records (CONTRACT 1.4)."""
+    seen: dict[str, int] = {}
+    for call in sandbox.calls():
+        if call["call"] == "cancel" and call["imp_uid"]:
+            seen[call["imp_uid"]] = seen.get(call["imp_uid"], 0) + 1
+    with psycopg.connect(db) as conn:
+        recorded = dict(
+            conn.execute(
+                "SELECT j.imp_uid, count(*) FROM attempts a JOIN jobs j ON j.id = a.job_id "
+                "WHERE a.call = 'cancel' GROUP BY j.imp_uid"
+            ).fetchall()
+        )
+    return [
+        f"{uid}: {n} calls, {recorded.get(uid, 0)} recorded"
+        for uid, n in sorted(seen.items())
+        if n > recorded.get(uid, 0)
+    ]
 
 
 def scan_logs(logs: Path, needles: dict[str, str]) -> list[str]:
@@ -405,7 +456,9 @@ def _exercise(
     runner.start()
     nemesis.start()
     last = 0.0
+    crashes: list[str] = []
     while not workload.finished.wait(0.5):
+        crashes += stack.replace_crashed_workers(time.monotonic() - started)
         token = current_token(stack.sandbox_url, stack.imp_secret)
         if token:
             tokens.add(token)
@@ -433,6 +486,7 @@ def _exercise(
 
             def drained_now() -> bool:
                 nonlocal last
+                crashes.extend(stack.replace_crashed_workers(time.monotonic() - started))
                 left = non_terminal(db)
                 if time.monotonic() - last >= 3:
                     last = time.monotonic()
@@ -448,8 +502,14 @@ def _exercise(
             tokens.add(token)
         report = check(db, sandbox)
         sandbox_stats = sandbox.stats()
+        unrecorded = find_unrecorded(db, sandbox)
     j = judge(workload)
-    f = Findings(dead_processes=stack.dead(), nemesis_errors=nemesis.errors)
+    f = Findings(
+        dead_processes=stack.dead(),
+        nemesis_errors=nemesis.errors,
+        unrecorded_cancels=unrecorded,
+        worker_crashes=crashes,
+    )
     find_lost(db, workload, j, f)
     needles = {"imp_secret": stack.imp_secret, "webhook token": stack.webhook_token}
     needles["api key"] = key.rsplit("_", 1)[-1]
@@ -509,6 +569,7 @@ def _print_report(
         "applied cancels per imp_uid over 1": max(0, report.applied_max - 1),
         "overlapping cancel calls": report.overlapping_cancels,
         "cancel after applied": report.cancel_after_applied,
+        "cancel calls without an attempt record": f.unrecorded_cancels,
         "unexpected API statuses": j.unexpected_statuses,
         "wrong event bodies": j.wrong_bodies,
         "jobs from conflicting bodies": f.conflict_jobs,
@@ -516,6 +577,7 @@ def _print_report(
         "paid after the job was accepted": j.paid_after_accepted,
         "secrets in logs": f.secrets_in_logs,
         "dead processes": f.dead_processes,
+        "workers that died on their own": f.worker_crashes,
         "nemesis errors": f.nemesis_errors,
     }
     _say("")
