@@ -219,7 +219,7 @@ class Stack:
             for name in gone:
                 self.workers.remove(name)
         for name in gone:
-            why = _last_line(self.logs / f"{name}.log", ("Unrecoverable", "CRITICAL", "Error"))
+            why = _last_line(self.logs / f"{name}.log", ("Unrecoverable", "CRITICAL", "ERROR"))
             crashed.append(f"{name} exited {self.procs[name].returncode} at t={since:.0f}s: {why}")
             self.add_worker()
         return crashed
@@ -267,9 +267,10 @@ class Stack:
 
 def _last_line(path: Path, marks: tuple[str, ...]) -> str:
     lines = path.read_text(errors="replace").splitlines() if path.exists() else []
-    for line in reversed(lines):
-        if any(m in line for m in marks):
-            return line.strip()[:200]
+    for mark in marks:  # in order of preference
+        for line in reversed(lines):
+            if mark in line:
+                return line.strip()[:200]
     return lines[-1].strip()[:200] if lines else ""
 
 
