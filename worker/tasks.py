@@ -7,7 +7,7 @@ import threading
 import uuid
 
 import structlog
-from celery.signals import worker_init, worker_process_init, worker_process_shutdown
+from celery.signals import beat_init, worker_init, worker_process_init, worker_process_shutdown
 
 from app.config import get_settings
 from app.dispatch import CANCEL_TASK, SWEEP_TASK, publish_jobs
@@ -49,8 +49,12 @@ def _check_credentials(**_: object) -> None:
         raise SystemExit("IAMPORT_IMP_KEY and IAMPORT_IMP_SECRET must be set for the worker")
 
 
+# The threads pool runs tasks in the main process, which sends worker_init but never
+# worker_process_init (that one comes from prefork children): configure logging on all three.
+@worker_init.connect
 @worker_process_init.connect
-def _init_process(**_: object) -> None:
+@beat_init.connect
+def _configure_logging(**_: object) -> None:
     settings = get_settings()
     configure(settings.log_level, settings.log_json)
 
