@@ -29,9 +29,12 @@ app.conf.update(
     broker_transport_options=broker_options(),
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
-    # When the broker connection drops, unacked messages go back to Redis; stop the tasks that
-    # hold them rather than let them finish and ack on a dead channel. The lease makes a rerun safe.
-    worker_cancel_long_running_tasks_on_connection_loss=True,
+    # When the broker connection drops, Celery can cancel running acks_late tasks (their
+    # messages will be redelivered). A thread cannot be cancelled: Celery 5.6 exits the whole
+    # worker trying (NotImplementedError from the threads pool's kill_job). Nor is it needed:
+    # the running task finishes its jobs in Postgres under their leases, and the redelivered
+    # message later claims nothing. So a dropped connection leaves running tasks alone.
+    worker_cancel_long_running_tasks_on_connection_loss=False,
     # Soft shutdown: on SIGTERM, running tasks get this long to finish their current job.
     worker_soft_shutdown_timeout=10.0,
     worker_enable_soft_shutdown_on_idle=True,
