@@ -158,17 +158,14 @@ def test_secrets_never_leave_the_process(leak_stack: dict[str, Any]) -> None:
     assert leaks == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="worker/tasks.py configures logging on worker_process_init, which the threads pool "
-    "never sends: worker logs skip app.logs (no JSON, no redaction, no LOG_LEVEL)",
-)
 def test_worker_logs_go_through_the_redacting_configuration(
     service_env: dict[str, str], api: Any, key: str, tmp_path: Path
 ) -> None:
     """Every structlog line of a `-P threads` worker is JSON, i.e. passed app.logs.redact."""
     with running_sandbox(seed=1) as sandbox_url:
-        env = process_env(**service_env, IAMPORT_BASE_URL=sandbox_url, LOG_LEVEL="INFO")
+        env = process_env(
+            **(service_env | {"LOG_JSON": "true"}), IAMPORT_BASE_URL=sandbox_url, LOG_LEVEL="INFO"
+        )
         with SandboxControl(sandbox_url) as sandbox:
             sandbox.create_payments([{"imp_uid": "imps_logfmt", "amount": 1000}])
         worker = start_worker(env, tmp_path / "w.log", concurrency=2)
