@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.api import events, health, iamport_hooks, jobs, metrics, middleware, stats
+from app.api import events, health, iamport_hooks, jobs, metrics, middleware, openapi, stats
 from app.api.limits import BodyLimit
 from app.config import get_settings
 from app.errors import install_handlers
@@ -26,6 +26,7 @@ def create_app() -> FastAPI:
         app.include_router(router)
     app.add_middleware(BodyLimit)
     middleware.install(app)
+    openapi.install(app)
     return app
 
 
