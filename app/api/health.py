@@ -34,5 +34,7 @@ def readyz() -> JSONResponse:
     except Exception as exc:  # any failure means not ready
         checks["redis"] = type(exc).__name__
     ready = all(v == "ok" for v in checks.values())
-    return JSONResponse({"status": "ready" if ready else "unavailable", "checks": checks},
-                        status_code=200 if ready else 503)
+    return JSONResponse(
+        {"status": "ready" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+    )

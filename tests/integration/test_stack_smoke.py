@@ -4,7 +4,9 @@ import redis
 
 def test_postgres_is_migrated(clean_db: str) -> None:
     with psycopg.connect(clean_db) as conn:
-        tables = {r[0] for r in conn.execute("select tablename from pg_tables where schemaname='public'")}
+        tables = {
+            r[0] for r in conn.execute("select tablename from pg_tables where schemaname='public'")
+        }
     assert {"events", "jobs", "event_jobs", "attempts", "api_keys", "alembic_version"} <= tables
 
 
