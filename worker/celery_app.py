@@ -31,7 +31,7 @@ app.conf.update(
     broker_connection_max_retries=None,
     # When the broker connection drops, Celery can cancel running acks_late tasks (their
     # messages will be redelivered). A thread cannot be cancelled: Celery 5.6 exits the whole
-    # worker trying (NotImplementedError from the threads pool's kill_job). Nor is it needed:
+    # worker trying (the threads pool has no kill_job). Nor is it needed:
     # the running task finishes its jobs in Postgres under their leases, and the redelivered
     # message later claims nothing. So a dropped connection leaves running tasks alone.
     worker_cancel_long_running_tasks_on_connection_loss=False,
