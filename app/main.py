@@ -23,7 +23,10 @@ def create_app() -> FastAPI:
     install_handlers(app)
     operations = (stats.router, metrics.router, iamport_hooks.router)
     for router in (events.router, jobs.router, health.router, *operations):
-        app.include_router(router)
+        # FastAPI 0.16x's include_router nests a router object, which hides the paths from
+        # anything reading app.routes; our routers carry their full paths and no router-level
+        # options, so their routes go on the app as they are.
+        app.router.routes.extend(router.routes)
     app.add_middleware(BodyLimit)
     middleware.install(app)
     openapi.install(app)
