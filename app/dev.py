@@ -6,7 +6,6 @@ import os
 import secrets
 import signal
 import subprocess
-import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from pathlib import Path
 import httpx
 from rich.console import Console
 
+from app import launch
 from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
 
 console = Console(stderr=True)
@@ -72,31 +72,6 @@ def wait_ready(url: str, timeout: float = 60) -> None:
     raise RuntimeError(f"{url}/readyz did not answer 200 within {timeout}s")
 
 
-def create_dev_key(env: dict[str, str]) -> str:
-    """A key with every scope, made through the same CLI an operator uses."""
-    out = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "app.cli",
-            "keys",
-            "create",
-            "dev",
-            "--scope",
-            "events:write",
-            "--scope",
-            "jobs:read",
-            "--scope",
-            "jobs:write",
-        ],
-        env=env,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return out.strip().splitlines()[-1]
-
-
 def run_dev(host: str, port: int, data_dir: Path, concurrency: int) -> None:
     """Start everything, print the URL and a key, and stop everything on Ctrl-C."""
     data_dir = data_dir.resolve()
@@ -125,12 +100,7 @@ def run_dev(host: str, port: int, data_dir: Path, concurrency: int) -> None:
         )
         if not os.environ.get("IAMPORT_IMP_KEY"):
             sandbox_port = free_port()
-            children.start(
-                "sandbox",
-                [sys.executable, "-m", "app.cli", "sandbox", "--port", str(sandbox_port)],
-                env,
-                logs,
-            )
+            children.start("sandbox", launch.sandbox_command(sandbox_port), env, logs)
             wait_for_port(sandbox_port)
             env.update(
                 IAMPORT_BASE_URL=f"http://127.0.0.1:{sandbox_port}",
@@ -142,66 +112,14 @@ def run_dev(host: str, port: int, data_dir: Path, concurrency: int) -> None:
             )
 
         subprocess.run(
-            [sys.executable, "-m", "alembic", "upgrade", "head"],
-            env=env,
-            check=True,
-            cwd=Path(__file__).resolve().parents[1],
-            capture_output=True,
+            launch.migrate_command(), env=env, check=True, cwd=launch.ROOT, capture_output=True
         )
-        key = create_dev_key(env)
+        key = launch.create_key(env, "dev")
         url = f"http://{host}:{port}"
-        children.start(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "app.main:app",
-                "--host",
-                host,
-                "--port",
-                str(port),
-                "--no-access-log",
-            ],
-            env,
-            logs,
-        )
-        children.start(
-            "worker",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
-                "worker",
-                "--loglevel",
-                "INFO",
-                "--concurrency",
-                str(concurrency),
-                "-n",
-                "dev-worker@%h",
-            ],
-            env,
-            logs,
-        )
-        children.start(
-            "beat",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
-                "beat",
-                "--loglevel",
-                "INFO",
-                "-s",
-                str(data_dir / "celerybeat-schedule"),
-            ],
-            env,
-            logs,
-        )
+        children.start("api", launch.api_command(port, host), env, logs)
+        worker = launch.worker_command(concurrency=concurrency, name="dev-worker")
+        children.start("worker", worker, env, logs)
+        children.start("beat", launch.beat_command(data_dir / "celerybeat-schedule"), env, logs)
         wait_ready(url)
         console.print(f"\n[bold green]stockout-cancel is up[/] at {url}  (logs in {logs})")
         console.print(f"  API docs  {url}/docs")

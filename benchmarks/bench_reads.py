@@ -27,6 +27,7 @@ import httpx
 import psycopg
 
 from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
+from app.launch import api_command, create_key
 from tests.support.stack import migrate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -85,18 +86,6 @@ def seed(url: str, jobs: int) -> float:
     return time.perf_counter() - started
 
 
-def create_key(env: dict[str, str]) -> str:
-    out = subprocess.run(
-        [sys.executable, "-m", "app.cli", "keys", "create", "bench", "--scope", "jobs:read"],
-        env=env,
-        cwd=ROOT,
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    return out.strip().splitlines()[-1]
-
-
 def timed(n: int, call: Callable[[int], httpx.Response], ok: set[int]) -> list[float]:
     for i in range(min(200, n)):  # warm the pool, the plan cache and the page cache
         call(i)
@@ -142,20 +131,11 @@ def main() -> None:
                 IAMPORT_WEBHOOK_TOKEN=TOKEN,
                 LOG_LEVEL="INFO",
             )
-            key = create_key(env)
+            key = create_key(env, "bench", ("jobs:read",))
             port = free_port()
             log = (base / "api.log").open("wb")
             api = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "uvicorn",
-                    "app.main:app",
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(port),
-                ],
+                api_command(port, access_log=True),
                 cwd=ROOT,
                 env=env,
                 stdout=log,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -14,6 +13,7 @@ from pathlib import Path
 import psutil
 
 from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
+from app.launch import api_command, create_key
 from tests.support.processes import ROOT, service_env, start_worker, stop
 from tests.support.sandbox import running_sandbox
 from tests.support.stack import migrate
@@ -40,28 +40,7 @@ class Stack:
         return total
 
     def key(self) -> str:
-        out = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "app.cli",
-                "keys",
-                "create",
-                "bench",
-                "--scope",
-                "events:write",
-                "--scope",
-                "jobs:read",
-                "--scope",
-                "jobs:write",
-            ],
-            env=self.env,
-            cwd=ROOT,
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-        return out.strip().splitlines()[-1]
+        return create_key(self.env, "bench")
 
 
 @contextmanager
@@ -86,17 +65,7 @@ def running_stack(workers: int = 1, concurrency: int = 32, **env_overrides: str)
                 )
                 port = free_port()
                 api = subprocess.Popen(
-                    [
-                        sys.executable,
-                        "-m",
-                        "uvicorn",
-                        "app.main:app",
-                        "--port",
-                        str(port),
-                        "--no-access-log",
-                        "--log-level",
-                        "warning",
-                    ],
+                    [*api_command(port), "--log-level", "warning"],
                     cwd=ROOT,
                     env=env,
                     stdout=(base / "api.log").open("wb"),

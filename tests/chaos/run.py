@@ -31,6 +31,7 @@ import httpx
 import psycopg
 
 from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
+from app.launch import api_command, beat_command, create_key, sandbox_command
 from app.sandbox.control import SandboxControl
 from tests.chaos.nemesis import Nemesis
 from tests.chaos.workload import Judgement, Workload, create_at_sandbox, judge, make_plan
@@ -110,50 +111,15 @@ class Stack:
 
     def start(self) -> None:
         self.pg.start()
-        with psycopg.connect(self.pg.url, autocommit=True) as conn:
-            # fast_unsafe turns synchronous_commit off: an immediate stop would then lose the
-            # last commits, a loss no real deployment has. fsync stays off (speed), but every
-            # commit reaches the OS before it is acknowledged, which survives a server crash.
-            conn.execute("ALTER DATABASE postgres SET synchronous_commit = on")
         migrate(self.pg.url)
         self.redis.start()
-        code = (
-            "from app.sandbox.server import run; "
-            f"run('127.0.0.1', {self.sandbox_port}, {IMP_KEY!r}, {self.imp_secret!r}, 1800, "
-            f"{self.seed}, 'mixed')"
-        )
-        self._spawn("sandbox", [sys.executable, "-c", code])
         self._spawn(
-            "api",
-            [
-                sys.executable,
-                "-m",
-                "uvicorn",
-                "app.main:app",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.api_port),
-                "--no-access-log",
-            ],
+            "sandbox", sandbox_command(self.sandbox_port, self.seed, IMP_KEY, self.imp_secret)
         )
+        self._spawn("api", api_command(self.api_port))
         for _ in range(2):
             self.add_worker()
-        self._spawn(
-            "beat",
-            [
-                sys.executable,
-                "-m",
-                "celery",
-                "-A",
-                "worker",
-                "beat",
-                "-s",
-                str(self.base / "beat-schedule"),
-                "--loglevel",
-                "INFO",
-            ],
-        )
+        self._spawn("beat", beat_command(self.base / "beat-schedule"))
         wait_for_port(self.sandbox_port, 30)
         wait_for_port(self.api_port, 30)
 
@@ -172,27 +138,8 @@ class Stack:
         return name
 
     def create_key(self) -> str:
-        """`stockout keys create`, as an operator does; the key is the last line of stdout."""
-        result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "app.cli",
-                "keys",
-                "create",
-                "chaos",
-                "--scope",
-                "events:write",
-                "--scope",
-                "jobs:read",
-            ],
-            cwd=ROOT,
-            env=self.env,
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return result.stdout.strip().splitlines()[-1]
+        """`stockout keys create`, as an operator does."""
+        return create_key(self.env, "chaos", ("events:write", "jobs:read"))
 
     # -- what the nemesis breaks ---------------------------------------------------------------
 

@@ -5,12 +5,11 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[2]
+from app.launch import ROOT, worker_command
 
 
 def service_env(**overrides: str) -> dict[str, str]:
@@ -35,26 +34,14 @@ def service_env(**overrides: str) -> dict[str, str]:
 def start_worker(
     env: dict[str, str], log: Path, *, concurrency: int = 8, beat: bool = True, name: str = "w1"
 ) -> subprocess.Popen[bytes]:
+    schedule = log.with_suffix(".beat") if beat else None
     args = [
-        sys.executable,
-        "-m",
-        "celery",
-        "-A",
-        "worker",
-        "worker",
-        "-P",
-        "threads",
-        "-c",
-        str(concurrency),
-        "-n",
-        f"{name}@%h",
-        "--loglevel",
-        "WARNING",
+        *worker_command(
+            concurrency=concurrency, name=name, loglevel="WARNING", beat_schedule=schedule
+        ),
         "--without-mingle",
         "--without-gossip",
     ]
-    if beat:
-        args += ["-B", "-s", str(log.with_suffix(".beat"))]
     out = log.open("ab")
     return subprocess.Popen(
         args,
