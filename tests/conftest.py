@@ -51,6 +51,26 @@ def redis_url(redis_server: object) -> str:
     return str(redis_server.url)  # type: ignore[attr-defined]
 
 
+@pytest.fixture(scope="session")
+def sandbox_url() -> Iterator[str]:
+    """One iamport sandbox server for the session; each test resets it through `sandbox`."""
+    from tests.support.sandbox import running_sandbox
+
+    with running_sandbox(seed=5) as url:
+        yield url
+
+
+@pytest.fixture
+def sandbox(sandbox_url: str) -> Iterator[object]:
+    """The sandbox's control API, on an empty sandbox without faults."""
+    from app.sandbox.control import SandboxControl
+
+    with SandboxControl(sandbox_url) as control:
+        control.reset()
+        yield control
+        control.clear_faults()
+
+
 @pytest.fixture
 def clean_db(database_url: str) -> str:
     """An empty database (all tables truncated) for a test that writes."""

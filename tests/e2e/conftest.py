@@ -8,23 +8,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from app.sandbox.control import SandboxControl
 from tests.support.processes import service_env, start_worker, stop
-from tests.support.sandbox import running_sandbox
-
-
-@pytest.fixture(scope="session")
-def sandbox_url() -> Iterator[str]:
-    with running_sandbox(seed=7) as url:
-        yield url
-
-
-@pytest.fixture
-def sandbox(sandbox_url: str) -> Iterator[SandboxControl]:
-    with SandboxControl(sandbox_url) as control:
-        control.reset()
-        yield control
-        control.clear_faults()
 
 
 @pytest.fixture

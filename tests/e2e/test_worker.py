@@ -267,27 +267,14 @@ def test_beat_alone_drives_jobs_whose_publish_was_lost(
     client: TestClient, key: str, sandbox: SandboxControl, stack_env: dict[str, str], tmp_path: Path
 ) -> None:
     """`celery -A worker beat` as its own process, and a job never published at all."""
-    import sys
-
-    from tests.support.processes import ROOT
+    from app.launch import ROOT, beat_command
 
     db = stack_env["DATABASE_URL"]
     uids = make_payments(sandbox, 1)
     with psycopg.connect(db, autocommit=True) as conn:  # as if the API died right after its commit
         conn.execute("INSERT INTO jobs (imp_uid, due_at) VALUES (%s, now())", (uids[0],))
     beat = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "worker",
-            "beat",
-            "-s",
-            str(tmp_path / "beat"),
-            "--loglevel",
-            "WARNING",
-        ],
+        beat_command(tmp_path / "beat", loglevel="WARNING"),
         cwd=ROOT,
         env=stack_env,
         stdout=(tmp_path / "beat.log").open("wb"),

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -12,7 +11,6 @@ from fastapi.testclient import TestClient
 from app.embedded import free_port
 from app.sandbox.control import SandboxControl
 from tests.support.factories import auth, event
-from tests.support.sandbox import running_sandbox
 from tests.support.settings import reset_caches
 
 TOKEN = "hook-secret-token"  # what service_env sets IAMPORT_WEBHOOK_TOKEN to
@@ -20,21 +18,14 @@ CONFIRM = f"/v1/iamport/cvs-confirm?token={TOKEN}"
 NOTIFY = f"/v1/iamport/notifications?token={TOKEN}"
 
 
-@pytest.fixture(scope="module")
-def sandbox_url() -> Iterator[str]:
-    with running_sandbox() as url:
-        yield url
-
-
 @pytest.fixture
-def sandbox(
-    sandbox_url: str, service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[SandboxControl]:
-    monkeypatch.setenv("IAMPORT_BASE_URL", sandbox_url)
+def iamport(
+    sandbox: SandboxControl, service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> SandboxControl:
+    """The sandbox, as the iamport that the API's notification lookups talk to."""
+    monkeypatch.setenv("IAMPORT_BASE_URL", sandbox.base_url)
     reset_caches()
-    with SandboxControl(sandbox_url) as control:
-        control.reset()
-        yield control
+    return sandbox
 
 
 def job_for(api: TestClient, key: str, imp_uid: str) -> dict[str, Any]:
@@ -163,9 +154,9 @@ def attempts(api: TestClient, key: str, job_id: str) -> list[dict[str, Any]]:
 
 
 def test_paid_while_waiting_becomes_needs_refund(
-    api: TestClient, key: str, sandbox: SandboxControl, service_env: dict[str, str]
+    api: TestClient, key: str, iamport: SandboxControl, service_env: dict[str, str]
 ) -> None:
-    sandbox.create_payment(imp_uid="imps_paid_1", status="paid")
+    iamport.create_payment(imp_uid="imps_paid_1", status="paid")
     job = job_for(api, key, "imps_paid_1")
     r = api.post(NOTIFY, json={"imp_uid": "imps_paid_1", "merchant_uid": "m", "status": "paid"})
     assert r.status_code == 200 and r.json() == {"status": "ok"}
@@ -182,9 +173,9 @@ def test_paid_while_waiting_becomes_needs_refund(
 
 
 def test_form_notification_in_retry_wait(
-    api: TestClient, key: str, sandbox: SandboxControl, service_env: dict[str, str]
+    api: TestClient, key: str, iamport: SandboxControl, service_env: dict[str, str]
 ) -> None:
-    sandbox.create_payment(imp_uid="imps_paid_2", status="paid")
+    iamport.create_payment(imp_uid="imps_paid_2", status="paid")
     job = job_for(api, key, "imps_paid_2")
     set_job(service_env["DATABASE_URL"], job["id"], status="retry_wait", attempts=2)
     r = api.post(NOTIFY, data={"imp_uid": "imps_paid_2", "status": "paid"})
@@ -192,8 +183,8 @@ def test_form_notification_in_retry_wait(
     assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == "needs_refund"
 
 
-def test_forged_body_changes_nothing(api: TestClient, key: str, sandbox: SandboxControl) -> None:
-    sandbox.create_payment(imp_uid="imps_forged")  # ready at iamport
+def test_forged_body_changes_nothing(api: TestClient, key: str, iamport: SandboxControl) -> None:
+    iamport.create_payment(imp_uid="imps_forged")  # ready at iamport
     job = job_for(api, key, "imps_forged")
     r = api.post(NOTIFY, json={"imp_uid": "imps_forged", "merchant_uid": "x", "status": "paid"})
     assert r.status_code == 200
@@ -203,8 +194,8 @@ def test_forged_body_changes_nothing(api: TestClient, key: str, sandbox: Sandbox
     assert got["finished_at"] is None
 
 
-def test_duplicates_are_harmless(api: TestClient, key: str, sandbox: SandboxControl) -> None:
-    sandbox.create_payment(imp_uid="imps_dup", status="paid")
+def test_duplicates_are_harmless(api: TestClient, key: str, iamport: SandboxControl) -> None:
+    iamport.create_payment(imp_uid="imps_dup", status="paid")
     job = job_for(api, key, "imps_dup")
     for _ in range(3):
         assert api.post(NOTIFY, json={"imp_uid": "imps_dup", "status": "paid"}).status_code == 200
@@ -216,9 +207,9 @@ def test_duplicates_are_harmless(api: TestClient, key: str, sandbox: SandboxCont
 
 
 def test_running_job_is_left_to_its_worker(
-    api: TestClient, key: str, sandbox: SandboxControl, service_env: dict[str, str]
+    api: TestClient, key: str, iamport: SandboxControl, service_env: dict[str, str]
 ) -> None:
-    sandbox.create_payment(imp_uid="imps_running", status="paid")
+    iamport.create_payment(imp_uid="imps_running", status="paid")
     job = job_for(api, key, "imps_running")
     set_job(service_env["DATABASE_URL"], job["id"], status="running")
     assert api.post(NOTIFY, json={"imp_uid": "imps_running", "status": "paid"}).status_code == 200
@@ -231,13 +222,13 @@ def test_running_job_is_left_to_its_worker(
 def test_cancelled_at_iamport_becomes_cancelled(
     api: TestClient,
     key: str,
-    sandbox: SandboxControl,
+    iamport: SandboxControl,
     service_env: dict[str, str],
     uncertain: bool,
     by: str,
 ) -> None:
     imp_uid = f"imps_cancel_{by}"
-    sandbox.create_payment(imp_uid=imp_uid, status="cancelled")
+    iamport.create_payment(imp_uid=imp_uid, status="cancelled")
     job = job_for(api, key, imp_uid)
     set_job(service_env["DATABASE_URL"], job["id"], uncertain=uncertain)
     assert api.post(NOTIFY, json={"imp_uid": imp_uid, "status": "cancelled"}).status_code == 200
@@ -251,9 +242,9 @@ def test_cancelled_at_iamport_becomes_cancelled(
 
 
 def test_failed_at_iamport_becomes_failed(
-    api: TestClient, key: str, sandbox: SandboxControl
+    api: TestClient, key: str, iamport: SandboxControl
 ) -> None:
-    sandbox.create_payment(imp_uid="imps_failed", status="failed")
+    iamport.create_payment(imp_uid="imps_failed", status="failed")
     job = job_for(api, key, "imps_failed")
     assert api.post(NOTIFY, json={"imp_uid": "imps_failed", "status": "failed"}).status_code == 200
     got = api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()
@@ -262,9 +253,9 @@ def test_failed_at_iamport_becomes_failed(
 
 
 def test_terminal_job_only_gets_payment_status(
-    api: TestClient, key: str, sandbox: SandboxControl, service_env: dict[str, str]
+    api: TestClient, key: str, iamport: SandboxControl, service_env: dict[str, str]
 ) -> None:
-    sandbox.create_payment(imp_uid="imps_refunded", status="cancelled")
+    iamport.create_payment(imp_uid="imps_refunded", status="cancelled")
     job = job_for(api, key, "imps_refunded")
     set_job(service_env["DATABASE_URL"], job["id"], status="needs_refund", payment_status="paid")
     assert api.post(NOTIFY, json={"imp_uid": "imps_refunded"}).status_code == 200
@@ -277,15 +268,15 @@ def test_terminal_job_only_gets_payment_status(
 
 
 def test_unknown_imp_uid_is_200_without_any_upstream_call(
-    api: TestClient, sandbox: SandboxControl
+    api: TestClient, iamport: SandboxControl
 ) -> None:
     r = api.post(NOTIFY, json={"imp_uid": "imps_not_ours", "status": "paid"})
     assert r.status_code == 200 and r.json() == {"status": "ok"}
-    assert sandbox.calls() == []
+    assert iamport.calls() == []
 
 
 def test_unknown_at_iamport_is_200_and_recorded(
-    api: TestClient, key: str, sandbox: SandboxControl
+    api: TestClient, key: str, iamport: SandboxControl
 ) -> None:
     job = job_for(api, key, "imps_nowhere")
     assert api.post(NOTIFY, json={"imp_uid": "imps_nowhere", "status": "paid"}).status_code == 200
@@ -296,11 +287,11 @@ def test_unknown_at_iamport_is_200_and_recorded(
 
 
 def test_iamport_down_is_503_so_it_resends(
-    api: TestClient, key: str, sandbox: SandboxControl
+    api: TestClient, key: str, iamport: SandboxControl
 ) -> None:
-    sandbox.create_payment(imp_uid="imps_down", status="paid")
+    iamport.create_payment(imp_uid="imps_down", status="paid")
     job = job_for(api, key, "imps_down")
-    sandbox.set_faults(error_rate=1.0, calls=["lookup"])
+    iamport.set_faults(error_rate=1.0, calls=["lookup"])
     r = api.post(NOTIFY, json={"imp_uid": "imps_down", "status": "paid"})
     assert r.status_code == 503
     assert "Retry-After" in r.headers
@@ -308,7 +299,7 @@ def test_iamport_down_is_503_so_it_resends(
     assert [a["outcome"] for a in attempts(api, key, job["id"]) if a["call"] == "lookup"] == [
         "unavailable"
     ]
-    sandbox.clear_faults()
+    iamport.clear_faults()
     assert api.post(NOTIFY, json={"imp_uid": "imps_down", "status": "paid"}).status_code == 200
     assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == "needs_refund"
 

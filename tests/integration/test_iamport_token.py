@@ -5,32 +5,17 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
-from collections.abc import Iterator
 from typing import Any
 
-import pytest
 import redis
 
 from app.iamport import IamportClient, TokenProvider, TokenResponse
 from app.iamport.token import key_id
 from app.sandbox.control import SandboxControl
-from tests.support.sandbox import IMP_KEY, IMP_SECRET, running_sandbox
+from tests.support.sandbox import IMP_KEY, IMP_SECRET
 
 PROCESSES = 4
 THREADS = 16
-
-
-@pytest.fixture(scope="module")
-def sandbox_url() -> Iterator[str]:
-    with running_sandbox() as url:
-        yield url
-
-
-@pytest.fixture
-def control(sandbox_url: str) -> Iterator[SandboxControl]:
-    with SandboxControl(sandbox_url) as control:
-        control.reset()
-        yield control
 
 
 def _lookups(client: IamportClient, imp_uid: str, barrier: threading.Barrier) -> list[str]:
@@ -72,15 +57,15 @@ def token_worker(base_url: str, redis_url: str, imp_uid: str, phases: Any, resul
 
 
 def test_many_threads_in_many_processes_share_one_token(
-    control: SandboxControl, clean_redis: str
+    sandbox: SandboxControl, clean_redis: str
 ) -> None:
-    imp_uid = control.create_payment()["imp_uid"]
+    imp_uid = sandbox.create_payment()["imp_uid"]
     ctx = multiprocessing.get_context("spawn")
     phases = ctx.Barrier(PROCESSES + 1, timeout=60)
     results = ctx.Queue()
     procs = [
         ctx.Process(
-            target=token_worker, args=(control.base_url, clean_redis, imp_uid, phases, results)
+            target=token_worker, args=(sandbox.base_url, clean_redis, imp_uid, phases, results)
         )
         for _ in range(PROCESSES)
     ]
@@ -89,11 +74,11 @@ def test_many_threads_in_many_processes_share_one_token(
     try:
         phases.wait()  # phase 1 starts
         phases.wait()  # phase 1 done
-        calls = control.calls()
+        calls = sandbox.calls()
         assert [c["call"] for c in calls].count("token") == 1
         assert [c["call"] for c in calls].count("lookup") == PROCESSES * THREADS
         seen = len(calls)
-        control.expire_tokens()
+        sandbox.expire_tokens()
         phases.wait()  # phase 2 starts
         phases.wait()  # phase 2 done
         errors = [results.get(timeout=30) for _ in procs]
@@ -103,7 +88,7 @@ def test_many_threads_in_many_processes_share_one_token(
             if p.is_alive():
                 p.kill()
     assert errors == [[]] * PROCESSES
-    later = control.calls(since=seen)
+    later = sandbox.calls(since=seen)
     assert [c["call"] for c in later].count("token") == 1
     lookups = [c for c in later if c["call"] == "lookup"]
     assert sum(c["status_code"] == 401 for c in lookups) >= PROCESSES  # each process saw 401s

@@ -14,20 +14,7 @@ import pytest
 
 from app.iamport import IamportClient, OutcomeUnknown, RateLimited, Refused, Unavailable
 from app.sandbox.control import SandboxControl
-from tests.support.sandbox import IMP_KEY, IMP_SECRET, running_sandbox
-
-
-@pytest.fixture(scope="module")
-def sandbox_url() -> Iterator[str]:
-    with running_sandbox(seed=5) as url:
-        yield url
-
-
-@pytest.fixture
-def control(sandbox_url: str) -> Iterator[SandboxControl]:
-    with SandboxControl(sandbox_url) as control:
-        control.reset()
-        yield control
+from tests.support.sandbox import IMP_KEY, IMP_SECRET
 
 
 @pytest.fixture
@@ -59,7 +46,7 @@ def wait_until(condition: Callable[[], bool], timeout: float = 5.0) -> None:
 # -- tokens and auth -------------------------------------------------------------------------
 
 
-def test_get_token_json_and_form_same_token(control: SandboxControl, http: httpx.Client) -> None:
+def test_get_token_json_and_form_same_token(sandbox: SandboxControl, http: httpx.Client) -> None:
     first = http.post("/users/getToken", json={"imp_key": IMP_KEY, "imp_secret": IMP_SECRET})
     second = http.post("/users/getToken", data={"imp_key": IMP_KEY, "imp_secret": IMP_SECRET})
     a, b = first.json(), second.json()
@@ -70,8 +57,8 @@ def test_get_token_json_and_form_same_token(control: SandboxControl, http: httpx
     assert bad.status_code == 401 and bad.json()["code"] != 0
 
 
-def test_auth_styles_and_expiry(control: SandboxControl, http: httpx.Client) -> None:
-    uid = control.create_payment()["imp_uid"]
+def test_auth_styles_and_expiry(sandbox: SandboxControl, http: httpx.Client) -> None:
+    uid = sandbox.create_payment()["imp_uid"]
     t = token(http)
     for headers in (
         {"Authorization": f"Bearer {t}"},
@@ -83,7 +70,7 @@ def test_auth_styles_and_expiry(control: SandboxControl, http: httpx.Client) -> 
         answer = http.get(f"/payments/{uid}", headers=headers)
         assert answer.status_code == 401
         assert answer.json() == {"code": -1, "message": "Unauthorized", "response": None}
-    control.expire_tokens()
+    sandbox.expire_tokens()
     assert http.get(f"/payments/{uid}", headers={"Authorization": f"Bearer {t}"}).status_code == 401
     assert token(http) != t
 
@@ -92,16 +79,16 @@ def test_auth_styles_and_expiry(control: SandboxControl, http: httpx.Client) -> 
 
 
 def test_lookup_cancel_and_refusals(
-    control: SandboxControl, sandbox_url: str, http: httpx.Client
+    sandbox: SandboxControl, sandbox_url: str, http: httpx.Client
 ) -> None:
-    ready, paid = (p["imp_uid"] for p in control.create_payments([{}, {"status": "paid"}]))
+    ready, paid = (p["imp_uid"] for p in sandbox.create_payments([{}, {"status": "paid"}]))
     client = iamport(sandbox_url)
     assert client.get_payment(ready).status == "ready"
     cancelled = client.cancel_cvs(ready)
     last = cancelled.last_cancel()
     assert cancelled.status == "cancelled" and last is not None and last.pg_tid
     for style, statuses in (("code", {200}), ("http", {400, 409})):
-        control.set_faults(refusal_style=style)
+        sandbox.set_faults(refusal_style=style)
         for uid in (ready, paid):
             for _ in range(6):
                 with pytest.raises(Refused) as info:
@@ -110,7 +97,7 @@ def test_lookup_cancel_and_refusals(
         with pytest.raises(Refused) as info:
             client.cancel_cvs("imps_000000000000")
         assert info.value.http_status == (200 if style == "code" else 404)
-    truth = control.payment(ready)
+    truth = sandbox.payment(ready)
     assert truth["cancels_applied"] == 1 and truth["cancel_calls"] == 1 + 6 + 6
     missing = http.get(
         "/payments/imps_000000000000", headers={"Authorization": f"Bearer {token(http)}"}
@@ -121,12 +108,12 @@ def test_lookup_cancel_and_refusals(
         "message": "존재하지 않는 결제정보입니다.",
         "response": None,
     }
-    stats = control.stats()
+    stats = sandbox.stats()
     assert stats["cancels_applied_max_per_imp_uid"] == 1 and stats["cancel_after_applied"] == 12
     client.close()
 
 
-def test_issue_then_cancel(control: SandboxControl, sandbox_url: str) -> None:
+def test_issue_then_cancel(sandbox: SandboxControl, sandbox_url: str) -> None:
     client = iamport(sandbox_url)
     issued = client.issue_cvs(
         merchant_uid="order-77",
@@ -135,7 +122,7 @@ def test_issue_then_cancel(control: SandboxControl, sandbox_url: str) -> None:
         notice_url="http://127.0.0.1:9/n",
     )
     assert issued.status == "ready" and issued.imp_uid.startswith("imps_")
-    assert control.payment(issued.imp_uid)["notice_url"] == "http://127.0.0.1:9/n"
+    assert sandbox.payment(issued.imp_uid)["notice_url"] == "http://127.0.0.1:9/n"
     assert client.cancel_cvs(issued.imp_uid).cancel_amount == 3000
     client.close()
 
@@ -178,9 +165,9 @@ def hook() -> Iterator[Hook]:
     h.close()
 
 
-def test_pay_blocked_by_confirm_url(control: SandboxControl, hook: Hook) -> None:
-    p = control.create_payment(confirm_url=hook.url + "/confirm", notice_url=hook.url + "/notice")
-    assert control.pay(p["imp_uid"]) == {"allowed": False, "status": "ready", "confirm_status": 409}
+def test_pay_blocked_by_confirm_url(sandbox: SandboxControl, hook: Hook) -> None:
+    p = sandbox.create_payment(confirm_url=hook.url + "/confirm", notice_url=hook.url + "/notice")
+    assert sandbox.pay(p["imp_uid"]) == {"allowed": False, "status": "ready", "confirm_status": 409}
     path, body = hook.requests[0]
     assert path == "/confirm" and body["event"] == "Galaxia.Cvs.Confirm"
     assert body["imp_uid"] == p["imp_uid"] and body["status"] == "ready"
@@ -188,10 +175,10 @@ def test_pay_blocked_by_confirm_url(control: SandboxControl, hook: Hook) -> None
     assert len(hook.requests) == 1  # no notification for a blocked payment
 
 
-def test_pay_allowed_then_notified(control: SandboxControl, hook: Hook) -> None:
+def test_pay_allowed_then_notified(sandbox: SandboxControl, hook: Hook) -> None:
     hook.status = 200
-    p = control.create_payment(confirm_url=hook.url + "/confirm", notice_url=hook.url + "/notice")
-    assert control.pay(p["imp_uid"], "card") == {
+    p = sandbox.create_payment(confirm_url=hook.url + "/confirm", notice_url=hook.url + "/notice")
+    assert sandbox.pay(p["imp_uid"], "card") == {
         "allowed": True,
         "status": "paid",
         "confirm_status": 200,
@@ -201,27 +188,27 @@ def test_pay_allowed_then_notified(control: SandboxControl, hook: Hook) -> None:
         "/notice",
         {"imp_uid": p["imp_uid"], "merchant_uid": p["merchant_uid"], "status": "paid"},
     )
-    assert control.payment(p["imp_uid"])["paid_at"] > 0
-    assert control.pay(p["imp_uid"])["allowed"] is False  # paid once
+    assert sandbox.payment(p["imp_uid"])["paid_at"] > 0
+    assert sandbox.pay(p["imp_uid"])["allowed"] is False  # paid once
 
 
-def test_pay_without_confirm_url_and_unreachable_confirm(control: SandboxControl) -> None:
-    free, broken = control.create_payments([{}, {"confirm_url": "http://127.0.0.1:9/confirm"}])
-    assert control.pay(free["imp_uid"])["allowed"] is True
-    assert control.pay(broken["imp_uid"]) == {
+def test_pay_without_confirm_url_and_unreachable_confirm(sandbox: SandboxControl) -> None:
+    free, broken = sandbox.create_payments([{}, {"confirm_url": "http://127.0.0.1:9/confirm"}])
+    assert sandbox.pay(free["imp_uid"])["allowed"] is True
+    assert sandbox.pay(broken["imp_uid"]) == {
         "allowed": False,
         "status": "ready",
         "confirm_status": None,
     }
 
 
-def test_console_status_changes(control: SandboxControl) -> None:
-    uid = control.create_payment()["imp_uid"]
-    truth = control.set_status(uid, "cancelled")
+def test_console_status_changes(sandbox: SandboxControl) -> None:
+    uid = sandbox.create_payment()["imp_uid"]
+    truth = sandbox.set_status(uid, "cancelled")
     assert truth["status"] == "cancelled" and len(truth["cancel_history"]) == 1
     assert truth["cancels_applied"] == 0
     with pytest.raises(httpx.HTTPStatusError):
-        control.set_status("imps_000000000000", "paid")
+        sandbox.set_status("imps_000000000000", "paid")
 
 
 # -- faults --------------------------------------------------------------------------------------
@@ -232,58 +219,58 @@ def statuses(http: httpx.Client, uid: str, n: int) -> list[int]:
     return [http.get(f"/payments/{uid}", headers=headers).status_code for _ in range(n)]
 
 
-def test_faults_are_seeded_and_repeatable(control: SandboxControl, http: httpx.Client) -> None:
-    uid = control.create_payment()["imp_uid"]
+def test_faults_are_seeded_and_repeatable(sandbox: SandboxControl, http: httpx.Client) -> None:
+    uid = sandbox.create_payment()["imp_uid"]
     token(http)  # before the faults
-    control.set_faults(error_rate=0.4, rate_429=0.1, calls=["lookup"], seed=42)
+    sandbox.set_faults(error_rate=0.4, rate_429=0.1, calls=["lookup"], seed=42)
     first = statuses(http, uid, 40)
-    control.set_faults(seed=42)
+    sandbox.set_faults(seed=42)
     assert statuses(http, uid, 40) == first
     assert {200, 429} <= set(first) and set(first) & {500, 502, 503}
-    assert control.stats()["faults_injected"]["error"] > 0
+    assert sandbox.stats()["faults_injected"]["error"] > 0
 
 
-def test_faults_map_to_client_errors(control: SandboxControl, sandbox_url: str) -> None:
-    uid = control.create_payment()["imp_uid"]
+def test_faults_map_to_client_errors(sandbox: SandboxControl, sandbox_url: str) -> None:
+    uid = sandbox.create_payment()["imp_uid"]
     client = iamport(sandbox_url)
     client.get_payment(uid)
-    control.set_faults(rate_429=1.0, retry_after=3, calls=["lookup"])
+    sandbox.set_faults(rate_429=1.0, retry_after=3, calls=["lookup"])
     with pytest.raises(RateLimited) as limited:
         client.get_payment(uid)
     assert limited.value.retry_after == 3
-    control.set_faults(rate_429=0, error_rate=1.0, seed=1)
+    sandbox.set_faults(rate_429=0, error_rate=1.0, seed=1)
     kinds = set()
     for _ in range(12):
         with pytest.raises(Unavailable) as info:
             client.get_payment(uid)
         kinds.add(info.value.http_status)
     assert kinds <= {500, 502, 503} and len(kinds) > 1
-    control.clear_faults()
+    sandbox.clear_faults()
     assert client.get_payment(uid).status == "ready"
     client.close()
 
 
-def test_latency(control: SandboxControl, sandbox_url: str) -> None:
-    uid = control.create_payment()["imp_uid"]
+def test_latency(sandbox: SandboxControl, sandbox_url: str) -> None:
+    uid = sandbox.create_payment()["imp_uid"]
     client = iamport(sandbox_url)
     client.get_payment(uid)
-    control.set_faults(latency_ms=150)
+    sandbox.set_faults(latency_ms=150)
     started = time.monotonic()
     client.get_payment(uid)
     assert time.monotonic() - started >= 0.15
     client.close()
 
 
-def test_timeout_before_apply(control: SandboxControl, sandbox_url: str) -> None:
-    uid = control.create_payment()["imp_uid"]
+def test_timeout_before_apply(sandbox: SandboxControl, sandbox_url: str) -> None:
+    uid = sandbox.create_payment()["imp_uid"]
     client = iamport(sandbox_url, timeout=5)
     client.get_payment(uid)
-    control.set_faults(timeout_before_rate=1.0, hang_seconds=0.3)
+    sandbox.set_faults(timeout_before_rate=1.0, hang_seconds=0.3)
     with pytest.raises(Unavailable) as info:
         client.cancel_cvs(uid)
     assert info.value.http_status == 504
-    assert control.payment(uid)["status"] == "ready"
-    entry = control.calls()[-1]
+    assert sandbox.payment(uid)["status"] == "ready"
+    entry = sandbox.calls()[-1]
     assert (entry["status_code"], entry["applied"], entry["fault"]) == (
         504,
         False,
@@ -293,33 +280,33 @@ def test_timeout_before_apply(control: SandboxControl, sandbox_url: str) -> None
 
 
 def test_timeout_after_apply_and_disconnect_ends_in_flight(
-    control: SandboxControl, sandbox_url: str
+    sandbox: SandboxControl, sandbox_url: str
 ) -> None:
-    uid = control.create_payment()["imp_uid"]
+    uid = sandbox.create_payment()["imp_uid"]
     client = iamport(sandbox_url, timeout=0.3)
     client.get_payment(uid)
-    control.set_faults(timeout_after_rate=1.0, hang_seconds=30)
+    sandbox.set_faults(timeout_after_rate=1.0, hang_seconds=30)
     with pytest.raises(OutcomeUnknown):
         client.cancel_cvs(uid)
-    assert control.payment(uid)["status"] == "cancelled"  # it applied; the answer never came
-    wait_until(lambda: control.stats()["in_flight"] == 0)
-    entry = control.calls()[-1]
+    assert sandbox.payment(uid)["status"] == "cancelled"  # it applied; the answer never came
+    wait_until(lambda: sandbox.stats()["in_flight"] == 0)
+    entry = sandbox.calls()[-1]
     assert (entry["status_code"], entry["applied"], entry["fault"]) == (499, True, "timeout_after")
     assert entry["ended_at"] - entry["started_at"] < 5
-    control.clear_faults()
+    sandbox.clear_faults()
     with pytest.raises(Refused):
         client.cancel_cvs(uid)  # a careless second cancel: counted, not overlapping
-    stats = control.stats()
+    stats = sandbox.stats()
     assert stats["overlapping_cancels"] == 0 and stats["cancel_after_applied"] == 1
     assert stats["cancels_applied_max_per_imp_uid"] == 1
     client.close()
 
 
-def test_overlapping_cancels_are_counted(control: SandboxControl, sandbox_url: str) -> None:
-    uid = control.create_payment()["imp_uid"]
+def test_overlapping_cancels_are_counted(sandbox: SandboxControl, sandbox_url: str) -> None:
+    uid = sandbox.create_payment()["imp_uid"]
     client = iamport(sandbox_url)
     client.get_payment(uid)
-    control.set_faults(latency_ms=300, calls=["cancel"])
+    sandbox.set_faults(latency_ms=300, calls=["cancel"])
     outcomes: list[str] = []
 
     def cancel() -> None:
@@ -335,16 +322,16 @@ def test_overlapping_cancels_are_counted(control: SandboxControl, sandbox_url: s
     for t in threads:
         t.join()
     assert sorted(outcomes) == ["ok", "refused"]
-    stats = control.stats()
+    stats = sandbox.stats()
     assert stats["overlapping_cancels"] == 1 and stats["max_in_flight"] >= 2
     assert stats["cancels_applied_max_per_imp_uid"] == 1
     client.close()
 
 
-def test_bulk_create_and_bad_input(control: SandboxControl, http: httpx.Client) -> None:
-    created = control.create_payments([{"amount": 100 + i} for i in range(5000)])
+def test_bulk_create_and_bad_input(sandbox: SandboxControl, http: httpx.Client) -> None:
+    created = sandbox.create_payments([{"amount": 100 + i} for i in range(5000)])
     assert len({p["imp_uid"] for p in created}) == 5000
-    assert control.stats()["payments"] == 5000
+    assert sandbox.stats()["payments"] == 5000
     assert (
         http.post("/__control/payments", json={"payments": [{"status": "weird"}]}).status_code
         == 400
