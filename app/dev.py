@@ -53,12 +53,6 @@ class Children:
                 proc.wait()
 
 
-def service_env(base: dict[str, str], **extra: str) -> dict[str, str]:
-    env = dict(base)
-    env.update(extra)
-    return env
-
-
 def wait_ready(url: str, timeout: float = 60) -> None:
     """Wait until /readyz answers 200."""
     deadline = time.monotonic() + timeout
@@ -90,8 +84,8 @@ def run_dev(host: str, port: int, data_dir: Path, concurrency: int) -> None:
         stack.callback(children.stop)
         console.print(f"  postgres  {pg.url}\n  redis     {redis_server.url}")
 
-        env = service_env(
-            dict(os.environ),
+        env = dict(
+            os.environ,
             DATABASE_URL=pg.url,
             REDIS_URL=redis_server.url,
             IAMPORT_WEBHOOK_TOKEN=os.environ.get("IAMPORT_WEBHOOK_TOKEN")

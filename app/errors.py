@@ -52,16 +52,8 @@ class Forbidden(ProblemError):
     status, code = 403, "forbidden"
 
 
-class PayloadTooLarge(ProblemError):
-    status, code = 413, "payload_too_large"
-
-
 class InvalidCursor(ProblemError):
     status, code = 400, "invalid_cursor"
-
-
-class ServiceUnavailable(ProblemError):
-    status, code = 503, "service_unavailable"
 
 
 def problem(

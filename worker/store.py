@@ -201,17 +201,6 @@ def finish(
     return conn.execute(FINISH, params).fetchone() is not None
 
 
-def release(conn: Connection[Any], job_id: uuid.UUID, token: uuid.UUID, delay: float) -> None:
-    """Give a claimed job back untouched, to run again after `delay` (e.g. rate limited)."""
-    conn.execute(
-        "UPDATE jobs SET status = 'retry_wait', lease_token = NULL, lease_until = NULL, "
-        "next_attempt_at = now() + make_interval(secs => %(d)s), "
-        "due_at = now() + make_interval(secs => %(d)s), updated_at = now() "
-        "WHERE id = %(id)s AND lease_token = %(t)s",
-        {"id": job_id, "t": token, "d": delay},
-    )
-
-
 SWEEP = """
 WITH due AS (
   SELECT id FROM jobs
