@@ -43,6 +43,9 @@ app.conf.update(
     worker_hijack_root_logger=False,
     worker_send_task_events=False,
     task_send_sent_event=False,
+    # Beat rewrites its schedule file after every task it sends, so the file's age tells a
+    # health check whether beat is alive (one small write per sweep interval).
+    beat_sync_every=1,
     beat_schedule={
         "sweep": {
             "task": SWEEP_TASK,
