@@ -8,6 +8,7 @@ token ever reaches an exception, a repr or a record.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -344,6 +345,13 @@ class IamportClient:
         self._notify(observer, call, started_at, started, http_status, code, message, "ok")
         return answer
 
+    def _pause_everyone(self, seconds: float) -> None:
+        if self._limiter is None:
+            return
+        # Best effort: the failing call still waits; others would find out from their own 429s.
+        with contextlib.suppress(redis.RedisError):
+            self._limiter.pause(seconds)
+
     def _classify(
         self,
         call: str,
@@ -357,6 +365,7 @@ class IamportClient:
         kw: dict[str, Any] = {"http_status": status, "code": code, "message": message}
         if status == 429:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
+            self._pause_everyone(retry_after)
             raise _Failure("rate_limited", RateLimited(call, retry_after=retry_after, **kw))
         if status >= 500 or status == 408:
             raise _Failure("unavailable", Unavailable(call, **kw))

@@ -36,6 +36,23 @@ return {1, tostring(wait)}
 """
 
 
+# KEYS[1]: the bucket. ARGV: seconds, interval, burst. Moves the bucket's next free slot to
+# `seconds` from now (never earlier than it already is), so the next grant anywhere waits that long.
+_PAUSE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local seconds = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
+local until_tat = now + seconds + (burst - 1) * interval
+local tat = tonumber(redis.call('GET', KEYS[1]))
+if tat == nil or tat < until_tat then
+  redis.call('SET', KEYS[1], tostring(until_tat), 'PX', math.ceil((until_tat - now) * 1000) + 1000)
+end
+return 1
+"""
+
+
 class LimiterBusy(Exception):
     """No grant within max_wait; nothing was reserved. Try again after `retry_after` seconds."""
 
@@ -59,6 +76,7 @@ class RateLimiter:
         self._interval = repr(1.0 / rate)
         self._burst = repr(self.burst)
         self._script = redis_client.register_script(_GCRA)
+        self._pause = redis_client.register_script(_PAUSE)
 
     def reserve(self, max_wait: float) -> float:
         """Reserve one grant and return how long to wait for it; LimiterBusy if over max_wait."""
@@ -79,3 +97,10 @@ class RateLimiter:
         if wait > 0:
             time.sleep(wait)
         return wait
+
+    def pause(self, seconds: float) -> None:
+        """Hold every process's next grant back by `seconds` (iamport said 429 Retry-After).
+
+        A 429 speaks of our account's rate, not of one payment, so all workers wait.
+        """
+        self._pause(keys=[self.key], args=[repr(max(0.0, seconds)), self._interval, self._burst])

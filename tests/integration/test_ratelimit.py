@@ -94,3 +94,47 @@ def test_burst_default_is_small(clean_redis: str) -> None:
     assert limiter.burst == 5
     immediate = sum(limiter.reserve(5) == 0 for _ in range(10))
     assert immediate == 5
+
+
+def test_pause_holds_back_every_process_sharing_the_key(clean_redis: str) -> None:
+    """A 429's Retry-After applies to the account: another limiter on the key waits it out."""
+    one = RateLimiter(redis.Redis.from_url(clean_redis), KEY, rate=100)
+    other = RateLimiter(redis.Redis.from_url(clean_redis), KEY, rate=100)
+    one.pause(1.5)
+    assert other.reserve(max_wait=5) == pytest.approx(1.5, abs=0.05)
+    # A shorter pause never shortens a longer one.
+    one.pause(0.1)
+    assert other.reserve(max_wait=5) > 1.4
+
+
+def test_a_429_through_the_client_pauses_the_account(clean_redis: str) -> None:
+    import respx
+
+    from app.iamport import IamportClient, RateLimited
+
+    r = redis.Redis.from_url(clean_redis)
+    limiter = RateLimiter(r, KEY, rate=100)
+    with respx.mock(base_url="https://iamport.test") as mock:
+        mock.post("/users/getToken").respond(
+            json={
+                "code": 0,
+                "message": None,
+                "response": {"access_token": "t", "now": 1, "expired_at": 9999999999},
+            }
+        )
+        mock.get("/payments/imps_1").respond(429, headers={"Retry-After": "2"})
+        client = IamportClient(
+            base_url="https://iamport.test",
+            imp_key="k",
+            imp_secret="s",
+            timeout=2,
+            tokens=None,
+            limiter=limiter,
+            redis_client=r,
+        )
+        with pytest.raises(RateLimited) as info:
+            client.get_payment("imps_1")
+        client.close()
+    assert info.value.retry_after == 2
+    # Any process's next call now waits out the Retry-After.
+    assert RateLimiter(r, KEY, rate=100).reserve(max_wait=5) == pytest.approx(2, abs=0.1)
