@@ -29,7 +29,6 @@ from app.notifications import (
 
 router = APIRouter(prefix="/v1/iamport", tags=["iamport"])
 log = structlog.get_logger(__name__)
-NOTIFY_RETRY_AFTER_SECONDS = 60
 
 
 class BadHookPayload(ProblemError):
@@ -94,7 +93,7 @@ async def cvs_confirm(request: Request) -> JSONResponse:
     "/notifications",
     responses={
         200: {"description": "handled (or not ours)"},
-        503: {"description": "iamport or the database cannot answer now: send again"},
+        503: {"description": "the database cannot answer now: send again"},
     },
 )
 async def notification(request: Request) -> JSONResponse:
@@ -104,15 +103,10 @@ async def notification(request: Request) -> JSONResponse:
     try:
         handled = await run_in_threadpool(handle_notification, imp_uid)
     except LookupFailed as exc:
-        # Not 200 on purpose: iamport resends notifications on a 5xx (when resends are on),
-        # and the worker looks the payment up itself anyway before any cancel.
+        # Still 200, as the contract asks: the failed lookup is in the job's attempt history,
+        # and a waiting job's own run looks the payment up before it acts, so nothing is lost.
         log.warning("notification_lookup_failed", imp_uid=imp_uid, error=str(exc))
-        return problem(
-            503,
-            "upstream_unavailable",
-            "cannot look the payment up now; send again",
-            {"Retry-After": str(NOTIFY_RETRY_AFTER_SECONDS)},
-        )
+        return JSONResponse({"status": "lookup_failed"})
     log.info(
         "notification_handled",
         imp_uid=imp_uid,
