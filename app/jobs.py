@@ -165,9 +165,9 @@ def decide(
 ) -> Decision:
     """What to do after `step` answered `result`.
 
-    `state` is as it stands after the call (a cancel call has been counted and marked
-    uncertain by the write-ahead). `after_refusal` says this lookup explains a refusal in the
-    same run; `last_error` is the job's recorded error, kept when a run adds none.
+    `state.attempts` already counts the call just made; `state.uncertain` is as it stood
+    before this step. `after_refusal` says this lookup explains a refusal in the same run;
+    `last_error` is the job's recorded error, kept when a run adds none.
     """
     if result.kind is Kind.RATE_LIMITED:
         # Waiting is not a failed attempt (the caller does not count a 429'd cancel), and a
