@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import text
+from sqlalchemy import Connection, text
 from sqlalchemy.orm import Session
 
 from app.errors import InvalidCursor, NotFound, NotRetryable
@@ -140,17 +140,27 @@ def list_attempts(session: Session, job_id: uuid.UUID) -> list[AttemptPublic]:
     return [AttemptPublic.model_validate(dict(r._mapping)) for r in rows]
 
 
-def job_stats(session: Session) -> Stats:
-    """Counts by status, the oldest waiting job's age, and recent finishes by status."""
+def status_counts(db: Session | Connection) -> dict[str, int]:
+    """Jobs per status, every status present (zero when none)."""
     counts = dict.fromkeys(STATUSES, 0)
-    for status, n in session.execute(text("SELECT status, count(*) FROM jobs GROUP BY status")):
+    for status, n in db.execute(text("SELECT status, count(*) FROM jobs GROUP BY status")):
         counts[status] = int(n)
-    oldest = session.execute(
+    return counts
+
+
+def oldest_waiting_age(db: Session | Connection) -> float | None:
+    """Seconds since the oldest non-terminal job was created, or None when none waits."""
+    oldest = db.execute(
         text(
             "SELECT EXTRACT(EPOCH FROM now() - min(created_at))::float8 "  # noqa: S608
             f"FROM jobs WHERE {NON_TERMINAL_SQL}"
         )
     ).scalar_one()
+    return max(float(oldest), 0.0) if oldest is not None else None
+
+
+def job_stats(session: Session) -> Stats:
+    """Counts by status, the oldest waiting job's age, and recent finishes by status."""
     minute = dict.fromkeys(sorted(TERMINAL), 0)
     hour = dict.fromkeys(sorted(TERMINAL), 0)
     rows = session.execute(
@@ -163,8 +173,8 @@ def job_stats(session: Session) -> Stats:
         minute[status] = int(last_minute)
         hour[status] = int(last_hour)
     return Stats(
-        counts=counts,
-        oldest_waiting_age_seconds=max(float(oldest), 0.0) if oldest is not None else None,
+        counts=status_counts(session),
+        oldest_waiting_age_seconds=oldest_waiting_age(session),
         finished_last_minute=minute,
         finished_last_hour=hour,
     )

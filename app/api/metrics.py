@@ -20,9 +20,8 @@ from prometheus_client.registry import Collector
 from sqlalchemy import text
 
 from app.db import get_engine
-from app.listing import STATUSES
+from app.listing import STATUSES, oldest_waiting_age, status_counts
 from app.metrics import MergedCollector
-from app.models import NON_TERMINAL_SQL
 
 router = APIRouter(tags=["health"])
 log = structlog.get_logger(__name__)
@@ -45,21 +44,11 @@ class JobsCollector(Collector):
             self._cached = None
 
     def _read(self) -> tuple[dict[str, int], float | None]:
-        counts = dict.fromkeys(STATUSES, 0)
         with get_engine().connect() as conn:
             conn.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
-            for status, n in conn.execute(
-                text("SELECT status, count(*) FROM jobs GROUP BY status")
-            ):
-                counts[status] = int(n)
-            oldest = conn.execute(
-                text(
-                    "SELECT EXTRACT(EPOCH FROM now() - min(created_at))::float8 "  # noqa: S608
-                    f"FROM jobs WHERE {NON_TERMINAL_SQL}"
-                )
-            ).scalar_one()
+            counts, oldest = status_counts(conn), oldest_waiting_age(conn)
             conn.rollback()
-        return counts, (max(float(oldest), 0.0) if oldest is not None else None)
+        return counts, oldest
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
