@@ -14,20 +14,20 @@ from rich.console import Console
 from rich.table import Table
 
 from app.config import get_settings
-from app.db import session_scope
+from app.db import unit_of_work
 from app.errors import ProblemError
+from app.jobs.status import ALL
 from app.listing import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
-    STATUSES,
     JobFilters,
     job_stats,
     list_attempts,
     list_jobs,
     require_job,
-    retry_job,
 )
 from app.schemas import JobPublic
+from app.steer import retry_job
 
 jobs_cli = typer.Typer(help="Jobs: list, show, retry.", no_args_is_help=True)
 out = Console()
@@ -52,7 +52,7 @@ def _job_id(value: str) -> uuid.UUID:
 
 @jobs_cli.command("list")
 def jobs_list(
-    status: Annotated[str | None, typer.Option(help=" | ".join(STATUSES))] = None,
+    status: Annotated[str | None, typer.Option(help=" | ".join(ALL))] = None,
     imp_uid: Annotated[str | None, typer.Option("--imp-uid")] = None,
     merchant_uid: Annotated[str | None, typer.Option("--merchant-uid")] = None,
     sku: Annotated[str | None, typer.Option()] = None,
@@ -61,12 +61,12 @@ def jobs_list(
     cursor: Annotated[str | None, typer.Option(help="next_cursor of a previous page")] = None,
 ) -> None:
     """Jobs, newest first."""
-    if status is not None and status not in STATUSES:
-        raise typer.BadParameter(f"status must be one of {', '.join(STATUSES)}")
+    if status is not None and status not in ALL:
+        raise typer.BadParameter(f"status must be one of {', '.join(ALL)}")
     try:
-        with session_scope() as session:
+        with unit_of_work() as uow:
             page = list_jobs(
-                session, JobFilters(status, imp_uid, merchant_uid, sku, event_id), limit, cursor
+                uow.conn, JobFilters(status, imp_uid, merchant_uid, sku, event_id), limit, cursor
             )
     except ProblemError as exc:
         raise _fail(exc) from None
@@ -123,9 +123,9 @@ def jobs_show(job_id: str) -> None:
     """One job and every upstream call made for it."""
     ident = _job_id(job_id)
     try:
-        with session_scope() as session:
-            job = require_job(session, ident)
-            attempts = list_attempts(session, ident)
+        with unit_of_work() as uow:
+            job = require_job(uow.conn, ident)
+            attempts = list_attempts(uow.conn, ident)
     except ProblemError as exc:
         raise _fail(exc) from None
     _show(job)
@@ -149,24 +149,25 @@ def jobs_retry(job_id: str) -> None:
     """Put a failed job back to queued (only a failed one)."""
     ident = _job_id(job_id)
     try:
-        with session_scope() as session:
-            job = retry_job(session, ident, get_settings().dispatch_grace_seconds)
+        with unit_of_work() as uow:
+            job = retry_job(uow, ident, get_settings())
     except ProblemError as exc:
         raise _fail(exc) from None
-    from app.dispatch import publish_jobs  # Celery is slow to import: only when needed
+    from app.dispatch import drain
 
-    # After the commit; if the broker is unreachable the sweep publishes it shortly.
-    publish_jobs([job.id])
+    # The unit of work handed the job to the publisher thread; give it a moment before exit
+    # (if the broker is unreachable, the sweep publishes the job shortly).
+    drain(2.0)
     err.print(f"job {job.id} is queued again")
     _show(job)
 
 
 def stats() -> None:
     """Jobs by status, the oldest waiting job's age, and recent finishes."""
-    with session_scope() as session:
-        s = job_stats(session)
+    with unit_of_work() as uow:
+        s = job_stats(uow.conn)
     table = Table("status", "jobs", "finished last minute", "finished last hour")
-    for status in STATUSES:
+    for status in ALL:
         table.add_row(
             _styled(status),
             str(s.counts.get(status, 0)),

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.api import events, health, iamport_hooks, jobs, metrics, middleware, openapi, stats
+from app.api import events, health, iamport_hooks, jobs, middleware, openapi, scrape, stats
 from app.api.limits import BodyLimit
 from app.config import get_settings
 from app.errors import install_handlers
@@ -19,9 +19,10 @@ def create_app() -> FastAPI:
         title="stockout-cancel",
         version="0.1.0",
         description="Cancels convenience-store payment barcodes at iamport for orders that cannot be shipped.",
+        lifespan=iamport_hooks.confirm_pool,
     )
     install_handlers(app)
-    operations = (stats.router, metrics.router, iamport_hooks.router)
+    operations = (stats.router, scrape.router, iamport_hooks.router)
     for router in (events.router, jobs.router, health.router, *operations):
         # FastAPI 0.16x's include_router nests a router object, which hides the paths from
         # anything reading app.routes; our routers carry their full paths and no router-level

@@ -192,6 +192,14 @@ class IamportClient:
             return self.get_payment(imp_uid, observer)
         return answer
 
+    def cancel_vbank(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
+        """DELETE /vbanks/{imp_uid}: close an unpaid virtual account; the cancelled Payment."""
+        path = "/vbanks/" + quote(imp_uid, safe="")
+        answer: Payment | None = self._authed("cancel", "DELETE", path, observer, _payment_or_none)
+        if answer is None:
+            return self.get_payment(imp_uid, observer)
+        return answer
+
     def issue_cvs(
         self,
         *,
