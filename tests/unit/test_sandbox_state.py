@@ -75,7 +75,7 @@ def test_cancel_ready_then_refuse_everything_else(sb: Sandbox) -> None:
     status, body, applied = sb.cancel(p.imp_uid)
     assert status in (400, 409) and body["code"] != 0 and not applied
     assert sb.cancel("imps_000000000000")[0] == 404
-    assert p.cancels_applied == 1
+    assert sb.tally(p.imp_uid).cancels_applied == 1 and sb.cvs_cancelled == 1
 
 
 @pytest.mark.parametrize("state", ["paid", "cancelled", "failed"])
@@ -129,7 +129,8 @@ def test_lookup_shapes(sb: Sandbox) -> None:
 def test_console_actions(sb: Sandbox) -> None:
     p = sb.add_payment({})
     sb.set_status(p.imp_uid, "cancelled")
-    assert p.status == "cancelled" and len(p.cancel_history) == 1 and p.cancels_applied == 0
+    assert p.status == "cancelled" and len(p.cancel_history) == 1
+    assert sb.tally(p.imp_uid).cancels_applied == 0
     q = sb.add_payment({})
     assert sb.mark_paid(q.imp_uid) and q.paid_at > 0 and not sb.mark_paid(q.imp_uid)
     assert not sb.mark_paid(p.imp_uid)
@@ -188,7 +189,14 @@ def test_faults_are_seeded_and_validated(sb: Sandbox) -> None:
         with pytest.raises(ValueError):
             sb.set_faults(bad)
     sb.clear_faults()
-    assert sb.faults.error_rate == 0 and sb.faults.calls == ("token", "lookup", "cancel", "issue")
+    assert sb.faults.error_rate == 0 and set(sb.faults.calls) == {
+        "token",
+        "lookup",
+        "cancel",
+        "cancel_vbank",
+        "refund",
+        "issue",
+    }
 
 
 def test_latency_with_jitter(sb: Sandbox) -> None:
@@ -201,7 +209,7 @@ def test_call_log_and_overlap_counters(sb: Sandbox) -> None:
     p = sb.add_payment({})
     a = sb.begin_call("cancel", p.imp_uid)
     b = sb.begin_call("cancel", p.imp_uid)  # overlaps a
-    assert sb.overlapping_cancels == 1 and sb.max_in_flight == 2
+    assert sb.totals.overlaps == 1 and sb.max_in_flight == 2
     sb.cancel(p.imp_uid)
     sb.end_call(a, 200, True)
     sb.end_call(b, 499, False, "timeout_after")
@@ -214,6 +222,6 @@ def test_call_log_and_overlap_counters(sb: Sandbox) -> None:
     log = sb.calls_since(1)
     assert [e["seq"] for e in log] == [2, 3] and log[0]["status_code"] == 499
     assert log[0]["ended_at"] >= log[0]["started_at"]
-    assert p.cancel_calls == 3
+    assert sb.tally(p.imp_uid).cancel_calls == 3
     sb.reset()
     assert sb.payments == {} and sb.calls_since(0) == [] and sb.stats()["calls_total"] == 0
