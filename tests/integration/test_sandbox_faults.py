@@ -59,7 +59,7 @@ def make(sandbox_url: str) -> Iterator[Callable[..., IamportClient]]:
 
 
 def last_call(sandbox: SandboxControl, kind: str) -> dict[str, Any]:
-    return next(c for c in reversed(sandbox.calls()) if c["call"] == kind)  # type: ignore[return-value]
+    return dict(next(c for c in reversed(sandbox.calls()) if c["call"] == kind))
 
 
 # -- virtual accounts and refunds --------------------------------------------------------------

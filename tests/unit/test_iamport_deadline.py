@@ -144,3 +144,30 @@ def test_connection_refused_is_not_sent() -> None:
         client.cancel_cvs("imps_1", rec)
     assert rec.records[-1].outcome == "not_sent"
     client.close()
+
+
+def test_the_deadline_holds_for_any_transport() -> None:
+    """With a transport that is not ours (tests, proxies), the body loop still checks the time."""
+    import httpx
+
+    class Slow(httpx.SyncByteStream):
+        def __iter__(self) -> Iterator[bytes]:
+            for byte in BODY:
+                time.sleep(0.1)
+                yield bytes([byte])
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, stream=Slow())
+
+    client = IamportClient(
+        base_url="https://api.iamport.test",
+        imp_key="k",
+        imp_secret="s",
+        timeout=0.5,
+        tokens=Tokens(),
+        transport=httpx.MockTransport(handler),
+    )
+    started = time.monotonic()
+    with pytest.raises(OutcomeUnknown) as info:
+        client.get_payment("imps_1")
+    assert time.monotonic() - started < 0.7 and info.value.message == "deadline passed"
