@@ -202,7 +202,7 @@ def test_a_trickling_answer_is_cut_off_at_the_deadline(
     started = time.monotonic()
     with pytest.raises(OutcomeUnknown):
         client.cancel_cvs(uid)
-    assert 0.95 <= time.monotonic() - started < 1.3
+    assert 0.95 <= time.monotonic() - started < 1.5
     assert sandbox.payment(uid)["status"] == "cancelled"
     wait_until(lambda: sandbox.stats()["in_flight"] == 0)
     entry = last_call(sandbox, "cancel")

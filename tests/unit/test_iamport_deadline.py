@@ -51,6 +51,7 @@ class Trickle(socketserver.ThreadingTCPServer):
         self.mode = mode
         self.interval = interval
         self.stop = threading.Event()
+        self.connections = 0
         super().__init__(("127.0.0.1", 0), _Handler)
 
 
@@ -59,28 +60,34 @@ class _Handler(socketserver.BaseRequestHandler):
 
     def handle(self) -> None:
         sock: socket.socket = self.request
+        self.server.connections += 1
         data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = sock.recv(65536)
-            if not chunk:
+        while True:  # one request after another on the same connection (keep-alive)
+            while b"\r\n\r\n" not in data:
+                chunk = sock.recv(65536)
+                if not chunk:
+                    return
+                data += chunk
+            data = data.split(b"\r\n\r\n", 1)[1]  # GET and DELETE here carry no body
+            if not self._answer(sock):
                 return
-            data += chunk
+
+    def _answer(self, sock: socket.socket) -> bool:
         mode, interval = self.server.mode, self.server.interval
         if mode == "fast":
             sock.sendall(HEAD + BODY)
-            return
+            return True
+        rest = BODY if mode == "body" else HEAD + BODY  # "head": even the status line trickles
         if mode == "body":
             sock.sendall(HEAD)
-            rest = BODY
-        else:  # "head": even the status line arrives a byte at a time
-            rest = HEAD + BODY
         try:
             for byte in rest:
                 if self.server.stop.wait(interval):
-                    return
+                    return False
                 sock.sendall(bytes([byte]))
         except OSError:
-            return  # the client hung up, as it should
+            return False  # the client hung up, as it should
+        return True
 
 
 @pytest.fixture
@@ -115,7 +122,7 @@ def test_a_trickling_answer_is_cut_off_at_the_deadline(trickle: Trickle) -> None
         client.cancel_cvs("imps_1", rec)
     elapsed = time.monotonic() - started
     # Per-read timeouts alone would wait for the whole body (over 30 s at one byte a read).
-    assert 0.95 <= elapsed < 1.25, elapsed
+    assert 0.95 <= elapsed < 1.5, elapsed  # ~1.0 s; slack for a busy machine
     assert info.value.outcome == "timeout" and rec.records[-1].outcome == "timeout"
     client.close()
 
@@ -125,6 +132,7 @@ def test_a_prompt_answer_passes_and_the_connection_is_reused(trickle: Trickle) -
     client = client_for(trickle, timeout=1.0)
     for _ in range(3):
         assert client.get_payment("imps_1").status == "ready"
+    assert trickle.connections == 1
     client.close()
 
 
