@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from app.sandbox.faults import MUTATING, REFUSAL_STYLES, Decision, Faults, decide
+from app.sandbox.faults import CALL_KINDS, MUTATING, REFUSAL_STYLES, Decision, Faults, decide
 
 PAYMENT_STATUSES = ("ready", "paid", "cancelled", "failed")
 PAY_METHODS = ("cvs", "vbank", "card")
@@ -215,7 +215,7 @@ class Sandbox:
         self.ids = random.Random(f"ids-{self.seed}")
         self.log: list[CallEntry] = []
         self.tallies: dict[str, Tally] = {}
-        self.calls_by_kind: dict[str, int] = {}
+        self.calls_by_kind: dict[str, int] = dict.fromkeys(CALL_KINDS, 0)
         self.faults_injected: dict[str, int] = {}
         self.in_flight = 0
         self.max_in_flight = 0
