@@ -16,7 +16,7 @@ from rich.table import Table
 from app.config import get_settings
 from app.db import unit_of_work
 from app.errors import ProblemError
-from app.jobs.status import ALL
+from app.jobs.status import ALL, JobStatus
 from app.listing import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -93,7 +93,13 @@ def jobs_list(
 
 
 def _styled(status: str) -> str:
-    color = {"cancelled": "green", "needs_refund": "yellow", "failed": "red"}.get(status)
+    colors = {
+        JobStatus.CANCELLED: "green",
+        JobStatus.REFUNDED: "cyan",
+        JobStatus.NEEDS_REFUND: "yellow",
+        JobStatus.FAILED: "red",
+    }
+    color = colors.get(JobStatus(status))
     return f"[{color}]{status}[/]" if color else status
 
 

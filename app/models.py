@@ -22,7 +22,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlmodel import Field, SQLModel
 
-from app.jobs.status import ALL, WAITING_SQL, sql_list
+from app.jobs.status import ALL, WAITING_SQL, JobStatus, sql_list
 
 # Stable constraint names, so migrations can name what they alter.
 SQLModel.metadata = MetaData(
@@ -79,8 +79,8 @@ class Job(SQLModel, table=True):
     imp_uid: str = Field(max_length=64, unique=True)
     merchant_uid: str | None = Field(default=None, max_length=128, index=True)
     status: str = Field(
-        default="queued",
-        sa_column=Column(String(16), nullable=False, server_default="queued"),
+        default=JobStatus.QUEUED.value,
+        sa_column=Column(String(16), nullable=False, server_default=JobStatus.QUEUED.value),
     )
     # Cancel and refund calls sent (app/jobs/store.py ATTEMPTS_SQL is its definition).
     attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))

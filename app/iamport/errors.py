@@ -109,18 +109,3 @@ class OutcomeUnknown(IamportError):
     """Timeout, deadline passed, or connection lost after sending: the call may still apply."""
 
     outcome = "timeout"
-
-
-class ServerError(IamportError):
-    """A 5xx in iamport's own JSON envelope: its application answered, so the call has ended.
-
-    What it did is learnt by a lookup, without waiting for it to settle.
-    """
-
-    outcome = "server_error"
-
-
-class NotSent(IamportError):
-    """The request never left us (no connection could be made): nothing can have applied."""
-
-    outcome = "not_sent"

@@ -92,6 +92,7 @@ class JobRun:
     counted: int = 0  # attempts this run made, as the attempt rows will show them
     sent: bool = False  # the current step's mutating call left our side
     answered: bool = False  # this run's last mutating call had a definite answer
+    last_sent: Step | None = None  # the last cancel or refund this run sent
     step: Step = Step.LOOKUP
 
     def before_send(self, call: str) -> None:
@@ -116,6 +117,7 @@ class JobRun:
             # job before this call could end. The row is kept, marked as never sent.
             raise Held("too little of the lease is left to send")
         self.sent = True
+        self.last_sent = Step(call)
 
     def after_call(self, record: CallRecord) -> None:
         metrics.observe_upstream(record)
@@ -228,7 +230,8 @@ def run_job(
     except Exception as exc:  # any fault of one job's run stays with that job
         metrics.run_crashed()
         log.exception("job_run_crashed", job_id=str(job.id), imp_uid=job.imp_uid)
-        pending = observer.pending[1] if observer.pending else state.uncertain
+        # Whatever this run sent may have applied, answered or not: the next run looks first.
+        pending = observer.last_sent or state.uncertain
         error = UpstreamError(message=f"the run failed: {type(exc).__name__}")
         decision = after_crash(replace(state, uncertain=pending), error, policy, rng)
     return record(conn, job, observer, decision)

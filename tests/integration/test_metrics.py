@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import redis
-from app.api.metrics import JOBS
+from app.api.scrape import JOBS
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
