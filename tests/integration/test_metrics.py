@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 import redis
-from app.api.scrape import JOBS
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
+from app.api.scrape import JOBS
 from app.embedded import free_port
 from tests.support.factories import auth, event
 
