@@ -514,8 +514,10 @@ def test_lookup_cancelled(
     assert d == expected
 
 
-@pytest.mark.parametrize("uncertain", [None, Step.CANCEL, Step.REFUND])
-@pytest.mark.parametrize("settle_left", [0.0, 60.0])
+@pytest.mark.parametrize(
+    ("uncertain", "settle_left"),
+    [(None, 0.0), (None, 60.0), (Step.CANCEL, 0.0), (Step.REFUND, 0.0)],
+)
 @pytest.mark.parametrize("refused", [None, Step.CANCEL])
 @pytest.mark.parametrize("attempts", [1, 3])
 def test_lookup_paid_without_refund_allowed_needs_refund(
@@ -531,6 +533,30 @@ def test_lookup_paid_without_refund_allowed_needs_refund(
     assert d == Decision(
         status=JobStatus.NEEDS_REFUND, payment_status="paid", method=Method.VBANK, error=OLD
     )
+
+
+@pytest.mark.parametrize("refused", [None, Step.CANCEL])
+@pytest.mark.parametrize("attempts", [1, 3])
+@pytest.mark.parametrize("settle_left", [0.5, 60.0])
+def test_lookup_paid_does_not_forget_an_unsettled_call(
+    refused: Step | None, attempts: int, settle_left: float
+) -> None:
+    """CONTRACT 6: no cancel or refund before the unanswered call's start plus the settle time.
+
+    `Decision.uncertain` is what the store keeps (`uncertain_call`) and what the next run's
+    `settle_left` is computed from. A held job that ends needs_refund while a cancel of ours is
+    unsettled must keep it: `POST /v1/jobs/{id}/refund` puts the job back to queued, and its
+    run would otherwise send the refund at once (see test_jobs_machine.py's replay).
+    """
+    d = look(
+        pay("paid"),
+        uncertain=Step.CANCEL,
+        settle_left=settle_left,
+        refused=refused,
+        attempts=attempts,
+    )
+    assert d.payment_status == "paid"
+    assert d.uncertain is Step.CANCEL
 
 
 @pytest.mark.parametrize("uncertain", [None, Step.CANCEL, Step.REFUND])

@@ -18,8 +18,9 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from hypothesis import HealthCheck, event, settings
+from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
+from hypothesis.control import currently_in_test_context, event
 from hypothesis.stateful import (
     RuleBasedStateMachine,
     initialize,
@@ -44,7 +45,7 @@ from app.jobs.decide import (
 from app.jobs.records import UpstreamError
 from app.jobs.status import TERMINAL, WAITING, JobStatus
 
-SETTLE = 30.0
+SETTLE = 60.0
 POLICY = Policy(
     max_attempts=4,
     base_seconds=1.0,
@@ -180,7 +181,7 @@ class Iamport:
         for c in due:
             at, c.apply_at = c.apply_at or 0.0, None
             applied = self.apply(c, at)
-            event(f"in-flight {c.step.value} {'applied' if applied else 'did not apply'}")
+            note(f"in-flight {c.step.value} {'applied' if applied else 'did not apply'}")
             if applied and job_ended:
                 self.late.append(c)
 
@@ -201,6 +202,12 @@ class Iamport:
                 )
             else:
                 self._cancel_all(at, "console refund")
+
+
+def note(message: str) -> None:
+    """A Hypothesis event (shown by --hypothesis-show-statistics), also outside a test."""
+    if currently_in_test_context():
+        event(message)
 
 
 class JobMachine(RuleBasedStateMachine):
@@ -364,9 +371,9 @@ class JobMachine(RuleBasedStateMachine):
         self.check_terminal(d)
         if d.terminal:
             by = d.cancellation.cancelled_by if d.cancellation else ""
-            event(f"ended {d.status.value} {by} idle={d.idle}".strip())
+            note(f"ended {d.status.value} {by} idle={d.idle}".strip())
         elif d.payment_status and d.uncertain:
-            event(f"waits to settle, {d.payment_status}")
+            note(f"waits to settle, {d.payment_status}")
 
     def mutate(
         self,
@@ -387,7 +394,7 @@ class JobMachine(RuleBasedStateMachine):
                     f"{step} sent at {start} while {earlier.step} sent at {earlier.start} "
                     "could still apply"
                 )
-        event(f"sent {step.value} by {method.value} to a {iamport.pay_method}")
+        note(f"sent {step.value} by {method.value} to a {iamport.pay_method}")
         if step is Step.REFUND:
             assert self.refund_allowed, "a refund of a held payment nobody asked to refund"
             before = iamport.calls[-1] if iamport.calls else None
@@ -512,3 +519,24 @@ TestJobMachine.settings = settings(
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+
+
+def test_replay_a_refund_request_while_an_unanswered_cancel_can_still_apply() -> None:
+    """The minimal case Hypothesis finds: the refund goes out inside the cancel's settle time.
+
+    t=0 the cancel times out (unknown outcome; it settles at t=30). The customer pays. t~10 the
+    next run looks up: paid, on_paid hold -> needs_refund, and the decision drops `uncertain`.
+    A person asks for the refund at once; the run looks up (paid), and with no uncertain call
+    left it sends POST /payments/cancel at t~10, before t=30.
+    """
+    m = JobMachine()
+    m.start(pay_method="cvs", hint=Method.CVS, on_paid=OnPaid.HOLD, initial="ready", seed=0)
+    m.worker_runs(mutating=[("timeout_before", None)], lookups=[], meanwhile=[], late=0.0)
+    assert (m.status, m.uncertain) == (JobStatus.RETRY_WAIT, Step.CANCEL)
+    m.customer_pays(gap=0.0)
+    m.worker_runs(mutating=[], lookups=[], meanwhile=[], late=0.0)
+    assert m.status is JobStatus.NEEDS_REFUND
+    assert m.now < SETTLE
+    m.a_person_requests_the_refund()
+    m.worker_runs(mutating=[], lookups=[], meanwhile=[], late=0.0)
+    m.teardown()
