@@ -9,6 +9,7 @@ from fastapi import APIRouter, BackgroundTasks, Query
 from pydantic import AfterValidator, StringConstraints
 
 from app.api.deps import SessionDep
+from app.audit import list_job_actions, record_action
 from app.auth import JobsReader, JobsWriter
 from app.config import get_settings
 from app.db import session_scope
@@ -22,7 +23,7 @@ from app.listing import (
     require_job,
     retry_job,
 )
-from app.schemas import AttemptList, JobPage, JobPublic, JobStatus, _printable
+from app.schemas import ActionList, AttemptList, JobPage, JobPublic, JobStatus, _printable
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -60,17 +61,27 @@ def read_attempts(job_id: uuid.UUID, session: SessionDep, _: JobsReader) -> Atte
     return AttemptList(items=list_attempts(session, job_id))
 
 
+@router.get(
+    "/{job_id}/actions", response_model=ActionList, responses={404: {"description": "not_found"}}
+)
+def read_actions(job_id: uuid.UUID, session: SessionDep, _: JobsReader) -> ActionList:
+    """What operators did to the job (retry, refund), who and when, oldest first."""
+    return ActionList(items=list_job_actions(session, job_id))
+
+
 @router.post(
     "/{job_id}/retry",
     status_code=202,
     response_model=JobPublic,
     responses={404: {"description": "not_found"}, 409: {"description": "not_retryable"}},
 )
-def retry(job_id: uuid.UUID, background: BackgroundTasks, _: JobsWriter) -> JobPublic:
+def retry(job_id: uuid.UUID, background: BackgroundTasks, caller: JobsWriter) -> JobPublic:
     """Put a failed job back to queued; it is published once the change is committed."""
     # Our own transaction, committed before the answer and before the publish; if the
-    # publish is lost, the sweep publishes the job once its due_at passes.
+    # publish is lost, the sweep publishes the job once its due_at passes. The operator's
+    # action is recorded in the same transaction: both happen or neither does.
     with session_scope() as session:
         job = retry_job(session, job_id, get_settings().dispatch_grace_seconds)
+        record_action(session, caller, "retry", job_id=job.id, detail={"from": "failed"})
     background.add_task(publish_jobs, [job.id])
     return job
