@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Path, Response
+from fastapi import APIRouter, BackgroundTasks, Path, Query, Response
 
 from app.auth import EventsWriter, JobsReader
 from app.config import get_settings
 from app.db import session_scope
 from app.dispatch import publish_jobs
 from app.errors import NotFound
+from app.event_progress import list_events
 from app.ingest import accept_event
+from app.listing import DEFAULT_LIMIT, MAX_LIMIT
 from app.reads import get_event
-from app.schemas import EventCreate, EventPublic
+from app.schemas import EventCreate, EventPage, EventPublic
 
 router = APIRouter(prefix="/v1/stockout-events", tags=["events"])
 
@@ -44,6 +46,17 @@ def post_event(
         background.add_task(publish_jobs, accepted.new_job_ids)
     response.status_code = 202 if accepted.created else 200
     return public
+
+
+@router.get("", response_model=EventPage, responses={400: {"description": "invalid_cursor"}})
+def read_events(
+    _: JobsReader,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query()] = None,
+) -> EventPage:
+    """Events newest first, each with how many of its jobs are terminal; follow `next_cursor`."""
+    with session_scope() as session:
+        return list_events(session, limit, cursor)
 
 
 @router.get(

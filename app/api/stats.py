@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
+from fastapi import APIRouter, Query
+
+from app.activity import DEFAULT_MINUTES, MAX_MINUTES, recent_activity
 from app.api.deps import SessionDep
 from app.auth import JobsReader
 from app.listing import job_stats
-from app.schemas import Stats
+from app.schemas import Activity, Stats
 
 router = APIRouter(prefix="/v1/stats", tags=["stats"])
 
@@ -16,3 +19,13 @@ router = APIRouter(prefix="/v1/stats", tags=["stats"])
 def read_stats(session: SessionDep, _: JobsReader) -> Stats:
     """Counts by status, the oldest waiting job's age, and finishes in the last minute and hour."""
     return job_stats(session)
+
+
+@router.get("/activity", response_model=Activity)
+def read_activity(
+    session: SessionDep,
+    _: JobsReader,
+    minutes: Annotated[int, Query(ge=1, le=MAX_MINUTES)] = DEFAULT_MINUTES,
+) -> Activity:
+    """Jobs finished per minute by status, upstream calls by outcome, and their latency."""
+    return recent_activity(session, minutes)
