@@ -9,15 +9,16 @@ function svg(tag, attrs = {}, text) {
   return node;
 }
 
+// A round axis top divisible into 4 round steps (1, 2, 5 × 10^k each).
 function niceMax(value) {
-  if (value <= 5) return 5;
-  const p = 10 ** Math.floor(Math.log10(value));
-  for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= value) return m * p;
-  return 10 * p;
+  const raw = Math.max(value, 4) / 4;
+  const p = 10 ** Math.floor(Math.log10(raw));
+  for (const m of [1, 2, 5, 10]) if (m * p >= raw) return 4 * m * p;
+  return 40 * p;
 }
 
 // series: [{label: Date, counts: {key: n}}]; keys: stacking order.
-export function stackedBars(series, keys, { width = 720, height = 200, title = "" } = {}) {
+export function stackedBars(series, keys, { width = 960, height = 220, title = "" } = {}) {
   const pad = { l: 36, r: 8, t: 10, b: 22 };
   const root = svg("svg", { viewBox: `0 0 ${width} ${height}`, class: "chart", role: "img", "aria-label": title });
   const totals = series.map((s) => keys.reduce((a, k) => a + (s.counts[k] || 0), 0));

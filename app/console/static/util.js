@@ -64,7 +64,7 @@ export function shortId(id) {
 }
 
 export function table(columns, rows, { empty = "Nothing here.", rowAttrs } = {}) {
-  const head = el("thead", {}, el("tr", {}, columns.map((c) => el("th", { class: c.class }, c.title))));
+  const head = el("thead", {}, el("tr", {}, columns.map((c) => el("th", { class: c.class === "mono" ? undefined : c.class }, c.title))));
   const body = el("tbody");
   if (rows.length === 0) {
     body.append(el("tr", {}, el("td", { class: "empty", colspan: columns.length }, empty)));

@@ -57,8 +57,9 @@ export async function renderJob({ view, session }, id) {
       ["merchant_uid", job.merchant_uid || "—"],
       ["status", statusBadge(job.status)],
       ["payment at iamport", job.payment_status || "—"],
-      ["pay method", job.pay_method || "—"],
-      ["when paid", job.on_paid || "—"],
+      // Shown when the server's Job carries them (pay_method and on_paid are newer fields).
+      ...("pay_method" in job ? [["pay method", job.pay_method]] : []),
+      ...("on_paid" in job ? [["if paid", job.on_paid]] : []),
       ["cancel attempts", String(job.attempts)],
       ["next attempt", job.next_attempt_at ? fmtTime(job.next_attempt_at) : "—"],
       ["events", job.event_ids.map((e, i) => [i ? ", " : "", el("a", { href: `#/events/${encodeURIComponent(e)}` }, e)])],
@@ -103,7 +104,7 @@ export async function renderJob({ view, session }, id) {
       });
     }
     for (const act of actionItems) {
-      entries.push({ at: act.at, kind: `action action-${act.action}`, title: `${act.action} by ${act.key_name}`, detail: `key ${act.key_id}${act.detail ? ` · ${JSON.stringify(act.detail)}` : ""}` });
+      entries.push({ at: act.at, kind: `action action-${act.action}`, title: `${act.action} by ${act.key_name}`, detail: [`key ${act.key_id}`, ...Object.entries(act.detail || {}).map(([k, v]) => `${k} ${typeof v === "string" ? v : JSON.stringify(v)}`)].join(" · ") });
     }
     for (const d of deliveries) {
       entries.push({ at: d.created_at, kind: "webhook", title: `webhook ${d.event_type} → ${d.endpoint.url}: ${d.status}`, detail: `${d.attempts} attempt${d.attempts === 1 ? "" : "s"}${d.last_http_status ? ` · last HTTP ${d.last_http_status}` : ""}${d.last_error ? ` · ${d.last_error}` : ""}${d.delivered_at ? ` · delivered ${fmtTime(d.delivered_at)}` : ""}` });
