@@ -50,7 +50,13 @@ def console_url(
 ) -> Iterator[str]:
     """`uvicorn app.main:app` on a free port, as an operator runs it."""
     port = free_port()
-    env = process_env(DATABASE_URL=database_url, REDIS_URL=redis_url, LOG_JSON="true")
+    # Private URLs allowed: the webhook test registers an endpoint on loopback.
+    env = process_env(
+        DATABASE_URL=database_url,
+        REDIS_URL=redis_url,
+        LOG_JSON="true",
+        WEBHOOK_ALLOW_PRIVATE_URLS="true",
+    )
     log = (tmp_path_factory.mktemp("console") / "api.log").open("ab")
     proc = subprocess.Popen(
         api_command(port),
@@ -123,3 +129,5 @@ def tab(browser: Any, console_url: str) -> Iterator[Tab]:
     page.on("pageerror", lambda e: t.errors.append(str(e)))
     yield t
     context.close()
+    # Nothing the console does may trip its own Content-Security-Policy.
+    assert not [e for e in t.errors if "Content Security Policy" in e], t.errors
