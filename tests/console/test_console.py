@@ -367,3 +367,21 @@ def test_webhook_endpoints_deliveries_and_replay(
             "SELECT action FROM operator_actions WHERE endpoint_id = %s", (endpoint["id"],)
         ).fetchall()
     assert [r[0] for r in rows] == ["replay"]
+
+
+def test_a_cross_site_form_cannot_retry_even_from_a_signed_in_browser(
+    tab: Tab, data: Seeded, writer: str, service_env: dict[str, str]
+) -> None:
+    """The key is in the console tab's sessionStorage; a form from another page carries none."""
+    failed = data.first("failed")
+    tab.sign_in(writer)
+    other = tab.page.context.new_page()
+    other.set_content(
+        f'<form method="post" action="{tab.base}/v1/jobs/{failed["id"]}/retry">'
+        '<input name="confirm" value="yes"><button id="go">go</button></form>'
+    )
+    with other.expect_response(lambda r: r.url.endswith("/retry")) as answer:
+        other.click("#go")
+    assert answer.value.status == 401
+    assert job_status(service_env["DATABASE_URL"], failed["id"]) == "failed"
+    assert actions(service_env["DATABASE_URL"], failed["id"]) == []

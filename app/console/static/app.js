@@ -21,9 +21,10 @@ function showSignIn(message) {
   session.me = null;
   document.getElementById("nav").hidden = true;
   document.getElementById("who").hidden = true;
-  const input = el("input", { type: "password", id: "key", name: "key", autocomplete: "off", spellcheck: "false", placeholder: "sk_…", required: true });
+  // No `name`: even a native submit (were the handler ever skipped) could not put the key in a URL.
+  const input = el("input", { type: "password", id: "key", autocomplete: "off", spellcheck: "false", placeholder: "sk_…", required: true });
   const error = el("p", { class: "error", id: "signin-error" }, message || "");
-  const form = el("form", { class: "signin", id: "signin", onsubmit: (e) => { e.preventDefault(); signIn(input.value.trim(), error); } },
+  const form = el("form", { class: "signin", id: "signin", method: "post", onsubmit: (e) => { e.preventDefault(); signIn(input.value.trim(), error); } },
     el("h1", {}, "Sign in"),
     el("p", { class: "muted" }, "Paste an API key. It is kept in this tab only (sessionStorage) and sent as a header, never in a URL or a cookie."),
     el("label", { for: "key" }, "API key"),
