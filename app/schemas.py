@@ -201,5 +201,9 @@ class UpstreamLatency(BaseModel):
 class Activity(BaseModel):
     window_minutes: int
     finished_per_minute: list[MinuteCounts]
+    # Calls and latency cover the newest calls of the window, at most a fixed number of them.
     upstream_calls: list[UpstreamCalls]
     upstream_latency: list[UpstreamLatency]
+    upstream_sample_size: int
+    upstream_sample_capped: bool
+    upstream_since: datetime | None

@@ -177,6 +177,7 @@ def test_the_refund_dialog_says_what_will_happen(
     assert "Refund 4 payments totalling" in text
     assert "cannot be undone" in text
     assert data.first("needs_refund")["imp_uid"] in text
+    tab.shot("refund-dialog")
     tab.page.click("#confirm-cancel")
     assert all(job_status(db, j["id"]) == "needs_refund" for j in data.by_status["needs_refund"])
     # "Keep" sets a job aside in this tab; nothing is sent.

@@ -121,6 +121,7 @@ def test_activity_counts_finishes_per_minute_and_upstream_calls(
     assert calls == {("cancel", "ok"): 2, ("cancel", "timeout"): 1}
     [latency] = body["upstream_latency"]
     assert latency["count"] == 3 and latency["p50_ms"] == 30.0 and latency["max_ms"] == 1000.0
+    assert body["upstream_sample_size"] == 3 and body["upstream_sample_capped"] is False
     assert api.get("/v1/stats/activity?minutes=0", headers=auth(key)).status_code == 422
 
 
@@ -186,3 +187,25 @@ def test_a_cross_site_form_post_cannot_act(
     )
     assert r.status_code == 401
     assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == "failed"
+
+
+def test_upstream_figures_cover_the_newest_calls_when_there_are_many(
+    api: TestClient, key: str, service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app import activity
+
+    monkeypatch.setattr(activity, "SAMPLE_SIZE", 2)
+    db = service_env["DATABASE_URL"]
+    job = post_event(api, key, event(1))["jobs"][0]
+    for secs, outcome in [(30, "timeout"), (20, "ok"), (10, "ok")]:
+        sql(
+            db,
+            "INSERT INTO attempts (job_id, call, started_at, duration_ms, outcome) "
+            "VALUES (%(j)s, 'cancel', now() - make_interval(secs => %(s)s), 5, %(o)s)",
+            j=job["id"],
+            s=secs,
+            o=outcome,
+        )
+    body = api.get("/v1/stats/activity", headers=auth(key)).json()
+    assert body["upstream_sample_size"] == 2 and body["upstream_sample_capped"] is True
+    assert body["upstream_calls"] == [{"call": "cancel", "outcome": "ok", "count": 2}]
