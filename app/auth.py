@@ -132,6 +132,14 @@ def require(scope: Scope) -> object:
     return Depends(dependency)
 
 
+def _any_key(request: Request) -> Caller:
+    caller = authenticate(request.headers.get("authorization"))
+    request.state.caller = caller
+    return caller
+
+
+# Any valid key, whatever its scopes (GET /v1/me).
+KeyHolder = Annotated[Caller, Depends(_any_key)]
 EventsWriter = Annotated[Caller, require(Scope.EVENTS_WRITE)]
 JobsReader = Annotated[Caller, require(Scope.JOBS_READ)]
 JobsWriter = Annotated[Caller, require(Scope.JOBS_WRITE)]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from fastapi import FastAPI
 
-from app.api import events, health, iamport_hooks, jobs, middleware, openapi, scrape, stats
+from app import console
+from app.api import events, health, iamport_hooks, jobs, me, middleware, openapi, scrape, stats
 from app.api.limits import BodyLimit
 from app.config import get_settings
 from app.errors import install_handlers
@@ -22,7 +23,7 @@ def create_app() -> FastAPI:
         lifespan=iamport_hooks.confirm_pool,
     )
     install_handlers(app)
-    operations = (stats.router, scrape.router, iamport_hooks.router)
+    operations = (stats.router, scrape.router, iamport_hooks.router, me.router, console.router)
     for router in (events.router, jobs.router, health.router, *operations):
         # FastAPI 0.16x's include_router nests a router object, which hides the paths from
         # anything reading app.routes; our routers carry their full paths and no router-level

@@ -44,6 +44,8 @@ class Event(SQLModel, table=True):
     """One stockout event as the producer sent it; `event_id` is its idempotency key."""
 
     __tablename__ = "events"
+    # The console lists events newest first.
+    __table_args__ = (Index("ix_events_received", text("received_at DESC"), text("event_id DESC")),)
 
     event_id: str = Field(primary_key=True, max_length=128)
     sku: str = Field(max_length=128, index=True)
@@ -139,7 +141,11 @@ class Attempt(SQLModel, table=True):
     """One upstream call made for a job, written before the call and completed after it."""
 
     __tablename__ = "attempts"
-    __table_args__ = (Index("ix_attempts_job_id_id", "job_id", "id"),)
+    __table_args__ = (
+        Index("ix_attempts_job_id_id", "job_id", "id"),
+        # Upstream health over the last minutes reads attempts by time.
+        Index("ix_attempts_started_at", "started_at"),
+    )
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
     job_id: uuid.UUID = Field(
@@ -170,3 +176,27 @@ class ApiKey(SQLModel, table=True):
     scopes: list[str] = Field(sa_column=Column(ARRAY(String(32)), nullable=False))
     created_at: datetime = _ts(server_default=text("now()"))
     revoked_at: datetime | None = _ts(nullable=True)
+
+
+class OperatorAction(SQLModel, table=True):
+    """A person's action through the API (retry, refund, replay), written with the action itself."""
+
+    __tablename__ = "operator_actions"
+    __table_args__ = (
+        Index("ix_operator_actions_job_id", "job_id", "id"),
+        CheckConstraint("action IN ('retry', 'refund', 'replay')", name="action"),
+    )
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
+    at: datetime = _ts(server_default=text("now()"))
+    # The key's id and its name at the time: a key may be renamed or revoked later.
+    key_id: uuid.UUID = Field(
+        sa_column=Column(UUID(as_uuid=True), ForeignKey("api_keys.id"), nullable=False)
+    )
+    key_name: str = Field(max_length=128)
+    action: str = Field(max_length=16)
+    job_id: uuid.UUID | None = Field(
+        default=None, sa_column=Column(UUID(as_uuid=True), ForeignKey("jobs.id"), nullable=True)
+    )
+    endpoint_id: str | None = Field(default=None, max_length=64)
+    detail: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))

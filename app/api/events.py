@@ -4,15 +4,17 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 
 from app.auth import EventsWriter, JobsReader
 from app.config import get_settings
 from app.db import unit_of_work
 from app.errors import NotFound
+from app.event_progress import list_events
 from app.ingest import accept_event
+from app.listing import DEFAULT_LIMIT, MAX_LIMIT
 from app.reads import get_event
-from app.schemas import EventCreate, EventId, EventPublic
+from app.schemas import EventCreate, EventId, EventPage, EventPublic
 
 router = APIRouter(prefix="/v1/stockout-events", tags=["events"])
 
@@ -38,6 +40,17 @@ def post_event(event: EventCreate, response: Response, _: EventsWriter) -> Event
     assert public is not None
     response.status_code = 202 if accepted.created else 200
     return public
+
+
+@router.get("", response_model=EventPage, responses={400: {"description": "invalid_cursor"}})
+def read_events(
+    _: JobsReader,
+    limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query()] = None,
+) -> EventPage:
+    """Events newest first, each with how many of its jobs are terminal; follow `next_cursor`."""
+    with unit_of_work() as uow:
+        return list_events(uow.conn, limit, cursor)
 
 
 @router.get(

@@ -8,6 +8,7 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import AfterValidator, StringConstraints
 
+from app.audit import list_job_actions, record_action
 from app.auth import JobsReader, JobsWriter
 from app.config import get_settings
 from app.db import unit_of_work
@@ -20,7 +21,7 @@ from app.listing import (
     list_jobs,
     require_job,
 )
-from app.schemas import AttemptList, JobPage, JobPublic, _printable
+from app.schemas import ActionList, AttemptList, JobPage, JobPublic, _printable
 from app.steer import refund_job, retry_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
@@ -60,16 +61,27 @@ def read_attempts(job_id: uuid.UUID, _: JobsReader) -> AttemptList:
         return AttemptList(items=list_attempts(uow.conn, job_id))
 
 
+@router.get("/{job_id}/actions", response_model=ActionList, responses=NOT_FOUND)
+def read_actions(job_id: uuid.UUID, _: JobsReader) -> ActionList:
+    """What people did to the job (retry, refund), who and when, oldest first."""
+    with unit_of_work() as uow:
+        return ActionList(items=list_job_actions(uow.conn, job_id))
+
+
 @router.post(
     "/{job_id}/retry",
     status_code=202,
     response_model=JobPublic,
     responses={**NOT_FOUND, 409: {"description": "not_retryable"}},
 )
-def retry(job_id: uuid.UUID, _: JobsWriter) -> JobPublic:
+def retry(job_id: uuid.UUID, caller: JobsWriter) -> JobPublic:
     """Put a failed job back to queued; it is published once the change is committed."""
     with unit_of_work() as uow:
-        return retry_job(uow, job_id, get_settings())
+        job = retry_job(uow, job_id, get_settings())
+        record_action(
+            uow.conn, caller, "retry", job_id=job.id, detail={"from": JobStatus.FAILED.value}
+        )
+        return job
 
 
 @router.post(
@@ -78,7 +90,11 @@ def retry(job_id: uuid.UUID, _: JobsWriter) -> JobPublic:
     response_model=JobPublic,
     responses={**NOT_FOUND, 409: {"description": "not_refundable"}},
 )
-def refund(job_id: uuid.UUID, _: JobsWriter) -> JobPublic:
+def refund(job_id: uuid.UUID, caller: JobsWriter) -> JobPublic:
     """A person decided to refund a held payment: the job refunds it and ends `refunded`."""
     with unit_of_work() as uow:
-        return refund_job(uow, job_id, get_settings())
+        job = refund_job(uow, job_id, get_settings())
+        record_action(
+            uow.conn, caller, "refund", job_id=job.id, detail={"from": JobStatus.NEEDS_REFUND.value}
+        )
+        return job

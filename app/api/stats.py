@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
 
+from fastapi import APIRouter, Query
+
+from app.activity import DEFAULT_MINUTES, MAX_MINUTES, recent_activity
 from app.auth import JobsReader
 from app.db import unit_of_work
 from app.listing import job_stats
-from app.schemas import Stats
+from app.schemas import Activity, Stats
 
 router = APIRouter(prefix="/v1/stats", tags=["stats"])
 
@@ -17,3 +20,13 @@ def read_stats(_: JobsReader) -> Stats:
     """Counts by status, the oldest waiting job's age, and finishes in the last minute and hour."""
     with unit_of_work() as uow:
         return job_stats(uow.conn)
+
+
+@router.get("/activity", response_model=Activity)
+def read_activity(
+    _: JobsReader,
+    minutes: Annotated[int, Query(ge=1, le=MAX_MINUTES)] = DEFAULT_MINUTES,
+) -> Activity:
+    """Jobs finished per minute by status, upstream calls by outcome, and their latency."""
+    with unit_of_work() as uow:
+        return recent_activity(uow.conn, minutes)

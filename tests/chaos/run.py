@@ -31,6 +31,7 @@ import httpx
 import psycopg
 
 from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
+from app.jobs.status import WAITING_SQL
 from app.launch import api_command, beat_command, create_key, sandbox_command
 from app.sandbox.control import SandboxControl
 from tests.chaos.nemesis import Nemesis
@@ -42,7 +43,7 @@ from tests.support.stack import migrate
 IMP_KEY = "chaos_imp_key"
 WORKER_CONCURRENCY = 16
 TOLERATE_WORKER_CRASHES = False
-NON_TERMINAL_SQL = "SELECT count(*) FROM jobs WHERE status IN ('queued','running','retry_wait')"
+NON_TERMINAL_SQL = f"SELECT count(*) FROM jobs WHERE {WAITING_SQL}"
 
 
 def _say(msg: str) -> None:

@@ -55,8 +55,18 @@ def test_stats_numbers(api: TestClient, key: str, service_env: dict[str, str]) -
         "failed": 2,
     }
     assert 3590 < body["oldest_waiting_age_seconds"] < 3700
-    assert body["finished_last_minute"] == {"cancelled": 1, "needs_refund": 1, "refunded": 0, "failed": 0}
-    assert body["finished_last_hour"] == {"cancelled": 2, "needs_refund": 1, "refunded": 0, "failed": 1}
+    assert body["finished_last_minute"] == {
+        "cancelled": 1,
+        "needs_refund": 1,
+        "refunded": 0,
+        "failed": 0,
+    }
+    assert body["finished_last_hour"] == {
+        "cancelled": 2,
+        "needs_refund": 1,
+        "refunded": 0,
+        "failed": 1,
+    }
 
 
 def test_stats_needs_jobs_read(api: TestClient, service_env: dict[str, str]) -> None:

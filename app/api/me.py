@@ -1,0 +1,16 @@
+"""Who the caller is: the key's name and scopes (the console shows only what a key may do)."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from app.auth import KeyHolder
+from app.schemas import CallerPublic
+
+router = APIRouter(prefix="/v1/me", tags=["keys"])
+
+
+@router.get("", response_model=CallerPublic)
+def read_me(caller: KeyHolder) -> CallerPublic:
+    """The calling key's id, name and scopes; any valid key may ask."""
+    return CallerPublic(id=caller.key_id, name=caller.name, scopes=sorted(caller.scopes))

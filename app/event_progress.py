@@ -1,0 +1,88 @@
+"""Events newest first, each with its progress: how many of its jobs are terminal, by status."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from datetime import datetime
+from typing import Any
+
+from psycopg import Connection
+
+from app.errors import InvalidCursor
+from app.jobs.status import WAITING_SQL
+from app.reads import rows
+from app.schemas import EventPage, EventSummary
+
+MAX_CURSOR_CHARS = 256
+
+# One page of events, then each event's job counts by status (a LATERAL aggregate per row,
+# so the cost follows the page, not the table).
+PAGE = f"""
+SELECT e.event_id, e.sku, e.reason, e.occurred_at, e.received_at,
+       coalesce(c.counts, '{{}}'::jsonb) AS counts,
+       coalesce(c.total, 0) AS total, coalesce(c.terminal, 0) AS terminal
+FROM events e
+LEFT JOIN LATERAL (
+    SELECT jsonb_object_agg(s.status, s.n) AS counts, sum(s.n) AS total,
+           sum(s.n) FILTER (WHERE NOT s.waiting) AS terminal
+    FROM (
+        SELECT j.status, (j.{WAITING_SQL}) AS waiting, count(*) AS n
+        FROM event_jobs ej JOIN jobs j ON j.id = ej.job_id
+        WHERE ej.event_id = e.event_id GROUP BY 1, 2
+    ) s
+) c ON TRUE
+WHERE __WHERE__
+ORDER BY e.received_at DESC, e.event_id DESC LIMIT %(limit)s
+"""  # noqa: S608
+
+
+def encode_cursor(received_at: datetime, event_id: str) -> str:
+    """An opaque cursor pointing just after the event (received_at, event_id)."""
+    raw = json.dumps([received_at.isoformat(), event_id]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The position a cursor names; InvalidCursor for anything else."""
+    bad = InvalidCursor("the cursor is not one this API returned; start again without it")
+    if not cursor or len(cursor) > MAX_CURSOR_CHARS or not cursor.isascii():
+        raise bad
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at, event_id = json.loads(raw)
+        received_at = datetime.fromisoformat(at)
+    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
+        raise bad from None
+    if received_at.tzinfo is None or not isinstance(event_id, str):
+        raise bad
+    return received_at, event_id
+
+
+def list_events(conn: Connection[Any], limit: int, cursor: str | None = None) -> EventPage:
+    """One page of events, newest first by (received_at, event_id)."""
+    where = "TRUE"
+    params: dict[str, Any] = {"limit": limit + 1}
+    if cursor is not None:
+        params["c_at"], params["c_id"] = decode_cursor(cursor)
+        where = "(e.received_at, e.event_id) < (%(c_at)s, %(c_id)s)"
+    found = rows(conn, PAGE.replace("__WHERE__", where), params)
+    items = [
+        EventSummary(
+            event_id=r.event_id,
+            sku=r.sku,
+            reason=r.reason,
+            occurred_at=r.occurred_at,
+            received_at=r.received_at,
+            jobs_total=int(r.total),
+            jobs_terminal=int(r.terminal),
+            counts={k: int(v) for k, v in r.counts.items()},
+        )
+        for r in found[:limit]
+    ]
+    next_cursor = None
+    if len(found) > limit:
+        last = items[-1]
+        next_cursor = encode_cursor(last.received_at, last.event_id)
+    return EventPage(items=items, next_cursor=next_cursor)
