@@ -59,8 +59,9 @@ class Kind(StrEnum):
     """What an upstream call told us, in the terms the decision needs."""
 
     OK = "ok"  # applied (code 0), or a lookup answered with a payment
-    REFUSED = "refused"  # iamport answered and the call ended: 200 with code != 0, a 4xx,
-    #                      or a 5xx from iamport's application (a JSON envelope)
+    REFUSED = "refused"  # iamport answered no: 200 with code != 0, or a 4xx
+    ENDED = "ended"  # a 5xx from iamport's application (its JSON envelope): the call has
+    #                  ended, but may have applied before it failed
     NOT_FOUND = "not_found"  # iamport does not know the imp_uid
     UNKNOWN = "unknown"  # timeout, connection lost, a gateway's 5xx, an unreadable body
     NOT_SENT = "not_sent"  # nothing left our side (no connection, fenced, no token)
@@ -247,6 +248,10 @@ def _after_mutation(
     if result.kind in (Kind.REFUSED, Kind.NOT_FOUND):
         # The call ended without applying; never trust its words: the payment decides.
         return Decision(next_step=Step.LOOKUP, uncertain=None, error=result.error)
+    if result.kind is Kind.ENDED:
+        # Nothing of it is still in flight, but it may have applied: a lookup decides now,
+        # and a cancellation it shows is ours.
+        return Decision(next_step=Step.LOOKUP, uncertain=step, error=result.error)
     if result.kind is Kind.UNKNOWN:
         look_again = max(policy.backoff(state.attempts, rng), policy.unknown_floor_seconds)
         delay = min(look_again, policy.settle_seconds)
@@ -417,7 +422,8 @@ def drive(
         result = call(step, state.method, checksum)
         if counts_as_attempt(step, result):
             state = replace(state, attempts=state.attempts + 1)
-            settled_at = started + policy.settle_seconds
+            # An answer of any kind ends the call at iamport; only an unanswered one goes on.
+            settled_at = started + policy.settle_seconds if result.kind is Kind.UNKNOWN else 0.0
         state = replace(state, settle_left=settled_at - elapsed())
         decision = decide(step, result, state, policy, rng, refused=refused)
         payment_status = decision.payment_status or payment_status

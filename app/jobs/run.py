@@ -172,8 +172,10 @@ def call_step(
         return Result(Kind.RATE_LIMITED, retry_after=exc.retry_after, sent=observer.sent)
     except NotFound as exc:
         return _answered(observer, step, Kind.NOT_FOUND, _error(exc))
-    except (Refused, ServerError) as exc:
+    except Refused as exc:
         return _answered(observer, step, Kind.REFUSED, _error(exc))
+    except ServerError as exc:
+        return _answered(observer, step, Kind.ENDED, _error(exc))
     except Unauthorized as exc:
         return _answered(observer, step, Kind.UNAUTHORIZED, _error(exc))
     except NotSent as exc:
