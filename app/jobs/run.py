@@ -33,7 +33,6 @@ from app.iamport.errors import (
 )
 from app.jobs import store
 from app.jobs.decide import (
-    MUTATING,
     Decision,
     JobState,
     Kind,
@@ -51,6 +50,10 @@ log = structlog.get_logger("worker")
 REDIS_DOWN_DELAY = 5.0
 DEFAULT_REASON = "out of stock"
 COUNTED_OUTCOMES_EXCLUDED = frozenset({"rate_limited", "not_sent"})
+# Outcomes that end a call at iamport (an answer of its own): nothing of it is still in flight.
+ANSWERED_OUTCOMES = frozenset(
+    {"ok", "refused", "not_found", "unauthorized", "rate_limited", "server_error"}
+)
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -127,6 +130,9 @@ class JobRun:
             self.pending = None
             if record.outcome not in COUNTED_OUTCOMES_EXCLUDED:
                 self.counted += 1
+            # Known at the moment the answer comes: a 401's repeat, or the next step of this
+            # run, may then be sent without waiting for the settle time.
+            self.answered = record.outcome in ANSWERED_OUTCOMES
         else:
             self.others.append(record)
 
@@ -185,14 +191,10 @@ def call_step(
     except redis.RedisError:
         # The token cache or the limiter is unreachable, so nothing was sent: wait, uncounted.
         return Result(Kind.RATE_LIMITED, retry_after=REDIS_DOWN_DELAY, sent=observer.sent)
-    if step in MUTATING:
-        observer.answered = True
     return Result(Kind.OK, payment=payment, sent=observer.sent or step is Step.LOOKUP)
 
 
 def _answered(observer: JobRun, step: Step, kind: Kind, error: UpstreamError) -> Result:
-    if step in MUTATING and observer.sent:
-        observer.answered = True
     return Result(kind, error=error, sent=observer.sent or step is Step.LOOKUP)
 
 

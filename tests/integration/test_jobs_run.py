@@ -184,3 +184,21 @@ def test_odd_payloads_never_strand_a_job(
         got["cancellation"]["cancelled_at"] is None or got["cancellation"]["cancelled_at"] > "2000"
     )
     assert mutating_calls(iamport) == ["cancel"]
+
+
+def test_a_401_is_repeated_once_with_a_fresh_token_in_the_same_run(
+    api: Any, key: str, iamport: SandboxControl
+) -> None:
+    job_id = new_job(api, key, iamport, "imps_401")
+    settings = get_settings()
+    client = IamportClient.from_settings(settings, get_redis())
+    client.tokens.get()  # a token cached, then expired at iamport: the cancel meets a 401
+    iamport.expire_tokens()
+    assert run(claim(job_id), client) == "cancelled"
+    with pool().connection() as conn:
+        outcomes = conn.execute(
+            "SELECT outcome FROM attempts WHERE job_id = %s AND call = 'cancel' ORDER BY id",
+            (job_id,),
+        ).fetchall()
+    assert outcomes == [("unauthorized",), ("ok",)]
+    assert job_row(job_id)["attempts"] == 2 and job_row(job_id)["uncertain_call"] is None

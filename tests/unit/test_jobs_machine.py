@@ -63,8 +63,6 @@ EPOCH = 1_764_000_000.0
 # "*_after": it had. json5xx is iamport's application answering 5xx: the call ended.
 MUTATING_FAULTS = [
     "ok",
-    "ok",
-    "ok",
     "timeout_before",
     "timeout_after",
     "gw5xx_before",
@@ -516,7 +514,7 @@ class JobMachine(RuleBasedStateMachine):
 
 TestJobMachine = JobMachine.TestCase
 TestJobMachine.settings = settings(
-    max_examples=400,
+    max_examples=300,
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
