@@ -13,6 +13,7 @@ from sqlalchemy.orm import Session
 
 from app.errors import EventConflict
 from app.schemas import EventCreate
+from app.webhooks.outbox import connection_of, record_linked
 
 
 @dataclass(frozen=True)
@@ -91,4 +92,7 @@ def accept_event(session: Session, event: EventCreate, grace_seconds: float) -> 
         ),
         {"e": event.event_id, "job_ids": [ids[p.imp_uid] for p in payments]},
     )
+    if existing and not created:
+        # Only jobs that already exist: the event may be complete already (event.completed).
+        record_linked(connection_of(session), event.event_id, [ids[u] for u in existing])
     return Accepted(created=True, new_job_ids=[r.id for r in created])

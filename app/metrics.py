@@ -98,6 +98,13 @@ class _Local:
             ["status"],
             registry=self.registry,
         )
+        self.webhook_deliveries = Counter(
+            "stockout_webhook_deliveries",
+            "Webhook delivery attempts, by outcome (delivered, http_error, redirect, timeout, "
+            "connection_error, blocked_address).",
+            ["outcome"],
+            registry=self.registry,
+        )
 
 
 _lock = threading.Lock()
@@ -150,6 +157,12 @@ def observe_upstream(record: UpstreamRecord) -> None:
 def job_finished(status: str) -> None:
     """Count a job reaching a terminal status."""
     _local.jobs_finished.labels(status).inc()
+    _ensure_pusher()
+
+
+def webhook_delivery(outcome: str) -> None:
+    """Count one webhook delivery attempt by outcome."""
+    _local.webhook_deliveries.labels(outcome).inc()
     _ensure_pusher()
 
 

@@ -26,6 +26,7 @@ from app.iamport.client import CallRecord, IamportClient
 from app.iamport.errors import IamportError, NotFound
 from app.iamport.schemas import Payment
 from app.jobs import TERMINAL_FOR_PAYMENT, cancellation_of
+from app.webhooks.outbox import connection_of, record_terminal, take_wakeups
 
 log = structlog.get_logger(__name__)
 
@@ -196,9 +197,14 @@ def handle_notification(imp_uid: str, client: IamportClient | None = None) -> Ha
                 },
             )
         changed = payment is not None and _apply(session, imp_uid, payment, recorder.records)
+        if changed:
+            # The webhook messages commit with the transition (same transaction).
+            record_terminal(connection_of(session), job.id)
         status = session.execute(
             text("SELECT status FROM jobs WHERE id = :id"), {"id": job.id}
         ).scalar_one()
+    # No wake-up from a request thread: the webhook sweep sends them within its interval.
+    take_wakeups()
     # Raised after the commit: the failed call stays in the attempt history.
     if failure is not None:
         raise LookupFailed(type(failure).__name__) from failure

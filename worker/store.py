@@ -20,6 +20,7 @@ from psycopg_pool import ConnectionPool
 
 from app.config import get_settings
 from app.iamport.client import CallRecord
+from app.webhooks.outbox import record_terminal
 
 _pool: ConnectionPool | None = None
 _pool_lock = threading.Lock()
@@ -169,7 +170,10 @@ def finish(
     written: dict[int, CallRecord],
     others: Sequence[CallRecord],
 ) -> bool:
-    """Record the run; False when the lease was lost and nothing was written."""
+    """Record the run; False when the lease was lost and nothing was written.
+
+    A terminal outcome and its webhook messages (the outbox) commit in one transaction.
+    """
     w_ids = list(written)
     w = [written[i] for i in w_ids]
     params = {
@@ -198,7 +202,13 @@ def finish(
         "i_msg": [r.message for r in others],
         "i_out": [r.outcome for r in others],
     }
-    return conn.execute(FINISH, params).fetchone() is not None
+    if not outcome.terminal:
+        return conn.execute(FINISH, params).fetchone() is not None
+    with conn.transaction():
+        done = conn.execute(FINISH, params).fetchone() is not None
+        if done:
+            record_terminal(conn, job_id)
+    return done
 
 
 SWEEP = """

@@ -14,6 +14,7 @@ from app.dispatch import CANCEL_TASK, SWEEP_TASK, publish_jobs
 from app.iamport.client import IamportClient
 from app.logs import configure
 from app.redis_conn import get_redis
+from app.webhooks import outbox, wake
 from worker import store
 from worker.celery_app import app
 from worker.runner import run_job
@@ -89,6 +90,10 @@ def cancel_jobs(job_ids: list[str]) -> int:
                 run_job(conn, client(), job, settings, rng())
             finally:
                 structlog.contextvars.clear_contextvars()
+    # Webhook messages written with the jobs' outcomes are committed: wake their senders.
+    woken = outbox.take_wakeups()
+    if woken:
+        wake.publish(woken, celery=app)
     return len(claimed)
 
 
