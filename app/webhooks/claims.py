@@ -56,11 +56,11 @@ WITH a AS (
       outcome = %(outcome)s, error = %(error)s
   WHERE id = %(attempt)s
 )
-UPDATE webhook_messages SET status = %(status)s, lease_token = NULL, lease_until = NULL,
+UPDATE webhook_messages SET status = %(status)s::text, lease_token = NULL, lease_until = NULL,
     last_http_status = %(http)s, last_error = %(error)s,
-    next_attempt_at = CASE WHEN %(status)s = 'pending'
+    next_attempt_at = CASE WHEN %(status)s::text = 'pending'
                            THEN now() + make_interval(secs => %(delay)s) END,
-    delivered_at = CASE WHEN %(status)s = 'delivered' THEN now() ELSE delivered_at END
+    delivered_at = CASE WHEN %(status)s::text = 'delivered' THEN now() ELSE delivered_at END
 WHERE id = %(id)s AND lease_token = %(token)s
 RETURNING id
 """

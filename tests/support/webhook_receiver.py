@@ -41,6 +41,8 @@ class Receiver:
     unverified: list[str] = field(default_factory=list)  # anything that failed verification
     hits: dict[str, int] = field(default_factory=dict)  # requests per path
     seen: dict[str, int] = field(default_factory=dict)  # requests per webhook-id
+    in_flight: int = 0
+    max_in_flight: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def accepted(self) -> dict[str, Received]:
@@ -65,6 +67,8 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             headers = {k.lower(): v for k, v in self.headers.items()}
             webhook_id = headers.get("webhook-id", "")
             with receiver.lock:
+                receiver.in_flight += 1
+                receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
                 receiver.hits[self.path] = receiver.hits.get(self.path, 0) + 1
                 n = receiver.seen[webhook_id] = receiver.seen.get(webhook_id, 0) + 1
                 secrets = list(receiver.secrets)
@@ -79,6 +83,7 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             if delay:
                 time.sleep(delay)
             with receiver.lock:
+                receiver.in_flight -= 1
                 if not verified_by or headers.get("content-type") != "application/json":
                     receiver.unverified.append(webhook_id)
                 elif 200 <= status < 300:
