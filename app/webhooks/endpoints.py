@@ -43,7 +43,9 @@ def create_endpoint(
     try:
         urls.check(body.url, allow_private)
     except urls.UrlRefused as exc:
-        raise InvalidUrl(str(exc)) from None
+        # Shaped like a validation error (an `errors` list), with its own stable code.
+        error = {"loc": ["body", "url"], "msg": str(exc), "type": "invalid_url"}
+        raise InvalidUrl(str(exc), errors=[error]) from None
     secret = signing.new_secret()
     row = session.execute(
         text(INSERT),

@@ -20,7 +20,11 @@ class UrlRefused(ValueError):
 
 def parse(url: str, allow_private: bool) -> tuple[str, str, int]:
     """(scheme, host, port) of a URL we may send to, as far as the text alone can tell."""
-    if len(url) > MAX_URL_CHARS or not url.isascii() or any(c.isspace() for c in url):
+    if (
+        len(url) > MAX_URL_CHARS
+        or not url.isascii()
+        or any(not c.isprintable() or c.isspace() for c in url)
+    ):
         raise UrlRefused("the URL must be at most 2048 printable ASCII characters")
     try:
         parts = urlsplit(url)
@@ -53,7 +57,7 @@ def resolve(host: str, port: int, allow_private: bool) -> list[IPAddress]:
     """The host's addresses, all of them allowed; UrlRefused if any is not or none is found."""
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    except (OSError, UnicodeError):
+    except (OSError, UnicodeError, ValueError):
         raise UrlRefused("the URL's host does not resolve") from None
     addresses: list[IPAddress] = []
     for info in infos:

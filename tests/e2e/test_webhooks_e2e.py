@@ -100,7 +100,10 @@ def test_worker_sends_signed_messages_for_every_transition(
             for m in got.values()
             if m.body["type"].startswith("job.")
         }
-        assert by_imp == {**dict.fromkeys(ready, "cancelled"), **dict.fromkeys(paid, "needs_refund")}
+        assert by_imp == {
+            **dict.fromkeys(ready, "cancelled"),
+            **dict.fromkeys(paid, "needs_refund"),
+        }
         [completed] = [m for m in got.values() if m.body["type"] == "event.completed"]
         assert completed.body["data"]["event_id"] == body["event_id"]
         assert all(
