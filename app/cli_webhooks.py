@@ -23,7 +23,8 @@ def _call(method: str, path: str, body: Any = None, params: dict[str, Any] | Non
     try:
         return api_request(method, path, json=body, params=params)
     except ApiError as exc:
-        err.print(f"error: {exc}", markup=False, highlight=False)
+        # Plain, unwrapped: one line, whatever the terminal's width.
+        sys.stderr.write(f"error: {exc}\n")
         raise typer.Exit(1) from None
 
 
@@ -69,14 +70,15 @@ def list_(as_json: JsonFlag = False) -> None:
     if as_json:
         _json(data)
         return
-    table = Table("id", "url", "types", "description", "created")
+    table = Table("url", "types", "description", "created")
+    table.add_column("id", no_wrap=True, min_width=36)
     for e in data["items"]:
         table.add_row(
-            e["id"],
             e["url"],
             _types(e["event_types"]),
             e["description"] or "",
             e["created_at"][:19],
+            e["id"],
         )
     out.print(table)
 
@@ -119,16 +121,17 @@ def deliveries(
     if as_json:
         _json(page)
         return
-    table = Table("message", "type", "status", "attempts", "last http", "last error", "created")
+    table = Table("type", "status", "attempts", "last http", "last error", "created")
+    table.add_column("message", no_wrap=True, min_width=36)
     for d in page["items"]:
         table.add_row(
-            d["message_id"],
             d["event_type"],
             d["status"],
             str(d["attempts"]),
             str(d["last_http_status"] or ""),
             d["last_error"] or "",
             d["created_at"][:19],
+            d["message_id"],
         )
     out.print(table)
     if page["next_cursor"]:
