@@ -97,8 +97,11 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
                             verified_by,
                         )
                     )
+            # One request per connection, as the sender makes them.
+            self.close_connection = True
             try:
                 self.send_response(status)
+                self.send_header("connection", "close")
                 for k, v in extra.items():
                     self.send_header(k, v)
                 self.send_header("content-length", "2")
