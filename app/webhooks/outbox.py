@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import secrets
 import threading
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any, cast
@@ -25,6 +26,7 @@ from sqlalchemy.orm import Session
 from app.webhooks.payloads import body, load_event, load_job
 
 EVENT_COMPLETED = "event.completed"
+TERMINAL = frozenset({"cancelled", "needs_refund", "refunded", "failed"})
 
 # One cheap statement when there is no endpoint: the hot path's whole cost then. The table
 # holds a handful of rows, so no index is needed; deleted endpoints are disabled too.
@@ -61,8 +63,9 @@ _woken = threading.local()
 
 
 def new_message_id() -> str:
-    """A webhook-id: `msg_` and 128 random bits."""
-    return "msg_" + secrets.token_hex(16)
+    """A webhook-id: `msg_`, the time in microseconds (so ids sort as they were made) and
+    72 random bits."""
+    return f"msg_{time.time_ns() // 1000:014x}{secrets.token_hex(9)}"
 
 
 def _subscribed(endpoints: Sequence[Any], event_type: str) -> list[uuid.UUID]:
@@ -114,7 +117,7 @@ def record_terminal(conn: Connection[Any], job_id: uuid.UUID) -> None:
     if not endpoints:
         return
     job = load_job(conn, job_id)
-    if job is None:
+    if job is None or job.status not in TERMINAL:
         return
     event_type = f"job.{job.status}"
     for_job = _subscribed(endpoints, event_type)

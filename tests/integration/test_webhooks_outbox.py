@@ -158,3 +158,25 @@ def test_an_event_naming_only_finished_jobs_is_complete_at_ingest(
     rows = messages(clean_db, endpoint["id"])
     assert [r["event_id"] for r in rows] == [first["event_id"], second["event_id"]]
     assert [j["status"] for j in rows[1]["payload"]["data"]["jobs"]] == ["cancelled"] * 2
+
+
+def test_a_notification_that_ends_a_job_writes_its_message(
+    api: TestClient, clean_db: str, sandbox: Any, monkeypatch: Any
+) -> None:
+    from tests.support.settings import reset_caches
+
+    monkeypatch.setenv("IAMPORT_BASE_URL", sandbox.base_url)
+    reset_caches()
+    key = hooks_key()
+    endpoint = add_endpoint(api, key, PUBLIC)
+    sandbox.create_payment(imp_uid="imps_wh_paid", status="paid")
+    body = {"event_id": "wh-notify", "sku": "S", "payments": [{"imp_uid": "imps_wh_paid"}]}
+    job = api.post("/v1/stockout-events", json=body, headers=auth(key)).json()["jobs"][0]
+    r = api.post(
+        "/v1/iamport/notifications?token=hook-secret-token",
+        json={"imp_uid": "imps_wh_paid", "status": "paid"},
+    )
+    assert r.status_code == 200
+    rows = messages(clean_db, endpoint["id"])
+    assert [r["event_type"] for r in rows] == ["job.needs_refund", "event.completed"]
+    assert rows[0]["payload"]["data"] == api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()
