@@ -265,6 +265,7 @@ def test_slow_endpoint_holds_at_most_four_senders(api: TestClient, hooks: str) -
         for t in threads:
             t.join(30)
         assert len(receiver.accepted()) == 12
+        assert sum(receiver.seen.values()) == 12  # eight senders at once, no message twice
         assert 2 <= receiver.max_in_flight <= 4
 
 
