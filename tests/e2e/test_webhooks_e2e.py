@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
@@ -117,3 +118,32 @@ def test_worker_sends_signed_messages_for_every_transition(
         ).json()["items"]
         assert {d["status"] for d in deliveries} == {"delivered"}
         assert sorted(d["message_id"] for d in deliveries) == sorted(got)
+
+
+def test_lost_and_duplicated_wakeups_change_nothing(
+    client: TestClient, hooks_env: dict[str, str], hooks_worker: object
+) -> None:
+    """Messages written without any wake-up are found by the sweep; ten wake-ups for one
+    endpoint still send each message once."""
+    from app.webhooks import wake
+    from tests.support.webhooks import finish_job
+
+    key = hooks_key()
+    db = hooks_env["DATABASE_URL"]
+    with psycopg.connect(db) as conn:  # jobs no worker will run (never due, never published)
+        jobs = conn.execute(
+            "INSERT INTO jobs (imp_uid) SELECT 'imps_wake_' || i FROM generate_series(1, 6) i "
+            "RETURNING id"
+        ).fetchall()
+    with running_receiver() as receiver:
+        endpoint = add_endpoint(client, key, receiver.url, event_types=["job.failed"])
+        receiver.secrets.append(endpoint["secret"])
+        for (job_id,) in jobs[:3]:
+            finish_job(db, job_id, "failed")  # committed; no wake-up published
+        wait_until(lambda: len(receiver.accepted()) == 3, 30, "the sweep to send them")
+        for (job_id,) in jobs[3:]:
+            finish_job(db, job_id, "failed")
+        assert wake.publish([endpoint["id"]] * 10) == 10
+        wait_until(lambda: len(receiver.accepted()) == 6, 30, "the rest")
+        assert sorted(receiver.seen.values()) == [1] * 6
+        assert receiver.unverified == []
