@@ -13,7 +13,6 @@ from app.schemas import _printable
 EventType = Literal[
     "job.cancelled", "job.needs_refund", "job.refunded", "job.failed", "event.completed"
 ]
-EVENT_TYPES: tuple[str, ...] = EventType.__args__  # type: ignore[attr-defined]
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 
 
