@@ -24,6 +24,7 @@ class Scope(StrEnum):
     EVENTS_WRITE = "events:write"
     JOBS_READ = "jobs:read"
     JOBS_WRITE = "jobs:write"
+    WEBHOOKS_WRITE = "webhooks:write"
 
 
 @dataclass(frozen=True)
@@ -143,3 +144,4 @@ KeyHolder = Annotated[Caller, Depends(_any_key)]
 EventsWriter = Annotated[Caller, require(Scope.EVENTS_WRITE)]
 JobsReader = Annotated[Caller, require(Scope.JOBS_READ)]
 JobsWriter = Annotated[Caller, require(Scope.JOBS_WRITE)]
+WebhooksWriter = Annotated[Caller, require(Scope.WEBHOOKS_WRITE)]

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from app.auth import Scope, create_key, list_keys, revoke_key
 from app.cli_ops import register as register_operations
+from app.cli_webhooks import webhooks_cli
 from app.db import unit_of_work
 
 cli = typer.Typer(
@@ -21,6 +22,7 @@ cli = typer.Typer(
 )
 keys = typer.Typer(help="API keys.", no_args_is_help=True)
 cli.add_typer(keys, name="keys")
+cli.add_typer(webhooks_cli, name="webhooks")
 register_operations(cli)
 err = Console(stderr=True)
 
@@ -29,7 +31,8 @@ err = Console(stderr=True)
 def keys_create(
     name: str,
     scope: Annotated[
-        list[Scope], typer.Option("--scope", help="events:write, jobs:read or jobs:write")
+        list[Scope],
+        typer.Option("--scope", help="events:write, jobs:read, jobs:write or webhooks:write"),
     ],
 ) -> None:
     """Create a key; the key alone is the last line printed."""

@@ -37,6 +37,13 @@ class Settings(BaseSettings):
 
     iamport_webhook_token: SecretStr | None = None
 
+    # Signed webhooks to the order services (CONTRACT section 8).
+    webhook_max_attempts: int = Field(default=12, ge=1)
+    webhook_retry_base_seconds: float = Field(default=5.0, ge=0)
+    webhook_retry_max_seconds: float = Field(default=36000.0, ge=0)
+    webhook_timeout_seconds: float = Field(default=10.0, gt=0)
+    webhook_allow_private_urls: bool = False
+
     # How long a published job may sit unclaimed before a sweep publishes it again: covers a
     # message lost with Redis or a publish that failed after the commit.
     dispatch_grace_seconds: float = Field(default=15.0, gt=0)

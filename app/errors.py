@@ -60,6 +60,10 @@ class InvalidCursor(ProblemError):
     status, code = 400, "invalid_cursor"
 
 
+class InvalidUrl(ProblemError):
+    status, code = 422, "invalid_url"
+
+
 def problem(
     status: int, code: str, detail: str, headers: dict[str, str] | None = None, **extra: Any
 ) -> JSONResponse:

@@ -12,7 +12,9 @@ from app.db import UnitOfWork
 from app.errors import EventConflict
 from app.jobs import store
 from app.jobs.decide import Method, OnPaid
+from app.reads import event_job_ids
 from app.schemas import EventCreate
+from app.webhooks import outbox
 
 
 @dataclass(frozen=True)
@@ -56,4 +58,8 @@ def accept_event(uow: UnitOfWork, event: EventCreate, settings: Settings) -> Acc
         uow.conn, event.event_id, jobs, on_paid, event.reason, settings.dispatch_grace_seconds
     )
     uow.publish(created)
+    if not created:
+        # Every payment had a job already: the event may be complete the moment it exists.
+        linked = event_job_ids(uow.conn, event.event_id)
+        outbox.record_linked(uow.conn, event.event_id, linked)
     return Accepted(created=True)

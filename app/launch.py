@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-ALL_SCOPES = ("events:write", "jobs:read", "jobs:write")
+ALL_SCOPES = ("events:write", "jobs:read", "jobs:write", "webhooks:write")
 
 
 def migrate_command() -> list[str]:

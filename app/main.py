@@ -5,7 +5,18 @@ from __future__ import annotations
 from fastapi import FastAPI
 
 from app import console
-from app.api import events, health, iamport_hooks, jobs, me, middleware, openapi, scrape, stats
+from app.api import (
+    events,
+    health,
+    iamport_hooks,
+    jobs,
+    me,
+    middleware,
+    openapi,
+    scrape,
+    stats,
+    webhooks,
+)
 from app.api.limits import BodyLimit
 from app.config import get_settings
 from app.errors import install_handlers
@@ -24,7 +35,7 @@ def create_app() -> FastAPI:
     )
     install_handlers(app)
     operations = (stats.router, scrape.router, iamport_hooks.router, me.router, console.router)
-    for router in (events.router, jobs.router, health.router, *operations):
+    for router in (events.router, jobs.router, webhooks.router, health.router, *operations):
         # FastAPI 0.16x's include_router nests a router object, which hides the paths from
         # anything reading app.routes; our routers carry their full paths and no router-level
         # options, so their routes go on the app as they are.

@@ -108,6 +108,13 @@ class _Local:
             "Jobs failed because their runs kept learning nothing (a bound, not an answer).",
             registry=self.registry,
         )
+        self.webhook_deliveries = Counter(
+            "stockout_webhook_deliveries",
+            "Webhook delivery attempts, by outcome (delivered, http_error, redirect, timeout, "
+            "connection_error, blocked_address).",
+            ["outcome"],
+            registry=self.registry,
+        )
 
 
 _lock = threading.Lock()
@@ -172,6 +179,12 @@ def run_crashed() -> None:
 def job_given_up() -> None:
     """Count a job failed by the bound on runs that learn nothing."""
     _local.jobs_given_up.inc()
+    _ensure_pusher()
+
+
+def webhook_delivery(outcome: str) -> None:
+    """Count one webhook delivery attempt by outcome."""
+    _local.webhook_deliveries.labels(outcome).inc()
     _ensure_pusher()
 
 

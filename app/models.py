@@ -54,6 +54,8 @@ class Event(SQLModel, table=True):
     received_at: datetime = _ts(server_default=text("now()"))
     # sha256 of the normalised content: a replay must match it, else 409 event_conflict.
     content_hash: str = Field(max_length=64)
+    # When all its jobs were first seen terminal and event.completed was written: never twice.
+    completed_at: datetime | None = _ts(nullable=True)
 
 
 class Job(SQLModel, table=True):
@@ -200,3 +202,97 @@ class OperatorAction(SQLModel, table=True):
     )
     endpoint_id: str | None = Field(default=None, max_length=64)
     detail: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
+
+
+WEBHOOK_PENDING_SQL = "status = 'pending'"
+
+
+class WebhookEndpoint(SQLModel, table=True):
+    """A receiver of signed webhooks. The secrets are kept as given: they must sign."""
+
+    __tablename__ = "webhook_endpoints"
+
+    id: uuid.UUID = Field(
+        sa_column=Column(
+            UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
+        )
+    )
+    url: str = Field(max_length=2048)
+    # NULL: every type.
+    event_types: list[str] | None = Field(
+        default=None, sa_column=Column(ARRAY(String(32)), nullable=True)
+    )
+    description: str | None = Field(default=None, max_length=256)
+    enabled: bool = Field(
+        default=True, sa_column=Column(Boolean, nullable=False, server_default=text("true"))
+    )
+    secret: str = Field(max_length=128)
+    # The secret before the last rotation, still signing until previous_secret_until.
+    previous_secret: str | None = Field(default=None, max_length=128)
+    previous_secret_until: datetime | None = _ts(nullable=True)
+    created_at: datetime = _ts(server_default=text("now()"))
+    deleted_at: datetime | None = _ts(nullable=True)
+
+
+class WebhookMessage(SQLModel, table=True):
+    """The outbox: one message for one endpoint, written in the transaction of its transition."""
+
+    __tablename__ = "webhook_messages"
+    __table_args__ = (
+        Index(
+            "ix_webhook_messages_endpoint_created",
+            "endpoint_id",
+            text("created_at DESC"),
+            text("id DESC"),
+        ),
+        # The sweep and the claims read only pending messages.
+        Index(
+            "ix_webhook_messages_pending",
+            "endpoint_id",
+            "next_attempt_at",
+            postgresql_where=text(WEBHOOK_PENDING_SQL),
+        ),
+        CheckConstraint("status IN ('pending', 'delivered', 'failed')", name="status"),
+    )
+
+    id: str = Field(primary_key=True, max_length=64)  # msg_…, the webhook-id
+    endpoint_id: uuid.UUID = Field(
+        sa_column=Column(UUID(as_uuid=True), ForeignKey("webhook_endpoints.id"), nullable=False)
+    )
+    event_type: str = Field(max_length=32)
+    job_id: uuid.UUID | None = Field(default=None, sa_column=Column(UUID(as_uuid=True)))
+    event_id: str | None = Field(default=None, max_length=128)
+    # The body, as it was at the transition: a retry or replay sends the very same bytes' data.
+    payload: dict[str, Any] = Field(sa_column=Column(JSONB, nullable=False))
+    status: str = Field(
+        default="pending", sa_column=Column(String(16), nullable=False, server_default="pending")
+    )
+    attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    next_attempt_at: datetime | None = _ts(nullable=True, server_default=text("now()"))
+    last_http_status: int | None = None
+    last_error: str | None = Field(default=None, max_length=256)
+    created_at: datetime = _ts(server_default=text("now()"))
+    delivered_at: datetime | None = _ts(nullable=True)
+    # The deliverer's lease: one attempt in flight per message, at most a few per endpoint.
+    lease_token: uuid.UUID | None = Field(
+        default=None, sa_column=Column(UUID(as_uuid=True), nullable=True)
+    )
+    lease_until: datetime | None = _ts(nullable=True)
+
+
+class WebhookAttempt(SQLModel, table=True):
+    """One delivery attempt, written when the message is claimed and completed after the call."""
+
+    __tablename__ = "webhook_attempts"
+    __table_args__ = (Index("ix_webhook_attempts_message_id", "message_id", "id"),)
+
+    id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))
+    message_id: str = Field(
+        sa_column=Column(String(64), ForeignKey("webhook_messages.id"), nullable=False)
+    )
+    started_at: datetime = _ts(server_default=text("now()"))
+    duration_ms: int | None = None
+    http_status: int | None = None
+    # delivered | http_error | timeout | connection_error | blocked_address; NULL while in flight
+    outcome: str | None = Field(default=None, max_length=32)
+    error: str | None = Field(default=None, max_length=256)

@@ -71,3 +71,9 @@ def get_event(conn: Connection[Any], event_id: str) -> EventPublic | None:
         received_at=event.received_at,
         jobs=_public(jobs),
     )
+
+
+def event_job_ids(conn: Connection[Any], event_id: str) -> list[uuid.UUID]:
+    """The ids of the jobs an event names."""
+    found = conn.execute("SELECT job_id FROM event_jobs WHERE event_id = %s", (event_id,))
+    return [r[0] for r in found.fetchall()]

@@ -15,7 +15,10 @@ from tests.support.stack import migrate, start_postgres, start_redis
 
 pytest_plugins: list[str] = []
 
-TABLES = "attempts, event_jobs, events, jobs, api_keys"
+TABLES = (
+    "webhook_attempts, webhook_messages, webhook_endpoints, attempts, event_jobs, events, jobs, "
+    "api_keys"
+)
 
 
 @pytest.fixture(scope="session")

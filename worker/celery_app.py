@@ -6,10 +6,11 @@ from celery import Celery
 
 from app.config import get_settings
 from app.dispatch import QUEUE, SWEEP_TASK, broker_options
+from app.webhooks.wake import SWEEP_TASK as WEBHOOK_SWEEP_TASK
 
 settings = get_settings()
 
-app = Celery("stockout", broker=settings.redis_url, include=["worker.tasks"])
+app = Celery("stockout", broker=settings.redis_url, include=["worker.tasks", "worker.webhooks"])
 app.conf.update(
     task_default_queue=QUEUE,
     # Ack after the task ran, and requeue a task whose worker died: a lost message costs only
@@ -52,6 +53,12 @@ app.conf.update(
             "schedule": settings.sweep_interval_seconds,
             # A sweep stuck behind a backlog is useless once the next one is due.
             "options": {"queue": QUEUE, "expires": settings.sweep_interval_seconds * 2},
-        }
+        },
+        # Webhook messages due for a (re)try; same queue, so a plain worker consumes it.
+        "webhooks-sweep": {
+            "task": WEBHOOK_SWEEP_TASK,
+            "schedule": settings.sweep_interval_seconds,
+            "options": {"queue": QUEUE, "expires": settings.sweep_interval_seconds * 2},
+        },
     },
 )

@@ -17,6 +17,7 @@ from app.jobs import store
 from app.jobs.run import run_job
 from app.logs import configure
 from app.redis_conn import get_redis
+from app.webhooks import outbox, wake
 from worker.celery_app import app
 
 log = structlog.get_logger("worker")
@@ -95,6 +96,10 @@ def cancel_jobs(job_ids: list[str]) -> int:
             finally:
                 structlog.contextvars.clear_contextvars()
             ran += 1
+    # Webhook messages written with the jobs' outcomes are committed: wake their senders.
+    woken = outbox.take_wakeups()
+    if woken:
+        wake.publish(woken, celery=app)
     return ran
 
 

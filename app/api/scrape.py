@@ -22,6 +22,7 @@ from app.db import pool
 from app.jobs.status import ALL
 from app.listing import oldest_waiting_age, status_counts
 from app.metrics import MergedCollector
+from app.webhooks.claims import OLDEST_PENDING
 
 router = APIRouter(tags=["health"])
 log = structlog.get_logger(__name__)
@@ -78,10 +79,53 @@ class JobsCollector(Collector):
         yield age
 
 
+class WebhooksCollector(Collector):
+    """The oldest pending webhook message's age per endpoint, from Postgres (cached briefly)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._at = 0.0
+        self._cached: list[tuple[str, float]] | None = None
+
+    def _read(self) -> list[tuple[str, float]]:
+        with pool().connection() as conn, conn.transaction(force_rollback=True):
+            conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            found = conn.execute(OLDEST_PENDING).fetchall()
+        return [(str(endpoint_id), max(float(age), 0.0)) for endpoint_id, age in found]
+
+    def clear(self) -> None:
+        """Forget the cached figures (tests)."""
+        with self._lock:
+            self._cached = None
+
+    def collect(self) -> Iterator[Metric]:
+        with self._lock:
+            if self._cached is None or time.monotonic() - self._at > CACHE_SECONDS:
+                try:
+                    self._cached = self._read()
+                    self._at = time.monotonic()
+                except Exception as exc:  # the scrape must answer during an outage
+                    log.warning("metrics_webhooks_unavailable", error=type(exc).__name__)
+                    self._cached = None
+            cached = self._cached
+        if cached is None:
+            return
+        age = GaugeMetricFamily(
+            "stockout_webhook_oldest_pending_age_seconds",
+            "Age of the oldest webhook message not yet delivered or given up, per endpoint id.",
+            labels=["endpoint_id"],
+        )
+        for endpoint_id, seconds in cached:
+            age.add_metric([endpoint_id], seconds)
+        yield age
+
+
 JOBS = JobsCollector()
+WEBHOOKS = WebhooksCollector()
 REGISTRY = CollectorRegistry(auto_describe=False)
 REGISTRY.register(MergedCollector())
 REGISTRY.register(JOBS)
+REGISTRY.register(WEBHOOKS)
 
 
 @router.get("/metrics", response_class=Response)

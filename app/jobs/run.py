@@ -45,6 +45,7 @@ from app.jobs.decide import (
 )
 from app.jobs.records import UpstreamError
 from app.jobs.status import JobStatus
+from app.webhooks import outbox
 
 log = structlog.get_logger("worker")
 REDIS_DOWN_DELAY = 5.0
@@ -282,5 +283,5 @@ def record(conn: Connection[Any], job: store.Claimed, observer: JobRun, decision
 
 
 def on_terminal(conn: Connection[Any], job_id: uuid.UUID) -> None:
-    """What else a terminal transition writes in its own transaction (webhook messages)."""
-    return None
+    """What else a terminal transition writes in its own transaction: its webhook messages."""
+    outbox.record_terminal(conn, job_id)

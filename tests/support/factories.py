@@ -9,7 +9,7 @@ from app.auth import create_key
 from app.db import unit_of_work
 
 _seq = itertools.count(1)
-ALL_SCOPES = ["events:write", "jobs:read", "jobs:write"]
+ALL_SCOPES = ["events:write", "jobs:read", "jobs:write", "webhooks:write"]
 
 
 def api_key(*scopes: str) -> str:

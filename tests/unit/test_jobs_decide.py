@@ -203,6 +203,7 @@ def _pair_expectations() -> list[tuple[Step, Kind, Decision]]:
             (step, Kind.OK, Decision(next_step=Step.LOOKUP, uncertain=step, error=OLD)),
             (step, Kind.REFUSED, Decision(next_step=Step.LOOKUP, uncertain=None, error=ERR)),
             (step, Kind.NOT_FOUND, Decision(next_step=Step.LOOKUP, uncertain=None, error=ERR)),
+            (step, Kind.ENDED, Decision(next_step=Step.LOOKUP, uncertain=step, error=ERR)),
             (
                 step,
                 Kind.UNKNOWN,
@@ -242,7 +243,7 @@ def _pair_expectations() -> list[tuple[Step, Kind, Decision]]:
             Decision(status=JobStatus.RETRY_WAIT, delay=1.0, error=OLD),
         ),
     ]
-    for kind in (Kind.REFUSED, Kind.UNKNOWN, Kind.NOT_SENT, Kind.UNAUTHORIZED):
+    for kind in (Kind.REFUSED, Kind.ENDED, Kind.UNKNOWN, Kind.NOT_SENT, Kind.UNAUTHORIZED):
         rows.append(
             (
                 Step.LOOKUP,
@@ -428,7 +429,9 @@ def until_settled(attempts: int, settle_left: float) -> float:
 
 @pytest.mark.parametrize("idle_runs", [0, 1, 3])
 @pytest.mark.parametrize("uncertain", [None, Step.CANCEL, Step.REFUND])
-@pytest.mark.parametrize("kind", [Kind.UNKNOWN, Kind.REFUSED, Kind.UNAUTHORIZED, Kind.NOT_SENT])
+@pytest.mark.parametrize(
+    "kind", [Kind.UNKNOWN, Kind.REFUSED, Kind.ENDED, Kind.UNAUTHORIZED, Kind.NOT_SENT]
+)
 def test_a_failed_lookup_is_idle_and_keeps_uncertain(
     idle_runs: int, uncertain: Step | None, kind: Kind
 ) -> None:
@@ -938,22 +941,42 @@ def test_drive_sends_no_mutating_call_once_attempts_are_spent() -> None:
     assert ran.attempts == 3
 
 
-def test_drive_a_done_cancel_that_does_not_show_cancelled_waits_for_the_settle_time() -> None:
+@pytest.mark.parametrize(
+    "first",
+    [Result(Kind.OK, pay("ready")), Result(Kind.ENDED, error=ERR)],
+)
+def test_drive_an_answered_cancel_is_settled_so_a_ready_lookup_cancels_again(first: Result) -> None:
+    # An answer of any kind ends the call at iamport: nothing of it is left to wait for.
     clock = [0.0]
 
     def elapsed() -> float:
         clock[0] += 1.0
         return clock[0]
 
-    script = Script(Result(Kind.OK, pay("ready")), Result(Kind.OK, pay("ready")))
+    script = Script(first, Result(Kind.OK, pay("ready")), Result(Kind.OK, pay("cancelled")))
     ran = drive_it(JobState(), script, elapsed)
-    # cancel started at 1, so it settles at 121; after the lookup elapsed() read 4
-    assert ran.decision == Decision(
-        status=JobStatus.RETRY_WAIT,
-        delay=min(max(backoff(1), 10.0), 121.0 - 4.0) + 0.05,
-        uncertain=Step.CANCEL,
-        payment_status="ready",
-    )
+    assert [c[0] for c in script.calls] == [Step.CANCEL, Step.LOOKUP, Step.CANCEL]
+    assert ran.attempts == 2
+    assert ran.decision.status is JobStatus.CANCELLED
+    assert ran.decision.cancellation == replace_by(CANCELLATION, "service")
+
+
+@pytest.mark.parametrize("by", [Step.CANCEL, Step.REFUND])
+def test_drive_an_ended_call_is_credited_to_us(by: Step) -> None:
+    # A JSON 5xx ends the call but it may have applied: the lookup's cancellation is ours.
+    lookup_first = by is Step.REFUND
+    answers = [Result(Kind.OK, pay("paid"))] if lookup_first else []
+    script = Script(*answers, Result(Kind.ENDED, error=ERR), Result(Kind.OK, pay("cancelled")))
+    state = JobState(refund_allowed=True, look_first=lookup_first)
+    ran = drive_it(state, script)
+    assert [c[0] for c in script.calls][-2:] == [by, Step.LOOKUP]
+    d = ran.decision
+    if by is Step.CANCEL:
+        assert d.status is JobStatus.CANCELLED
+        assert d.cancellation == replace_by(CANCELLATION, "service")
+    else:
+        assert d.status is JobStatus.REFUNDED
+        assert d.refund == REFUND
 
 
 def test_drive_counts_the_carried_settle_time_down_on_its_clock() -> None:

@@ -60,14 +60,15 @@ PARTIAL = 300.0
 EPOCH = 1_764_000_000.0
 
 # How a mutating call ends. "*_before": iamport had not applied it when we stopped waiting,
-# "*_after": it had. json5xx is iamport's application answering 5xx: the call ended.
+# "*_after": it had. json5xx: iamport's application answered 5xx (Kind.ENDED): the call ended.
 MUTATING_FAULTS = [
     "ok",
     "timeout_before",
     "timeout_after",
     "gw5xx_before",
     "gw5xx_after",
-    "json5xx",
+    "json5xx_before",
+    "json5xx_after",
     "429",
     "401",
     "not_sent",
@@ -79,6 +80,8 @@ FLIGHTS = [None, 0.0, 0.2, 0.6, 0.99]
 DURATION = {
     "ok": 0.3,
     "json5xx": 0.3,
+    "json5xx_before": 0.3,
+    "json5xx_after": 0.3,
     "429": 0.1,
     "401": 0.1,
     "not_sent": 0.0,
@@ -109,7 +112,8 @@ class Sent:
     checksum: float | None
     start: float
     sent: bool = True
-    answered: bool = False  # the call ended with a definite answer
+    answered: bool = False  # the call ended (nothing of it is left in flight)
+    maybe: bool = False  # we were not told whether it applied (unknown, or a JSON 5xx)
     applied: bool = False
     apply_at: float | None = None  # still in flight: applies then, if it still can
 
@@ -415,6 +419,13 @@ class JobMachine(RuleBasedStateMachine):
         if fault == "not_sent":
             sent.answered = True
             return Result(Kind.NOT_SENT, sent=False)
+        if fault.startswith("json5xx"):
+            # iamport's application answered 5xx: the call ended, maybe after applying
+            sent.answered = sent.maybe = True
+            if fault == "json5xx_after":
+                iamport.apply(sent, self.now)
+            return Result(Kind.ENDED, error=ERR_APP)
+        sent.maybe = fault not in ("ok", "429", "401")
         if fault in ("timeout_after", "gw5xx_after"):
             iamport.apply(sent, self.now)
             return Result(Kind.UNKNOWN, error=ERR_TIMEOUT if "timeout" in fault else ERR_GATEWAY)
@@ -427,8 +438,6 @@ class JobMachine(RuleBasedStateMachine):
             return Result(Kind.RATE_LIMITED, retry_after=1.0)
         if fault == "401":
             return Result(Kind.UNAUTHORIZED, error=ERR_401)
-        if fault == "json5xx":
-            return Result(Kind.REFUSED, error=ERR_APP)
         if iamport.status == "missing":
             return Result(Kind.NOT_FOUND, error=ERR_404)
         if iamport.apply(sent, self.now):
@@ -448,7 +457,7 @@ class JobMachine(RuleBasedStateMachine):
         elif fault == "gw5xx":
             result = Result(Kind.UNKNOWN, error=ERR_GATEWAY)
         elif fault == "json5xx":
-            result = Result(Kind.REFUSED, error=ERR_APP)
+            result = Result(Kind.ENDED, error=ERR_APP)
         elif fault == "429":
             result = Result(Kind.RATE_LIMITED, retry_after=1.0)
         elif fault == "401":
@@ -466,7 +475,7 @@ class JobMachine(RuleBasedStateMachine):
         ours = iamport.ours
         cancel_applied = any(c.applied and c.step is Step.CANCEL for c in ours)
         refund_applied = any(c.applied and c.step is Step.REFUND for c in ours)
-        refund_maybe = any(c.step is Step.REFUND and c.sent and not c.answered for c in ours)
+        refund_maybe = any(c.step is Step.REFUND and c.maybe for c in ours)
         truth = iamport.status
         if d.status is JobStatus.CANCELLED:
             assert truth == "cancelled"

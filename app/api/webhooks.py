@@ -1,0 +1,97 @@
+"""Webhook endpoints: register, list, delete, rotate the secret, deliveries, replay."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query, Response
+
+from app.audit import record_action
+from app.auth import WebhooksWriter
+from app.config import get_settings
+from app.db import unit_of_work
+from app.webhooks import endpoints, messages
+from app.webhooks.schemas import (
+    DeliveryPage,
+    DeliveryStatus,
+    EndpointCreate,
+    EndpointList,
+    EndpointPublic,
+    EndpointWithSecret,
+    Replayed,
+    ReplayRequest,
+)
+
+router = APIRouter(prefix="/v1/webhook-endpoints", tags=["webhooks"])
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "not_found"}}
+
+
+@router.post(
+    "",
+    status_code=201,
+    response_model=EndpointWithSecret,
+    responses={422: {"description": "invalid_url or validation_error"}},
+)
+def create(body: EndpointCreate, _: WebhooksWriter) -> EndpointWithSecret:
+    """Register an endpoint; its signing secret is shown in this answer only."""
+    with unit_of_work() as uow:
+        return endpoints.create_endpoint(uow.conn, body, get_settings().webhook_allow_private_urls)
+
+
+@router.get("", response_model=EndpointList)
+def read_all(_: WebhooksWriter) -> EndpointList:
+    """Every endpoint (never a secret)."""
+    with unit_of_work() as uow:
+        return EndpointList(items=endpoints.list_endpoints(uow.conn))
+
+
+@router.get("/{endpoint_id}", response_model=EndpointPublic, responses=NOT_FOUND)
+def read_one(endpoint_id: uuid.UUID, _: WebhooksWriter) -> EndpointPublic:
+    """One endpoint."""
+    with unit_of_work() as uow:
+        return endpoints.get_endpoint(uow.conn, endpoint_id)
+
+
+@router.delete("/{endpoint_id}", status_code=204, response_class=Response, responses=NOT_FOUND)
+def delete(endpoint_id: uuid.UUID, _: WebhooksWriter) -> Response:
+    """Delete an endpoint: nothing more is sent to it."""
+    with unit_of_work() as uow:
+        endpoints.delete_endpoint(uow.conn, endpoint_id)
+    return Response(status_code=204)
+
+
+@router.post("/{endpoint_id}/rotate-secret", response_model=EndpointWithSecret, responses=NOT_FOUND)
+def rotate(endpoint_id: uuid.UUID, _: WebhooksWriter) -> EndpointWithSecret:
+    """A new secret; for 24 hours messages are signed with the old one as well."""
+    with unit_of_work() as uow:
+        return endpoints.rotate_secret(uow.conn, endpoint_id)
+
+
+@router.get(
+    "/{endpoint_id}/deliveries",
+    response_model=DeliveryPage,
+    responses={**NOT_FOUND, 400: {"description": "invalid_cursor"}},
+)
+def deliveries(
+    endpoint_id: uuid.UUID,
+    _: WebhooksWriter,
+    status: Annotated[DeliveryStatus | None, Query()] = None,
+    limit: Annotated[int, Query(ge=1, le=messages.MAX_LIMIT)] = messages.DEFAULT_LIMIT,
+    cursor: Annotated[str | None, Query()] = None,
+) -> DeliveryPage:
+    """The endpoint's messages, newest first; follow `next_cursor` for the next page."""
+    with unit_of_work() as uow:
+        return messages.list_deliveries(uow.conn, endpoint_id, status, limit, cursor)
+
+
+@router.post("/{endpoint_id}/replay", status_code=202, response_model=Replayed, responses=NOT_FOUND)
+def replay(endpoint_id: uuid.UUID, body: ReplayRequest, caller: WebhooksWriter) -> Replayed:
+    """Send every message created since `since` again, with the same webhook-id."""
+    # Committed before the answer; the wake-up goes after it (the sweep covers a lost one).
+    with unit_of_work() as uow:
+        n = messages.replay(uow.conn, endpoint_id, body.since)
+        detail = {"since": body.since.isoformat(), "messages": n}
+        record_action(uow.conn, caller, "replay", endpoint_id=endpoint_id, detail=detail)
+    # No wake-up from here: a request never waits on Redis; the sweep sends them shortly.
+    return Replayed(messages=n)

@@ -1,0 +1,1 @@
+"""Signed webhooks to the order services, sent from a transactional outbox."""

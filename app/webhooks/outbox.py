@@ -1,0 +1,154 @@
+"""The outbox: webhook messages written in the very transaction of a job's transition.
+
+`record_terminal` is the one place that decides what is sent. The jobs store calls it inside
+its open transaction right after a job moved to a terminal status; the messages commit or
+roll back with the transition, so none is lost to a crash, Redis or a receiver being down,
+and none is sent for a transition that did not happen. Delivery is someone else's business
+(worker/webhooks.py): it reads pending messages from here.
+
+The caller's transaction must be READ COMMITTED (Postgres's default): the event check below
+relies on a statement seeing what other transactions committed while it waited for a lock.
+"""
+
+from __future__ import annotations
+
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from psycopg import Connection
+from psycopg.types.json import Jsonb
+
+from app.jobs.status import TERMINAL
+from app.webhooks.payloads import body, load_event, load_job
+
+EVENT_COMPLETED = "event.completed"
+
+
+# One cheap statement when there is no endpoint: the hot path's whole cost then. The table
+# holds a handful of rows, so no index is needed; deleted endpoints are disabled too.
+ENDPOINTS = "SELECT id, event_types FROM webhook_endpoints WHERE enabled"
+
+# Lock the not-yet-completed events that name the job, in one fixed order (no deadlocks).
+# Two transactions finishing an event's last two jobs queue up here; the second one's next
+# statement sees the first one's job as terminal, so exactly one of them sees it complete.
+LOCK_EVENTS = """
+SELECT e.event_id FROM events e
+WHERE e.completed_at IS NULL
+  AND e.event_id IN (SELECT l.event_id FROM event_jobs l WHERE l.job_id = %(id)s)
+ORDER BY e.event_id
+FOR UPDATE OF e
+"""
+COMPLETE = """
+UPDATE events e SET completed_at = now()
+WHERE e.event_id = ANY(%(events)s) AND e.completed_at IS NULL
+  AND NOT EXISTS (
+    SELECT 1 FROM event_jobs l JOIN jobs j ON j.id = l.job_id
+    WHERE l.event_id = e.event_id AND j.status IN ('queued', 'running', 'retry_wait'))
+RETURNING e.event_id
+"""
+# Ingest linking jobs that already exist to a new event: wait for any transition of theirs
+# still in flight (its UPDATE holds the row), so the next statement sees how it ended.
+SHARE_JOBS = "SELECT id FROM jobs WHERE id = ANY(%(ids)s) ORDER BY id FOR SHARE"
+INSERT = """
+INSERT INTO webhook_messages (id, endpoint_id, event_type, job_id, event_id, payload)
+SELECT m.id, m.endpoint_id, %(type)s, %(job_id)s, %(event_id)s, %(payload)s
+FROM unnest(%(ids)s::text[], %(endpoints)s::uuid[]) AS m(id, endpoint_id)
+"""
+
+_woken = threading.local()
+
+
+def new_message_id() -> str:
+    """A webhook-id: `msg_`, the time in microseconds (so ids sort as they were made) and
+    72 random bits."""
+    return f"msg_{time.time_ns() // 1000:014x}{secrets.token_hex(9)}"
+
+
+def _subscribed(endpoints: Sequence[Any], event_type: str) -> list[uuid.UUID]:
+    return [e[0] for e in endpoints if e[1] is None or event_type in e[1]]
+
+
+def _insert(
+    conn: Connection[Any],
+    endpoints: list[uuid.UUID],
+    event_type: str,
+    payload: dict[str, Any],
+    job_id: uuid.UUID | None = None,
+    event_id: str | None = None,
+) -> None:
+    conn.execute(
+        INSERT,
+        {
+            "ids": [new_message_id() for _ in endpoints],
+            "endpoints": endpoints,
+            "type": event_type,
+            "job_id": job_id,
+            "event_id": event_id,
+            "payload": Jsonb(payload),
+        },
+    )
+    woken: set[uuid.UUID] = _woken.__dict__.setdefault("endpoints", set())
+    woken.update(endpoints)
+
+
+def _complete_events(
+    conn: Connection[Any], endpoints: list[uuid.UUID], candidates: Iterable[str]
+) -> None:
+    done = conn.execute(COMPLETE, {"events": list(candidates)}).fetchall()
+    for (event_id,) in sorted(done):
+        event = load_event(conn, event_id)
+        if event is not None:
+            _insert(
+                conn, endpoints, EVENT_COMPLETED, body(EVENT_COMPLETED, event), event_id=event_id
+            )
+
+
+def record_terminal(conn: Connection[Any], job_id: uuid.UUID) -> None:
+    """Write the messages a job's terminal transition yields, in the caller's transaction.
+
+    One `job.<status>` per enabled endpoint that takes it, and one `event.completed` per such
+    endpoint for each event naming the job whose jobs are now all terminal (once per event).
+    """
+    endpoints = conn.execute(ENDPOINTS).fetchall()
+    if not endpoints:
+        return
+    job = load_job(conn, job_id)
+    if job is None or job.status not in TERMINAL:
+        return
+    event_type = f"job.{job.status}"
+    for_job = _subscribed(endpoints, event_type)
+    if for_job:
+        _insert(conn, for_job, event_type, body(event_type, job), job_id=job.id)
+    for_events = _subscribed(endpoints, EVENT_COMPLETED)
+    if for_events and job.event_ids:
+        locked = [r[0] for r in conn.execute(LOCK_EVENTS, {"id": job_id}).fetchall()]
+        if locked:
+            _complete_events(conn, for_events, locked)
+
+
+def record_linked(
+    conn: Connection[Any], event_id: str, existing_job_ids: Sequence[uuid.UUID]
+) -> None:
+    """For ingest: a new event that names only jobs that already exist may be complete at once.
+
+    Called in the ingest transaction after the event's links are written, with the ids of the
+    jobs it did not create (an event with a new job cannot be complete yet).
+    """
+    if not existing_job_ids:
+        return
+    endpoints = conn.execute(ENDPOINTS).fetchall()
+    for_events = _subscribed(endpoints, EVENT_COMPLETED)
+    if not for_events:
+        return
+    conn.execute(SHARE_JOBS, {"ids": list(existing_job_ids)})
+    _complete_events(conn, for_events, [event_id])
+
+
+def take_wakeups() -> list[uuid.UUID]:
+    """The endpoints this thread wrote messages for since the last call (publish after commit)."""
+    woken: set[uuid.UUID] = _woken.__dict__.pop("endpoints", set())
+    return sorted(woken)
