@@ -36,7 +36,7 @@ docs: venv  ## regenerate docs/api.md from the OpenAPI document
 # installs (Dockerfile); requirements-dev.lock: that plus the dev tools and embedded servers.
 lock: venv
 	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 -o requirements.lock
-	$(BIN)/uv pip compile pyproject.toml --extra dev --extra embedded --universal --python-version 3.11 -o requirements-dev.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra embedded --universal --python-version 3.11 -c requirements.lock -o requirements-dev.lock
 
 fmt: venv
 	$(BIN)/ruff check --fix app worker tests benchmarks migrations
