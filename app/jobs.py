@@ -1,4 +1,4 @@
-"""The job state machine and the upstream decision table (CONTRACT sections 5 and 6). Pure.
+"""The job state machine and the upstream decision table. Pure.
 
 A worker run on a job is a short sequence of steps, each one upstream call. After each call
 `decide` says what comes next: another step in the same run, or the status to record. It

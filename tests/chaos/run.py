@@ -296,7 +296,7 @@ def find_lost(db: str, workload: Workload, j: Judgement, f: Findings) -> None:
 
 
 def find_unrecorded(db: str, sandbox: SandboxControl) -> list[str]:
-    """Cancel calls iamport saw that no attempt row records (CONTRACT 1.4)."""
+    """Cancel calls iamport saw that no attempt row records."""
     seen: dict[str, int] = {}
     for call in sandbox.calls():
         if call["call"] == "cancel" and call["imp_uid"]:

@@ -1,4 +1,4 @@
-"""The decision table of CONTRACT section 6, row by row, without I/O."""
+"""The upstream decision table, row by row, without I/O."""
 
 from __future__ import annotations
 
