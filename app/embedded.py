@@ -187,7 +187,8 @@ def shared_data_dir(data_dir: Path, cache_root: Path | None = None) -> Path:
     target.chmod(0o711)
     data_dir.mkdir(parents=True, exist_ok=True)
     (data_dir / "LOCATION").write_text(f"the cluster lives in {target} (see app/embedded.py)\n")
-    return target
+    # The cluster's own folder is handed to postgres's account; `target` stays root's.
+    return target / "cluster"
 
 
 @dataclass
@@ -222,6 +223,7 @@ class EmbeddedPostgres:
         if (pgdata / "PG_VERSION").exists():
             return
         pgdata.mkdir(parents=True, exist_ok=True)
+        self.home.chmod(0o711)
         user = _run_as()
         if user is not None:
             entry = pwd.getpwnam(user)
