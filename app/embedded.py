@@ -122,34 +122,40 @@ def shared_bin_dir(bin_dir: Path, cache_root: Path | None = None) -> Path:
     """`bin_dir`, or, when it lies in a private folder, a world-readable copy of the install.
 
     As root, postgres runs as an unprivileged account, which cannot execute initdb inside a
-    venv under a mode-700 folder (a clone in /root). The install (bin, lib, share) is then
-    hard-linked (or copied) once into /tmp/stockout-pg-<hash>/, which postgres can reach;
-    the binaries find their libraries relative to themselves.
+    venv under a mode-700 folder (a clone in /root). The install (bin, lib, share, and the
+    wheel's bundled libraries beside the package) is then hard-linked (or copied) once into
+    /tmp/stockout-pg-<hash>/ in the same relative layout, since the binaries find their
+    libraries relative to themselves (`$ORIGIN/../../../pgserver.libs`).
     """
     if _reachable_by_others(bin_dir):
         return bin_dir
-    source = bin_dir.parent
+    install = bin_dir.parent  # .../site-packages/pgserver/pginstall
+    package = install.parent  # .../site-packages/pgserver
+    site = package.parent
     stamp = (bin_dir / "postgres").stat()
-    digest = hashlib.sha256(f"{source}:{stamp.st_size}:{stamp.st_mtime_ns}".encode()).hexdigest()
+    digest = hashlib.sha256(f"{install}:{stamp.st_size}:{stamp.st_mtime_ns}".encode()).hexdigest()
     root = cache_root or Path(tempfile.gettempdir())
     target = root / f"stockout-pg-{digest[:12]}"
+    shared_bin = target / package.name / install.name / "bin"
     if target.exists():
         if not _safe_root_dir(target):
             raise EmbeddedServerError(f"{target} is not owned by root or is writable by others")
-        return target / "bin"
+        return shared_bin
     staging = Path(tempfile.mkdtemp(prefix=f"{target.name}.", dir=root))
     try:
         for tree in PG_TREES:
-            if (source / tree).exists():
-                _link_tree(source / tree, staging / tree)
-        staging.chmod(0o755)
+            if (install / tree).exists():
+                _link_tree(install / tree, staging / package.name / install.name / tree)
+        for libs in site.glob(f"{package.name}.libs"):
+            _link_tree(libs, staging / libs.name)
+        for folder in (staging, staging / package.name, staging / package.name / install.name):
+            folder.chmod(0o755)
         staging.rename(target)
-    except FileExistsError:
-        shutil.rmtree(staging, ignore_errors=True)  # another process won the race
-    except BaseException:
+    except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return target / "bin"
+        if not target.exists():  # else another process won the race
+            raise EmbeddedServerError(f"could not share postgres's binaries: {exc}") from exc
+    return shared_bin
 
 
 def _link_tree(src: Path, dst: Path) -> None:
