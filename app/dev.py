@@ -31,8 +31,9 @@ from app.embedded import (
 console = Console(stderr=True)
 SANDBOX_KEY, SANDBOX_SECRET = "sandbox_key", "sandbox_secret"
 EXTRAS_HINT = (
-    "stockout dev needs the embedded Postgres and Redis, which production installs leave out: "
-    "`pip install -r requirements-dev.lock` (or `make run`)"
+    "stockout dev needs Postgres and Redis: the embedded ones come with the dev install "
+    "(`pip install -r requirements-dev.lock`, or `make run`), which production installs "
+    "leave out; or put initdb/pg_ctl and redis-server on PATH"
 )
 # Variables a shell may export for a real deployment; dev ignores them unless told otherwise.
 REAL_IAMPORT_VARS = ("IAMPORT_IMP_KEY", "IAMPORT_IMP_SECRET", "IAMPORT_BASE_URL")
