@@ -74,3 +74,23 @@ def test_compose_builds_one_image_and_requires_the_hook_token() -> None:
     assert len({s["image"] for s in ours.values()}) == 1
     token = ours["api"]["environment"]["IAMPORT_WEBHOOK_TOKEN"]
     assert token.startswith("${IAMPORT_WEBHOOK_TOKEN:?")
+
+
+def test_nothing_refers_outside_the_repository() -> None:
+    import subprocess
+
+    files = subprocess.run(
+        ["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout.split()
+    pattern = re.compile(r"\.\./shared|\bCONTRACT\b|\bMEASURED\b|\bissues? \d+")
+    found = []
+    for name in files:
+        if name.startswith("app/static/") or name.endswith((".lock", ".png")):
+            continue
+        path = ROOT / name
+        if not path.is_file():
+            continue
+        for n, line in enumerate(path.read_text(errors="ignore").splitlines(), 1):
+            if pattern.search(line):
+                found.append(f"{name}:{n}: {line.strip()}")
+    assert found == []
