@@ -7,6 +7,7 @@ verified. Each step reports ok, failed, or skipped when the API does not offer i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import secrets
@@ -106,11 +107,16 @@ class Demo:
         self.run_id = time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
         self.receiver = Receiver()
         self.webhook_secret: str | None = None
+        self.endpoint_id: str | None = None
         self.till = ""  # what the customer at the till met, during the outage
         self.job_ids: set[str] = set()
         self.outcomes: list[Outcome] = []
 
     def close(self) -> None:
+        if self.endpoint_id is not None:
+            # The receiver dies with this process: leave no endpoint behind to retry into.
+            with contextlib.suppress(httpx.HTTPError):
+                self.api.delete(f"/v1/webhook-endpoints/{self.endpoint_id}")
         self.receiver.stop()
         self.api.close()
         self.sandbox.close()
@@ -175,7 +181,8 @@ class Demo:
         }
         response = self.call("POST", "/v1/webhook-endpoints", json=body)
         self.webhook_secret = response.json()["secret"]
-        return f"endpoint {response.json()['id']} -> {self.receiver.url}"
+        self.endpoint_id = str(response.json()["id"])
+        return f"endpoint {self.endpoint_id} -> {self.receiver.url}"
 
     def cancel_barcodes(self) -> str:
         jobs = self.event("cancel", self.payments(3, "c"))
