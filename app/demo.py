@@ -323,8 +323,8 @@ def _route_missing(response: httpx.Response) -> bool:
 
 def summary(outcomes: list[Outcome]) -> Table:
     table = Table(title="stockout demo")
-    table.add_column("step")
-    table.add_column("result")
+    table.add_column("step", no_wrap=True)
+    table.add_column("result", no_wrap=True)
     table.add_column("s", justify="right")
     table.add_column("what happened", overflow="fold")
     for o in outcomes:
