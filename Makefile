@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 export XDG_RUNTIME_DIR ?= /tmp
 
-.PHONY: run demo test lint fmt docs lock bench bench-ingest bench-reads chaos venv clean
+.PHONY: run demo test lint fmt docs lock bench bench-ingest bench-reads bench-frozen-redis chaos venv clean
 
 # The dev venv: runtime + dev tools + the embedded servers (requirements-dev.lock).
 $(BIN)/stockout: pyproject.toml requirements-dev.lock
@@ -47,6 +47,9 @@ bench: venv  ## end-to-end worker benchmark
 
 bench-ingest: venv
 	$(BIN)/python -m benchmarks.bench_ingest $(ARGS)
+
+bench-frozen-redis: venv  ## intake and confirm p99 while Redis is frozen (SIGSTOP)
+	$(BIN)/python -m benchmarks.bench_frozen_redis $(ARGS)
 
 bench-reads: venv
 	$(BIN)/python -m benchmarks.bench_reads $(ARGS)

@@ -8,13 +8,13 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from sqlalchemy import text
-from sqlalchemy.orm import Session
+from psycopg import Connection
+from psycopg.rows import dict_row
 
-from app.db import get_engine
+from app.db import pool
 from app.errors import Forbidden, Unauthenticated
 
 KEY_PREFIX = "sk"
@@ -53,43 +53,43 @@ def _split(key: str) -> tuple[str, str] | None:
     return parts[1], parts[2]
 
 
-def create_key(session: Session, name: str, scopes: list[str]) -> NewKey:
+def create_key(conn: Connection[Any], name: str, scopes: list[str]) -> NewKey:
     """Store a new key's hash and return the key itself, once."""
     unknown = set(scopes) - {s.value for s in Scope}
     if unknown:
         raise ValueError(f"unknown scope(s): {', '.join(sorted(unknown))}")
     prefix = secrets.token_hex(6)
     secret = secrets.token_urlsafe(32)
-    row = session.execute(
-        text(
-            "INSERT INTO api_keys (name, prefix, secret_hash, scopes) VALUES (:n, :p, :h, :s) RETURNING id"
-        ),
+    row = conn.execute(
+        "INSERT INTO api_keys (name, prefix, secret_hash, scopes) "
+        "VALUES (%(n)s, %(p)s, %(h)s, %(s)s) RETURNING id",
         {"n": name, "p": prefix, "h": _hash(secret), "s": sorted(set(scopes))},
-    ).one()
+    ).fetchone()
+    assert row is not None
     return NewKey(
-        id=row.id, name=name, scopes=sorted(set(scopes)), key=f"{KEY_PREFIX}_{prefix}_{secret}"
+        id=row[0], name=name, scopes=sorted(set(scopes)), key=f"{KEY_PREFIX}_{prefix}_{secret}"
     )
 
 
-def list_keys(session: Session) -> list[dict[str, object]]:
+def list_keys(conn: Connection[Any]) -> list[dict[str, Any]]:
     """Every key's public facts (never its hash)."""
-    rows = session.execute(
-        text(
-            "SELECT id, name, prefix, scopes, created_at, revoked_at FROM api_keys ORDER BY created_at"
+    return (
+        conn.cursor(row_factory=dict_row)
+        .execute(
+            "SELECT id, name, prefix, scopes, created_at, revoked_at FROM api_keys "
+            "ORDER BY created_at"
         )
+        .fetchall()
     )
-    return [dict(r._mapping) for r in rows]
 
 
-def revoke_key(session: Session, key_id_or_prefix: str) -> bool:
+def revoke_key(conn: Connection[Any], key_id_or_prefix: str) -> bool:
     """Revoke a key by id or prefix; it stops working with the next request."""
-    row = session.execute(
-        text(
-            "UPDATE api_keys SET revoked_at = now() WHERE revoked_at IS NULL "
-            "AND (prefix = :v OR id::text = :v) RETURNING id"
-        ),
+    row = conn.execute(
+        "UPDATE api_keys SET revoked_at = now() WHERE revoked_at IS NULL "
+        "AND (prefix = %(v)s OR id::text = %(v)s) RETURNING id",
         {"v": key_id_or_prefix},
-    ).first()
+    ).fetchone()
     return row is not None
 
 
@@ -102,19 +102,21 @@ def authenticate(header: str | None) -> Caller:
     if parts is None:
         raise Unauthenticated("the API key is malformed or unknown")
     prefix, secret = parts
-    with get_engine().connect() as conn:
-        row = conn.execute(
-            text(
-                "SELECT id, name, secret_hash, scopes, revoked_at FROM api_keys WHERE prefix = :p"
-            ),
-            {"p": prefix},
-        ).first()
+    with pool().connection() as conn:
+        row: Any = (
+            conn.cursor(row_factory=dict_row)
+            .execute(
+                "SELECT id, name, secret_hash, scopes, revoked_at FROM api_keys WHERE prefix = %s",
+                (prefix,),
+            )
+            .fetchone()
+        )
     # Compare even when the prefix is unknown, so timing tells nothing.
-    expected = row.secret_hash if row is not None else _hash("")
+    expected = row["secret_hash"] if row is not None else _hash("")
     ok = hmac.compare_digest(expected, _hash(secret))
-    if row is None or not ok or row.revoked_at is not None:
+    if row is None or not ok or row["revoked_at"] is not None:
         raise Unauthenticated("the API key is malformed or unknown")
-    return Caller(key_id=row.id, name=row.name, scopes=frozenset(row.scopes))
+    return Caller(key_id=row["id"], name=row["name"], scopes=frozenset(row["scopes"]))
 
 
 def require(scope: Scope) -> object:

@@ -13,7 +13,7 @@ from rich.table import Table
 
 from app.auth import Scope, create_key, list_keys, revoke_key
 from app.cli_ops import register as register_operations
-from app.db import session_scope
+from app.db import unit_of_work
 
 cli = typer.Typer(
     help="stockout-cancel: cancel CVS barcodes at iamport for orders we cannot ship.",
@@ -33,8 +33,8 @@ def keys_create(
     ],
 ) -> None:
     """Create a key; the key alone is the last line printed."""
-    with session_scope() as session:
-        new = create_key(session, name, [s.value for s in scope])
+    with unit_of_work() as uow:
+        new = create_key(uow.conn, name, [s.value for s in scope])
     err.print(
         f"created key {new.id} ({new.name}) with scopes {', '.join(new.scopes)}; it is shown only once"
     )
@@ -45,13 +45,13 @@ def keys_create(
 def keys_list() -> None:
     """Every key (never the secret)."""
     table = Table("id", "name", "prefix", "scopes", "created", "revoked")
-    with session_scope() as session:
-        for k in list_keys(session):
+    with unit_of_work() as uow:
+        for k in list_keys(uow.conn):
             table.add_row(
                 str(k["id"]),
                 str(k["name"]),
                 str(k["prefix"]),
-                ", ".join(k["scopes"]),  # type: ignore[arg-type]
+                ", ".join(k["scopes"]),
                 str(k["created_at"]),
                 str(k["revoked_at"] or ""),
             )
@@ -61,8 +61,8 @@ def keys_list() -> None:
 @keys.command("revoke")
 def keys_revoke(key: Annotated[str, typer.Argument(help="the key's id or prefix")]) -> None:
     """Revoke a key: it stops working with the next request."""
-    with session_scope() as session:
-        if not revoke_key(session, key):
+    with unit_of_work() as uow:
+        if not revoke_key(uow.conn, key):
             err.print(f"no active key {key}")
             raise typer.Exit(1)
     err.print(f"revoked {key}")

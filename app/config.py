@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -28,6 +29,11 @@ class Settings(BaseSettings):
     cancel_retry_base_seconds: float = Field(default=2.0, ge=0)
     cancel_retry_max_seconds: float = Field(default=300.0, ge=0)
     sweep_interval_seconds: float = Field(default=5.0, gt=0)
+    # How long iamport may still be working on a call whose answer we did not get.
+    cancel_settle_seconds: float = Field(default=120.0, ge=0)
+    on_paid: Literal["hold", "refund"] = "hold"
+    # Runs in a row that learn nothing before a job fails with a plain error.
+    job_max_idle_runs: int = Field(default=30, ge=1)
 
     iamport_webhook_token: SecretStr | None = None
 
@@ -63,12 +69,19 @@ class Settings(BaseSettings):
 
     @property
     def lease_seconds(self) -> float:
-        """How long a claimed job stays ours: longer than one upstream call can possibly take.
+        """How long a claimed job stays ours: the one place the lease is derived.
 
-        httpx applies the timeout per phase (connect, write, read, pool), so one call may last
-        up to four timeouts; the margin covers the database writes around it.
+        Every exchange with iamport ends by its total deadline (the timeout), and the lease is
+        renewed just before each cancel or refund is sent; a call is sent only while at least
+        `send_margin_seconds` of the lease are left, so it ends before anyone else may take
+        the job. The rest is room for the database writes around it.
         """
-        return 4 * self.iamport_timeout_seconds + 5
+        return 2 * self.iamport_timeout_seconds + 5
+
+    @property
+    def send_margin_seconds(self) -> float:
+        """The lease a worker must still hold, by its own clock, to send a cancel or refund."""
+        return self.iamport_timeout_seconds + 2
 
     def require_urls(self) -> None:
         """Fail with a clear message when the service is started without its backing stores."""

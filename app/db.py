@@ -1,41 +1,81 @@
-"""The engine and the one transaction owner for the HTTP side."""
+"""The process's Postgres connections, and the one transaction owner: the unit of work.
+
+Plain psycopg on one pool per process (API, worker and CLI alike). A unit of work is one
+transaction; what it asks to publish goes to the broker only after it has committed, so a job
+is never announced before it exists, and a broker that is down or frozen never holds up the
+commit (the sweeps publish whatever a lost message leaves behind).
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import threading
+import uuid
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from functools import lru_cache
+from typing import Any
 
-from sqlalchemy import Engine, create_engine
-from sqlalchemy.orm import Session
+from psycopg import Connection
+from psycopg_pool import ConnectionPool
 
 from app.config import get_settings
 
+_pool: ConnectionPool | None = None
+_pool_lock = threading.Lock()
+POOL_MAX_SIZE = 64
+# Wait this long for a free connection before answering 503: fail fast, never hang.
+POOL_WAIT_SECONDS = 5.0
 
-@lru_cache
-def get_engine() -> Engine:
-    """The process-wide engine: a small pool, stale connections detected before use."""
-    settings = get_settings()
-    settings.require_urls()
-    return create_engine(
-        settings.database_url,
-        pool_size=20,
-        max_overflow=20,
-        pool_timeout=5,
-        # A connection that died with a Postgres restart is found and replaced, never served.
-        pool_pre_ping=True,
-        # Fail fast while Postgres is down: the API answers 503 instead of hanging.
-        connect_args={"connect_timeout": 3},
-    )
+
+def pool() -> ConnectionPool:
+    """The process's connection pool, made on first use (after a fork, never before)."""
+    global _pool
+    with _pool_lock:
+        if _pool is None:
+            settings = get_settings()
+            settings.require_urls()
+            _pool = ConnectionPool(
+                settings.libpq_url,
+                min_size=1,
+                max_size=POOL_MAX_SIZE,
+                timeout=POOL_WAIT_SECONDS,
+                kwargs={"autocommit": True, "connect_timeout": 3},
+                # A connection that died with a Postgres restart is replaced, never handed out.
+                check=ConnectionPool.check_connection,
+                open=True,
+                name="stockout",
+            )
+        return _pool
+
+
+def close_pool() -> None:
+    """Close the pool (tests, process shutdown); the next use makes a new one."""
+    global _pool
+    with _pool_lock:
+        if _pool is not None:
+            _pool.close()
+            _pool = None
+
+
+class UnitOfWork:
+    """One transaction on `conn`, and the job ids to publish once it has committed."""
+
+    def __init__(self, conn: Connection[Any]) -> None:
+        self.conn = conn
+        self.to_publish: list[uuid.UUID] = []
+
+    def publish(self, job_ids: Iterable[uuid.UUID]) -> None:
+        """Announce these jobs to the workers after the commit (never before, never on failure)."""
+        self.to_publish.extend(job_ids)
 
 
 @contextmanager
-def session_scope() -> Iterator[Session]:
-    """A session that commits when the block ends cleanly and rolls back otherwise."""
-    with Session(get_engine(), expire_on_commit=False) as session:
-        try:
-            yield session
-            session.commit()
-        except BaseException:
-            session.rollback()
-            raise
+def unit_of_work() -> Iterator[UnitOfWork]:
+    """A transaction that commits when the block ends cleanly, then publishes what it collected."""
+    from app.dispatch import publish_later
+
+    with pool().connection() as conn:
+        uow = UnitOfWork(conn)
+        with conn.transaction():
+            yield uow
+    if uow.to_publish:
+        publish_later(uow.to_publish)

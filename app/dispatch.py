@@ -1,7 +1,18 @@
-"""Publishing job ids to the broker, after the commit, as a wake-up call that may be lost."""
+"""Publishing job ids to the broker: a wake-up call that may be lost, and never waited for.
+
+A request thread hands the ids of jobs it committed to `publish_later`, which only puts them on
+a bounded in-process queue. One daemon thread per process drains it to Redis with short
+timeouts; after a failure a circuit breaker drops what comes for a while instead of waiting
+on a dead or frozen Redis again. Whatever is dropped is already in Postgres, where the sweeps
+find it once its dispatch grace has passed.
+"""
 
 from __future__ import annotations
 
+import os
+import queue
+import threading
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from functools import lru_cache
@@ -14,16 +25,19 @@ from app.config import get_settings
 QUEUE = "stockout"
 CANCEL_TASK = "stockout.cancel_jobs"
 SWEEP_TASK = "stockout.sweep"
+# Ids waiting for the publisher thread; past this, new ids are left to the sweeps.
+BACKLOG_MAX = 10_000
+BREAKER_OPEN_SECONDS = 5.0
 
 log = structlog.get_logger(__name__)
 
 
-def broker_options() -> dict[str, object]:
-    """Redis transport options shared by the API's publisher and the worker."""
+def broker_options(socket_timeout: float = 5.0) -> dict[str, object]:
+    """Redis transport options shared by the publisher and the worker."""
     return {
         # Fail fast when Redis is down: the job is already safe in Postgres.
-        "socket_connect_timeout": 2,
-        "socket_timeout": 5,
+        "socket_connect_timeout": min(2.0, socket_timeout),
+        "socket_timeout": socket_timeout,
         "socket_keepalive": True,
         "health_check_interval": 10,
         # Unacked messages come back after this; the lease in Postgres makes that harmless.
@@ -37,9 +51,9 @@ def publisher() -> Celery:
     settings = get_settings()
     celery = Celery("stockout-publisher", broker=settings.redis_url, set_as_current=False)
     celery.conf.update(
-        broker_transport_options=broker_options(),
+        broker_transport_options=broker_options(socket_timeout=1.0),
         broker_connection_retry=False,
-        broker_connection_timeout=2,
+        broker_connection_timeout=1,
         task_default_queue=QUEUE,
     )
     return celery
@@ -50,11 +64,10 @@ def chunks(items: Sequence[str], size: int) -> Iterable[list[str]]:
         yield list(items[i : i + size])
 
 
-def publish_jobs(job_ids: Sequence[uuid.UUID | str], celery: Celery | None = None) -> int:
-    """Send the ids in small batches; returns how many batches reached the broker.
+def send_now(job_ids: Sequence[uuid.UUID | str], celery: Celery | None = None) -> int:
+    """Send the ids in small batches, in this thread; returns how many batches were sent.
 
-    A failure is logged, never raised: the jobs are committed and the sweeps will publish
-    them again once their dispatch grace has passed.
+    A failure is logged, never raised: the sweeps publish the rest later.
     """
     settings = get_settings()
     app = celery or publisher()
@@ -69,6 +82,75 @@ def publish_jobs(job_ids: Sequence[uuid.UUID | str], celery: Celery | None = Non
                 jobs=len(ids) - sent * settings.dispatch_batch_size,
                 error=type(exc).__name__,
             )
-            return sent
+            raise PublishFailed from exc
         sent += 1
     return sent
+
+
+class PublishFailed(Exception):
+    """The broker did not take a batch."""
+
+
+class _Publisher:
+    """The process's publisher thread and its bounded queue."""
+
+    def __init__(self) -> None:
+        self.backlog: queue.Queue[list[uuid.UUID]] = queue.Queue(maxsize=BACKLOG_MAX)
+        self.open_until = 0.0
+        self.thread: threading.Thread | None = None
+        self.lock = threading.Lock()
+
+    def submit(self, job_ids: list[uuid.UUID]) -> bool:
+        self._ensure_thread()
+        try:
+            self.backlog.put_nowait(job_ids)
+        except queue.Full:
+            log.warning("publish_backlog_full", jobs=len(job_ids))
+            return False
+        return True
+
+    def _ensure_thread(self) -> None:
+        with self.lock:
+            if self.thread is None or not self.thread.is_alive():
+                self.thread = threading.Thread(
+                    target=self._drain, name="stockout-publisher", daemon=True
+                )
+                self.thread.start()
+
+    def _drain(self) -> None:
+        while True:
+            ids = self.backlog.get()
+            try:
+                if time.monotonic() >= self.open_until:  # while open, left to the sweeps
+                    send_now(ids)
+            except PublishFailed:
+                self.open_until = time.monotonic() + BREAKER_OPEN_SECONDS
+            finally:
+                self.backlog.task_done()
+
+
+_publisher = _Publisher()
+
+
+def _after_fork_in_child() -> None:
+    global _publisher
+    _publisher = _Publisher()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def publish_later(job_ids: Iterable[uuid.UUID]) -> bool:
+    """Hand committed jobs to the publisher thread; never blocks. False if the backlog is full."""
+    ids = list(job_ids)
+    return _publisher.submit(ids) if ids else True
+
+
+def drain(timeout: float = 5.0) -> bool:
+    """Wait until the publisher has taken everything queued so far (tests, shutdown)."""
+    deadline = time.monotonic() + timeout
+    while _publisher.backlog.unfinished_tasks:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True

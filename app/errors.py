@@ -8,8 +8,8 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, OperationalError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from psycopg import DatabaseError, InterfaceError, OperationalError
+from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 PROBLEM_JSON = "application/problem+json"
@@ -39,6 +39,10 @@ class EventConflict(ProblemError):
 
 class NotRetryable(ProblemError):
     status, code = 409, "not_retryable"
+
+
+class NotRefundable(ProblemError):
+    status, code = 409, "not_refundable"
 
 
 class Unauthenticated(ProblemError):
@@ -127,8 +131,10 @@ def install_handlers(app: FastAPI) -> None:
         return problem(exc.status_code, code, detail, dict(exc.headers or {}))
 
     @app.exception_handler(OperationalError)
-    @app.exception_handler(PoolTimeoutError)
+    @app.exception_handler(InterfaceError)
+    @app.exception_handler(PoolTimeout)
     async def _db_down(_: Request, exc: Exception) -> JSONResponse:
+        # Unreachable, restarting, a dropped connection or a pool with none free: all pass.
         return problem(
             503,
             "database_unavailable",
@@ -136,14 +142,13 @@ def install_handlers(app: FastAPI) -> None:
             {"Retry-After": str(DB_RETRY_AFTER_SECONDS)},
         )
 
-    @app.exception_handler(DBAPIError)
-    async def _db_error(_: Request, exc: DBAPIError) -> JSONResponse:
-        # A dropped connection surfaces as a DBAPIError with connection_invalidated set.
-        if exc.connection_invalidated:
-            return problem(
-                503,
-                "database_unavailable",
-                "the database connection was lost; try again",
-                {"Retry-After": str(DB_RETRY_AFTER_SECONDS)},
-            )
-        raise exc
+    @app.exception_handler(DatabaseError)
+    async def _db_error(_: Request, exc: DatabaseError) -> JSONResponse:
+        # Input is validated before it reaches a statement, so this is the database's trouble
+        # (a timeout, a cancelled query), never the caller's: a 503 they may retry.
+        return problem(
+            503,
+            "database_error",
+            "the database could not complete the request; try again",
+            {"Retry-After": str(DB_RETRY_AFTER_SECONDS)},
+        )

@@ -9,7 +9,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app.api import events, health, iamport_hooks, jobs, metrics, middleware, openapi, stats
+from app.api import events, health, iamport_hooks, jobs, middleware, openapi, scrape, stats
 from app.api.limits import BodyLimit
 from app.config import get_settings
 from app.errors import install_handlers, problem
@@ -36,6 +36,13 @@ async def startup_checks(_: FastAPI) -> AsyncIterator[None]:
     yield
 
 
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Checks first, then the confirm hook's own connections."""
+    async with startup_checks(app), iamport_hooks.confirm_pool(app):
+        yield
+
+
 async def internal_error(_: Request, exc: Exception) -> JSONResponse:
     """Whatever slipped through: problem details, never a bare 500 page (logged with trace)."""
     log.error("unhandled error", exc_info=exc)
@@ -53,13 +60,13 @@ def create_app() -> FastAPI:
             "Cancels convenience-store payment barcodes at iamport for orders that cannot be "
             "shipped. Authorize with an API key (`stockout keys create NAME --scope ...`)."
         ),
-        lifespan=startup_checks,
+        lifespan=lifespan,
         docs_url=None,
         redoc_url=None,
     )
     install_handlers(app)
     app.add_exception_handler(Exception, internal_error)
-    operations = (stats.router, metrics.router, iamport_hooks.router)
+    operations = (stats.router, scrape.router, iamport_hooks.router)
     for router in (events.router, jobs.router, health.router, *operations):
         # FastAPI 0.16x's include_router nests a router object, which hides the paths from
         # anything reading app.routes; our routers carry their full paths and no router-level

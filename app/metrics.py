@@ -98,6 +98,16 @@ class _Local:
             ["status"],
             registry=self.registry,
         )
+        self.runs_crashed = Counter(
+            "stockout_job_runs_crashed",
+            "Job runs that raised; the job is retried, and failed once its runs keep failing.",
+            registry=self.registry,
+        )
+        self.jobs_given_up = Counter(
+            "stockout_jobs_given_up",
+            "Jobs failed because their runs kept learning nothing (a bound, not an answer).",
+            registry=self.registry,
+        )
 
 
 _lock = threading.Lock()
@@ -150,6 +160,18 @@ def observe_upstream(record: UpstreamRecord) -> None:
 def job_finished(status: str) -> None:
     """Count a job reaching a terminal status."""
     _local.jobs_finished.labels(status).inc()
+    _ensure_pusher()
+
+
+def run_crashed() -> None:
+    """Count a job run that raised."""
+    _local.runs_crashed.inc()
+    _ensure_pusher()
+
+
+def job_given_up() -> None:
+    """Count a job failed by the bound on runs that learn nothing."""
+    _local.jobs_given_up.inc()
     _ensure_pusher()
 
 

@@ -22,6 +22,8 @@ from sqlalchemy import (
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
 from sqlmodel import Field, SQLModel
 
+from app.jobs.status import ALL, WAITING_SQL, JobStatus, sql_list
+
 # Stable constraint names, so migrations can name what they alter.
 SQLModel.metadata = MetaData(
     naming_convention={
@@ -32,8 +34,6 @@ SQLModel.metadata = MetaData(
         "pk": "pk_%(table_name)s",
     }
 )
-
-NON_TERMINAL_SQL = "status IN ('queued', 'running', 'retry_wait')"
 
 
 def _ts(nullable: bool = False, **kw: Any) -> Any:
@@ -62,13 +62,13 @@ class Job(SQLModel, table=True):
         Index("ix_jobs_status_created", "status", text("created_at DESC"), text("id DESC")),
         Index("ix_jobs_created", text("created_at DESC"), text("id DESC")),
         # The sweeps read only non-terminal jobs whose time has come.
-        Index("ix_jobs_due", "due_at", postgresql_where=text(NON_TERMINAL_SQL)),
-        Index("ix_jobs_waiting_created", "created_at", postgresql_where=text(NON_TERMINAL_SQL)),
+        Index("ix_jobs_due", "due_at", postgresql_where=text(WAITING_SQL)),
+        Index("ix_jobs_waiting_created", "created_at", postgresql_where=text(WAITING_SQL)),
         Index("ix_jobs_finished", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
-        CheckConstraint(
-            "status IN ('queued', 'running', 'retry_wait', 'cancelled', 'needs_refund', 'failed')",
-            name="status",
-        ),
+        CheckConstraint(f"status IN {sql_list(ALL)}", name="status"),
+        CheckConstraint("uncertain_call IN ('cancel', 'refund')", name="uncertain_call"),
+        CheckConstraint("pay_method IN ('cvs', 'vbank')", name="pay_method"),
+        CheckConstraint("on_paid IN ('hold', 'refund')", name="on_paid"),
     )
 
     id: uuid.UUID = Field(
@@ -79,10 +79,10 @@ class Job(SQLModel, table=True):
     imp_uid: str = Field(max_length=64, unique=True)
     merchant_uid: str | None = Field(default=None, max_length=128, index=True)
     status: str = Field(
-        default="queued",
-        sa_column=Column(String(16), nullable=False, server_default="queued"),
+        default=JobStatus.QUEUED.value,
+        sa_column=Column(String(16), nullable=False, server_default=JobStatus.QUEUED.value),
     )
-    # Cancel calls sent (a 429 or a call refused before it was sent does not count).
+    # Cancel and refund calls sent (app/jobs/store.py ATTEMPTS_SQL is its definition).
     attempts: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
     next_attempt_at: datetime | None = _ts(nullable=True)
     # When a sweep should (re)publish this job if nothing else has: the dispatch grace for
@@ -92,14 +92,31 @@ class Job(SQLModel, table=True):
         default=None, sa_column=Column(UUID(as_uuid=True), nullable=True)
     )
     lease_until: datetime | None = _ts(nullable=True)
-    # A cancel call was sent whose outcome we do not know: look the payment up before any other.
-    uncertain: bool = Field(
+    # The cancel or refund call whose answer we never got: looked up before anything else, and
+    # no further such call before last_call_at + CANCEL_SETTLE_SECONDS.
+    uncertain_call: str | None = Field(default=None, sa_column=Column(String(8), nullable=True))
+    last_call_at: datetime | None = _ts(nullable=True)
+    pay_method: str = Field(
+        default="cvs", sa_column=Column(String(8), nullable=False, server_default="cvs")
+    )
+    on_paid: str = Field(
+        default="hold", sa_column=Column(String(8), nullable=False, server_default="hold")
+    )
+    reason: str | None = Field(default=None, max_length=256)
+    refund_requested_at: datetime | None = _ts(nullable=True)
+    # A notification came: the next run looks the payment up before anything else.
+    look_first: bool = Field(
         default=False, sa_column=Column(Boolean, nullable=False, server_default=text("false"))
     )
+    # Runs in a row that learnt nothing; bounded, so no job retries forever.
+    idle_runs: int = Field(default=0, sa_column=Column(Integer, nullable=False, server_default="0"))
+    # When a person last put the job back (retry, refund): attempts count from here.
+    retried_at: datetime | None = _ts(nullable=True)
     payment_status: str | None = Field(default=None, max_length=16)
     cancellation: dict[str, Any] | None = Field(
         default=None, sa_column=Column(JSONB, nullable=True)
     )
+    refund: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
     created_at: datetime = _ts(server_default=text("now()"))
     updated_at: datetime = _ts(server_default=text("now()"))
@@ -128,7 +145,7 @@ class Attempt(SQLModel, table=True):
     job_id: uuid.UUID = Field(
         sa_column=Column(UUID(as_uuid=True), ForeignKey("jobs.id"), nullable=False)
     )
-    call: str = Field(max_length=16)  # cancel | lookup | token
+    call: str = Field(max_length=16)  # cancel | refund | lookup | token
     started_at: datetime = _ts(server_default=text("now()"))
     duration_ms: int | None = None
     http_status: int | None = None

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, LiteralString
 
-from sqlalchemy import text
-from sqlalchemy.orm import Session
+from psycopg import Connection
+from psycopg.rows import namedtuple_row
 
 from app.schemas import EventPublic, JobPublic, job_public
 
 JOB_COLUMNS = (
-    "j.id, j.imp_uid, j.merchant_uid, j.status, j.attempts, j.next_attempt_at, j.payment_status, "
-    "j.cancellation, j.error, j.created_at, j.updated_at, j.finished_at"
+    "j.id, j.imp_uid, j.merchant_uid, j.status, j.pay_method, j.on_paid, j.attempts, "
+    "j.next_attempt_at, j.payment_status, j.cancellation, j.refund, j.error, j.created_at, "
+    "j.updated_at, j.finished_at"
 )
 # The events that name a job, oldest first.
 EVENT_IDS = (
@@ -26,42 +27,47 @@ def _public(rows: Sequence[Any]) -> list[JobPublic]:
     return [job_public(r, list(r.event_ids or [])) for r in rows]
 
 
+def rows(conn: Connection[Any], sql: LiteralString | str, params: Any = None) -> list[Any]:
+    """All rows of a query, with attribute access."""
+    cur = conn.cursor(row_factory=namedtuple_row)
+    return cur.execute(sql, params).fetchall()
+
+
 def load_jobs(
-    session: Session, where: str, params: dict[str, Any], tail: str = ""
+    conn: Connection[Any], where: str, params: dict[str, Any], tail: str = ""
 ) -> list[JobPublic]:
     """Jobs matching a SQL condition on `j`, each with its event ids."""
     sql = f"SELECT {JOB_COLUMNS}, {EVENT_IDS} FROM jobs j WHERE {where} {tail}"  # noqa: S608
-    return _public(session.execute(text(sql), params).all())
+    return _public(rows(conn, sql, params))
 
 
-def get_job(session: Session, job_id: uuid.UUID) -> JobPublic | None:
+def get_job(conn: Connection[Any], job_id: uuid.UUID) -> JobPublic | None:
     """One job, or None."""
-    jobs = load_jobs(session, "j.id = :id", {"id": job_id})
+    jobs = load_jobs(conn, "j.id = %(id)s", {"id": job_id})
     return jobs[0] if jobs else None
 
 
-def get_event(session: Session, event_id: str) -> EventPublic | None:
+def get_event(conn: Connection[Any], event_id: str) -> EventPublic | None:
     """One event with its jobs in the order the event named them, or None."""
-    event = session.execute(
-        text(
-            "SELECT event_id, sku, reason, occurred_at, received_at FROM events WHERE event_id = :e"
-        ),
-        {"e": event_id},
-    ).first()
-    if event is None:
+    found = rows(
+        conn,
+        "SELECT event_id, sku, reason, occurred_at, received_at FROM events WHERE event_id = %s",
+        (event_id,),
+    )
+    if not found:
         return None
-    rows = session.execute(
-        text(
-            f"SELECT {JOB_COLUMNS}, {EVENT_IDS} FROM event_jobs ej JOIN jobs j ON j.id = ej.job_id "  # noqa: S608
-            "WHERE ej.event_id = :e ORDER BY ej.position"
-        ),
-        {"e": event_id},
-    ).all()
+    event = found[0]
+    jobs = rows(
+        conn,
+        f"SELECT {JOB_COLUMNS}, {EVENT_IDS} FROM event_jobs ej JOIN jobs j ON j.id = ej.job_id "  # noqa: S608
+        "WHERE ej.event_id = %s ORDER BY ej.position",
+        (event_id,),
+    )
     return EventPublic(
         event_id=event.event_id,
         sku=event.sku,
         reason=event.reason,
         occurred_at=event.occurred_at,
         received_at=event.received_at,
-        jobs=_public(rows),
+        jobs=_public(jobs),
     )

@@ -3,20 +3,39 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-JobStatus = Literal["queued", "running", "retry_wait", "cancelled", "needs_refund", "failed"]
-NON_TERMINAL: frozenset[str] = frozenset({"queued", "running", "retry_wait"})
-TERMINAL: frozenset[str] = frozenset({"cancelled", "needs_refund", "failed"})
+from app.jobs.records import Cancellation, Refund, UpstreamError
+from app.jobs.status import JobStatus
+
+PayMethod = Literal["cvs", "vbank"]
+OnPaidChoice = Literal["hold", "refund"]
+# Postgres keeps times from 4713 BC to 294276 AD; an event's time must also survive the
+# conversion to UTC, which years 1 and 9999 at extreme offsets do not.
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(9000, 1, 1, tzinfo=UTC)
 
 
 def _printable(value: str) -> str:
     # Postgres text cannot hold NUL, and control characters in an operator's view are a trap.
     if any(ord(c) < 32 and c not in "\t" for c in value):
         raise ValueError("control characters are not allowed")
+    # A lone surrogate is no character: it cannot be stored or encoded as UTF-8.
+    if any("\ud800" <= c <= "\udfff" for c in value):
+        raise ValueError("lone surrogates are not allowed")
+    return value
+
+
+def _representable(value: datetime) -> datetime:
+    try:
+        in_utc = value.astimezone(UTC)
+    except (OverflowError, ValueError):
+        raise ValueError("the time is out of range") from None
+    if not EARLIEST <= in_utc <= LATEST:
+        raise ValueError("the time is out of range")
     return value
 
 
@@ -34,6 +53,8 @@ class PaymentRef(BaseModel):
 
     imp_uid: ImpUid
     merchant_uid: Annotated[Text, StringConstraints(max_length=128)] | None = None
+    # A hint: iamport's record of the payment decides which call cancels it.
+    pay_method: PayMethod = "cvs"
 
 
 class EventCreate(BaseModel):
@@ -44,8 +65,10 @@ class EventCreate(BaseModel):
     event_id: EventId
     sku: Annotated[Text, StringConstraints(min_length=1, max_length=128)]
     reason: Annotated[Text, StringConstraints(min_length=1, max_length=256)] = "out of stock"
-    occurred_at: AwareDatetime | None = None
+    occurred_at: Annotated[AwareDatetime, AfterValidator(_representable)] | None = None
     payments: Annotated[list[PaymentRef], Field(min_length=1, max_length=1000)]
+    # What to do with payments found paid already; default: the ON_PAID setting.
+    on_paid: OnPaidChoice | None = None
 
     def unique_payments(self) -> list[PaymentRef]:
         """The payments in order, each imp_uid once (the first mention wins)."""
@@ -55,30 +78,18 @@ class EventCreate(BaseModel):
         return list(seen.values())
 
 
-class Cancellation(BaseModel):
-    pg_tid: str | None
-    amount: float
-    cancelled_at: datetime | None
-    reason: str | None
-    receipt_url: str | None
-    cancelled_by: Literal["service", "upstream"]
-
-
-class UpstreamError(BaseModel):
-    http_status: int | None
-    code: int | None
-    message: str | None
-
-
 class JobPublic(BaseModel):
     id: uuid.UUID
     imp_uid: str
     merchant_uid: str | None
     status: JobStatus
+    pay_method: PayMethod
+    on_paid: OnPaidChoice
     attempts: int
     next_attempt_at: datetime | None
     payment_status: str | None
     cancellation: Cancellation | None
+    refund: Refund | None
     error: UpstreamError | None
     event_ids: list[str]
     created_at: datetime
@@ -102,7 +113,7 @@ class JobPage(BaseModel):
 
 class AttemptPublic(BaseModel):
     n: int
-    call: Literal["cancel", "lookup", "token"]
+    call: Literal["cancel", "refund", "lookup", "token"]
     started_at: datetime
     duration_ms: int | None
     http_status: int | None
@@ -124,16 +135,21 @@ class Stats(BaseModel):
 
 def job_public(row: Any, event_ids: list[str]) -> JobPublic:
     """A Job as the API shows it, from a jobs row."""
-    cancellation = row.cancellation if row.status == "cancelled" else None
+    status = JobStatus(row.status)
+    cancellation = row.cancellation if status is JobStatus.CANCELLED else None
+    refund = row.refund if status is JobStatus.REFUNDED else None
     return JobPublic(
         id=row.id,
         imp_uid=row.imp_uid,
         merchant_uid=row.merchant_uid,
-        status=row.status,
+        status=status,
+        pay_method=row.pay_method,
+        on_paid=row.on_paid,
         attempts=row.attempts,
-        next_attempt_at=row.next_attempt_at if row.status == "retry_wait" else None,
+        next_attempt_at=row.next_attempt_at if status is JobStatus.RETRY_WAIT else None,
         payment_status=row.payment_status,
         cancellation=Cancellation.model_validate(cancellation) if cancellation else None,
+        refund=Refund.model_validate(refund) if refund else None,
         error=UpstreamError.model_validate(row.error) if row.error else None,
         event_ids=event_ids,
         created_at=row.created_at,

@@ -43,11 +43,10 @@ SEED_SQL = [
     FROM generate_series(1, %(events)s) e
     """,
     """
-    INSERT INTO jobs (imp_uid, merchant_uid, status, attempts, uncertain, payment_status,
+    INSERT INTO jobs (imp_uid, merchant_uid, status, attempts, payment_status,
                       cancellation, error, due_at, created_at, updated_at, finished_at)
     SELECT 'imps_' || lpad(g::text, 12, '0'), 'order-' || g, s.status,
            CASE s.status WHEN 'failed' THEN 8 WHEN 'cancelled' THEN 1 ELSE 0 END,
-           false,
            CASE s.status WHEN 'cancelled' THEN 'cancelled' WHEN 'needs_refund' THEN 'paid'
                          WHEN 'failed' THEN 'ready' END,
            CASE WHEN s.status = 'cancelled' THEN jsonb_build_object(

@@ -24,6 +24,7 @@ class Stack:
     api_url: str
     sandbox_url: str
     logs: Path
+    redis: EmbeddedRedis
     workers: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def worker_cpu_seconds(self) -> float:
@@ -74,7 +75,11 @@ def running_stack(workers: int = 1, concurrency: int = 32, **env_overrides: str)
                 procs.append(api)
                 wait_for_port(port)
                 stack = Stack(
-                    env=env, api_url=f"http://127.0.0.1:{port}", sandbox_url=sandbox_url, logs=base
+                    env=env,
+                    api_url=f"http://127.0.0.1:{port}",
+                    sandbox_url=sandbox_url,
+                    logs=base,
+                    redis=redis,
                 )
                 for i in range(workers):
                     w = start_worker(

@@ -1,4 +1,4 @@
-"""The tasks: thin wrappers that claim jobs and hand each to the runner."""
+"""The tasks: thin wrappers that claim each job and hand it to its run (app/jobs/run.py)."""
 
 from __future__ import annotations
 
@@ -10,13 +10,14 @@ import structlog
 from celery.signals import beat_init, worker_init, worker_process_init, worker_process_shutdown
 
 from app.config import get_settings
-from app.dispatch import CANCEL_TASK, SWEEP_TASK, publish_jobs
+from app.db import close_pool, pool
+from app.dispatch import CANCEL_TASK, SWEEP_TASK, PublishFailed, send_now
 from app.iamport.client import IamportClient
+from app.jobs import store
+from app.jobs.run import run_job
 from app.logs import configure
 from app.redis_conn import get_redis
-from worker import store
 from worker.celery_app import app
-from worker.runner import run_job
 
 log = structlog.get_logger("worker")
 _client: IamportClient | None = None
@@ -61,7 +62,7 @@ def _configure_logging(**_: object) -> None:
 
 @worker_process_shutdown.connect
 def _close(**_: object) -> None:
-    store.close_pool()
+    close_pool()
 
 
 def _parse(ids: list[str]) -> list[uuid.UUID]:
@@ -81,15 +82,20 @@ def cancel_jobs(job_ids: list[str]) -> int:
     ids = _parse(job_ids)
     if not ids:
         return 0
-    with store.pool().connection() as conn:
-        claimed = store.claim(conn, ids, settings.lease_seconds)
-        for job in claimed:
+    ran = 0
+    with pool().connection() as conn:
+        for job_id in ids:
+            # Each job's lease starts when its own run starts, not when the batch arrived.
+            job = store.claim(conn, job_id, settings.lease_seconds, settings.cancel_settle_seconds)
+            if job is None:
+                continue  # not ready, or someone else's: a duplicate message costs nothing
             structlog.contextvars.bind_contextvars(job_id=str(job.id), imp_uid=job.imp_uid)
             try:
                 run_job(conn, client(), job, settings, rng())
             finally:
                 structlog.contextvars.clear_contextvars()
-    return len(claimed)
+            ran += 1
+    return ran
 
 
 @app.task(name=SWEEP_TASK)
@@ -97,11 +103,14 @@ def sweep() -> int:
     """Publish due retry_wait jobs, queued jobs whose message was lost, and expired leases."""
     settings = get_settings()
     total = 0
-    with store.pool().connection() as conn:
+    with pool().connection() as conn:
         for _ in range(SWEEP_MAX_ROUNDS):
             ids = store.take_due(conn, settings.sweep_batch_size, settings.dispatch_grace_seconds)
             if ids:
-                publish_jobs(ids, celery=app)
+                try:
+                    send_now(ids, celery=app)
+                except PublishFailed:
+                    break  # their due_at moved on: the next sweep after the grace tries again
             total += len(ids)
             if len(ids) < settings.sweep_batch_size:
                 break

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
-from app.db import get_engine
+from app.db import pool
 from app.redis_conn import get_redis
 
 router = APIRouter(tags=["health"])
@@ -23,8 +22,8 @@ def readyz() -> JSONResponse:
     """200 only when both Postgres and Redis answer."""
     checks: dict[str, str] = {}
     try:
-        with get_engine().connect() as conn:
-            conn.execute(text("SELECT 1"))
+        with pool().connection() as conn:
+            conn.execute("SELECT 1")
         checks["postgres"] = "ok"
     except Exception as exc:  # any failure means not ready
         checks["postgres"] = type(exc).__name__

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, BackgroundTasks, Query
+from fastapi import APIRouter, Query
 from pydantic import AfterValidator, StringConstraints
 
-from app.api.deps import SessionDep
 from app.auth import JobsReader, JobsWriter
 from app.config import get_settings
-from app.db import session_scope
-from app.dispatch import publish_jobs
+from app.db import unit_of_work
+from app.jobs.status import JobStatus
 from app.listing import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -20,18 +19,18 @@ from app.listing import (
     list_attempts,
     list_jobs,
     require_job,
-    retry_job,
 )
-from app.schemas import AttemptList, JobPage, JobPublic, JobStatus, _printable
+from app.schemas import AttemptList, JobPage, JobPublic, _printable
+from app.steer import refund_job, retry_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 Filter = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_printable)]
+NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "not_found"}}
 
 
 @router.get("", response_model=JobPage, responses={400: {"description": "invalid_cursor"}})
 def read_jobs(
-    session: SessionDep,
     _: JobsReader,
     status: Annotated[JobStatus | None, Query()] = None,
     imp_uid: Annotated[Filter | None, Query()] = None,
@@ -43,34 +42,43 @@ def read_jobs(
 ) -> JobPage:
     """Jobs newest first, filtered; follow `next_cursor` for the next page."""
     filters = JobFilters(status, imp_uid, merchant_uid, sku, event_id)
-    return list_jobs(session, filters, limit, cursor)
+    with unit_of_work() as uow:
+        return list_jobs(uow.conn, filters, limit, cursor)
 
 
-@router.get("/{job_id}", response_model=JobPublic, responses={404: {"description": "not_found"}})
-def read_job(job_id: uuid.UUID, session: SessionDep, _: JobsReader) -> JobPublic:
+@router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
+def read_job(job_id: uuid.UUID, _: JobsReader) -> JobPublic:
     """One job."""
-    return require_job(session, job_id)
+    with unit_of_work() as uow:
+        return require_job(uow.conn, job_id)
 
 
-@router.get(
-    "/{job_id}/attempts", response_model=AttemptList, responses={404: {"description": "not_found"}}
-)
-def read_attempts(job_id: uuid.UUID, session: SessionDep, _: JobsReader) -> AttemptList:
+@router.get("/{job_id}/attempts", response_model=AttemptList, responses=NOT_FOUND)
+def read_attempts(job_id: uuid.UUID, _: JobsReader) -> AttemptList:
     """Every upstream call made for the job, in order."""
-    return AttemptList(items=list_attempts(session, job_id))
+    with unit_of_work() as uow:
+        return AttemptList(items=list_attempts(uow.conn, job_id))
 
 
 @router.post(
     "/{job_id}/retry",
     status_code=202,
     response_model=JobPublic,
-    responses={404: {"description": "not_found"}, 409: {"description": "not_retryable"}},
+    responses={**NOT_FOUND, 409: {"description": "not_retryable"}},
 )
-def retry(job_id: uuid.UUID, background: BackgroundTasks, _: JobsWriter) -> JobPublic:
+def retry(job_id: uuid.UUID, _: JobsWriter) -> JobPublic:
     """Put a failed job back to queued; it is published once the change is committed."""
-    # Our own transaction, committed before the answer and before the publish; if the
-    # publish is lost, the sweep publishes the job once its due_at passes.
-    with session_scope() as session:
-        job = retry_job(session, job_id, get_settings().dispatch_grace_seconds)
-    background.add_task(publish_jobs, [job.id])
-    return job
+    with unit_of_work() as uow:
+        return retry_job(uow, job_id, get_settings())
+
+
+@router.post(
+    "/{job_id}/refund",
+    status_code=202,
+    response_model=JobPublic,
+    responses={**NOT_FOUND, 409: {"description": "not_refundable"}},
+)
+def refund(job_id: uuid.UUID, _: JobsWriter) -> JobPublic:
+    """A person decided to refund a held payment: the job refunds it and ends `refunded`."""
+    with unit_of_work() as uow:
+        return refund_job(uow, job_id, get_settings())

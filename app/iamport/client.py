@@ -1,6 +1,7 @@
 """The one piece of code that talks to iamport: typed answers, typed errors, shared token and rate.
 
-Every exchange goes: local rate limiter -> observer.before_send -> HTTP -> classify -> record ->
+Every exchange goes: token -> local rate limiter -> observer.before_send -> HTTP (one total
+deadline for connect, send and receive, and a cap on the body) -> classify -> record ->
 observer.after_call -> return or raise. Errors say what the caller must do (errors.py); the
 caller keeps the CallRecords as its attempt history. Nothing here logs, and no credential or
 token ever reaches an exception, a repr or a record.
@@ -23,12 +24,15 @@ import httpx
 import redis
 from pydantic import ValidationError
 
+from app.iamport.deadline import deadline_scope, deadline_transport
 from app.iamport.errors import (
     IamportError,
     NotFound,
+    NotSent,
     OutcomeUnknown,
     RateLimited,
     Refused,
+    ServerError,
     Unauthorized,
     Unavailable,
 )
@@ -42,6 +46,8 @@ if TYPE_CHECKING:
 DEFAULT_RETRY_AFTER = 1.0
 MAX_RETRY_AFTER = 3600.0
 _MESSAGE_LIMIT = 500
+MAX_BODY_BYTES = 1 << 20  # a Payment is a few KiB; more than this is not iamport answering
+_GATEWAY_STATUSES = (502, 503, 504)  # said by whatever stands in front of iamport
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +61,7 @@ class CallRecord:
     code: int | None
     message: str | None  # upstream message, never secrets
     outcome: str  # ok, refused, not_found, unauthorized, rate_limited, unavailable, timeout,
-    #               connection_error, bad_response
+    #               connection_error, bad_response, server_error, not_sent
 
 
 class CallObserver(Protocol):
@@ -94,6 +100,14 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float:
     return min(max(seconds, 0.0), MAX_RETRY_AFTER)
 
 
+class _BodyTooLarge(Exception):
+    """Internal: the answer's body passed MAX_BODY_BYTES."""
+
+
+class _DeadlinePassed(Exception):
+    """Internal: the exchange's total deadline passed while the body was arriving."""
+
+
 class _Failure(Exception):
     """Internal: a classified failed exchange, turned into an IamportError after recording."""
 
@@ -125,11 +139,13 @@ class IamportClient:
         self._limiter = limiter
         self._max_wait = rate_limit_max_wait
         self._lookup_params = {"include_sandbox": "true"} if include_sandbox else None
+        self._timeout = timeout
+        limits = httpx.Limits(max_connections=128, max_keepalive_connections=128)
         self._http = httpx.Client(
             base_url=base_url.rstrip("/"),
             timeout=httpx.Timeout(timeout),
-            limits=httpx.Limits(max_connections=128, max_keepalive_connections=128),
-            transport=transport,
+            limits=limits,
+            transport=transport if transport is not None else deadline_transport(limits),
             headers={"Accept": "application/json", "User-Agent": "stockout-cancel"},
             follow_redirects=False,
         )
@@ -192,6 +208,14 @@ class IamportClient:
             return self.get_payment(imp_uid, observer)
         return answer
 
+    def cancel_vbank(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
+        """DELETE /vbanks/{imp_uid}: close an unpaid virtual account; the cancelled Payment."""
+        path = "/vbanks/" + quote(imp_uid, safe="")
+        answer: Payment | None = self._authed("cancel", "DELETE", path, observer, _payment_or_none)
+        if answer is None:
+            return self.get_payment(imp_uid, observer)
+        return answer
+
     def issue_cvs(
         self,
         *,
@@ -226,12 +250,17 @@ class IamportClient:
         checksum: float | None,
         observer: CallObserver | None = None,
     ) -> Payment:
-        """POST /payments/cancel: refund a paid payment; `checksum` guards against doubles."""
+        """POST /payments/cancel: refund a paid payment; `checksum` guards against doubles.
+
+        `checksum` is the refundable balance (amount - cancel_amount) a lookup just showed; a
+        refund without it could apply twice, so None is refused here, before anything is sent.
+        """
+        if checksum is None:
+            raise ValueError("a refund needs the checksum from a lookup")
         body: dict[str, Any] = {"imp_uid": imp_uid, "reason": reason}
         if amount is not None:
-            body["amount"] = amount
-        if checksum is not None:
-            body["checksum"] = checksum
+            body["amount"] = _number(amount)
+        body["checksum"] = _number(checksum)
         answer: Payment = self._authed(
             "refund", "POST", "/payments/cancel", observer, _payment, json=body
         )
@@ -291,17 +320,19 @@ class IamportClient:
         headers = {"Authorization": "Bearer " + token} if token is not None else None
         started_at = datetime.now(UTC)
         started = time.perf_counter()
+        deadline = time.monotonic() + self._timeout
         http_status: int | None = None
         code: int | None = None
         message: str | None = None
         try:
             try:
-                response = self._http.request(
-                    method, path, params=params, json=json, headers=headers
-                )
+                with deadline_scope(deadline):
+                    response, content = self._send(method, path, params, json, headers, deadline)
             except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-                # Nothing reached iamport; still, the caller looks up before cancelling again.
-                raise _Failure("connection_error", Unavailable(call, message=_kind(exc))) from exc
+                # No connection, so no byte of the request left us: nothing can apply.
+                raise _Failure("not_sent", NotSent(call, message=_kind(exc))) from exc
+            except _DeadlinePassed as exc:
+                raise _Failure("timeout", OutcomeUnknown(call, message="deadline passed")) from exc
             except httpx.TimeoutException as exc:
                 raise _Failure("timeout", OutcomeUnknown(call, message=_kind(exc))) from exc
             except httpx.TransportError as exc:
@@ -310,8 +341,13 @@ class IamportClient:
                 ) from exc
             except httpx.HTTPError as exc:
                 raise _Failure("bad_response", Unavailable(call, message=_kind(exc))) from exc
+            except _BodyTooLarge as exc:
+                http_status = exc.args[0]
+                raise _Failure(
+                    "bad_response", Unavailable(call, message="response body too large")
+                ) from None
             http_status = response.status_code
-            body = _json_object(response.content)
+            body = _json_object(content)
             if body is not None:
                 raw_code = body.get("code")
                 if isinstance(raw_code, int) and not isinstance(raw_code, bool):
@@ -345,6 +381,32 @@ class IamportClient:
         self._notify(observer, call, started_at, started, http_status, code, message, "ok")
         return answer
 
+    def _send(
+        self,
+        method: str,
+        path: str,
+        params: dict[str, str] | None,
+        json: Any,
+        headers: dict[str, str] | None,
+        deadline: float,
+    ) -> tuple[httpx.Response, bytes]:
+        """The response and at most MAX_BODY_BYTES of its body, all by `deadline`."""
+        left = max(deadline - time.monotonic(), 0.001)
+        with self._http.stream(
+            method, path, params=params, json=json, headers=headers, timeout=httpx.Timeout(left)
+        ) as response:
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in response.iter_bytes():
+                size += len(chunk)
+                if size > MAX_BODY_BYTES:
+                    raise _BodyTooLarge(response.status_code)
+                chunks.append(chunk)
+                # The socket reads are bounded by the deadline too; this covers any transport.
+                if time.monotonic() > deadline:
+                    raise _DeadlinePassed
+            return response, b"".join(chunks)
+
     def _pause_everyone(self, seconds: float) -> None:
         if self._limiter is None:
             return
@@ -367,7 +429,12 @@ class IamportClient:
             retry_after = parse_retry_after(response.headers.get("retry-after"))
             self._pause_everyone(retry_after)
             raise _Failure("rate_limited", RateLimited(call, retry_after=retry_after, **kw))
+        enveloped = body is not None and code is not None
+        if status >= 500 and status not in _GATEWAY_STATUSES and enveloped:
+            # iamport's application wrote this answer: the call is over, whatever it did.
+            raise _Failure("server_error", ServerError(call, **kw))
         if status >= 500 or status == 408:
+            # A gateway, a proxy's page, or no envelope: iamport may still be working on it.
             raise _Failure("unavailable", Unavailable(call, **kw))
         if status == 401 or (call == "token" and 400 <= status < 500):
             raise _Failure("unauthorized", Unauthorized(call, **kw))
@@ -416,6 +483,11 @@ class IamportClient:
         observer.after_call(
             CallRecord(call, started_at, duration_ms, http_status, code, message, outcome)
         )
+
+
+def _number(value: float) -> float | int:
+    """An amount as JSON: a whole number without a fraction."""
+    return int(value) if float(value).is_integer() else value
 
 
 def _payment(answer: Any) -> Payment:

@@ -69,7 +69,7 @@ class RateLimited(IamportError):
 
 
 class Refused(IamportError):
-    """A business refusal (200 with code != 0, or a 4xx): the request did not apply."""
+    """A business refusal (200 with code != 0, or a 400/404/409): the request did not apply."""
 
     outcome = "refused"
 
@@ -81,12 +81,31 @@ class NotFound(IamportError):
 
 
 class Unavailable(IamportError):
-    """iamport answered with a 5xx or a body we cannot read: a mutating call may have applied."""
+    """A gateway's 502/503/504, an HTML page, a garbled body: the call may still be in flight."""
 
     outcome = "unavailable"
 
 
+class ServerError(Unavailable):
+    """A 5xx in iamport's own JSON envelope: its application answered, so the call has ended.
+
+    What it did is learnt by a lookup. A subclass of Unavailable so that a caller that does not
+    tell the two apart still treats it as unknown, which is safe.
+    """
+
+    outcome = "server_error"
+
+
+class NotSent(Unavailable):
+    """Connect refused, connect or pool timeout: the request never left us, nothing can apply.
+
+    A subclass of Unavailable so that a caller that does not tell the two apart stays safe.
+    """
+
+    outcome = "not_sent"
+
+
 class OutcomeUnknown(IamportError):
-    """Timeout or connection lost after the request may have been sent: look up before acting."""
+    """Timeout, deadline passed, or connection lost after sending: the call may still apply."""
 
     outcome = "timeout"

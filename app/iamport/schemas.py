@@ -2,15 +2,55 @@
 
 from __future__ import annotations
 
+import math
+from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
 PaymentStatus = Literal["ready", "paid", "cancelled", "failed"]
 
+MILLISECONDS_ABOVE = 10**11  # as seconds that is the year 5138; as milliseconds, 1973
+KST = timezone(timedelta(hours=9))  # iamport's clock and console speak Korean time
+
 
 def _zero_if_none(value: Any) -> Any:
     return 0 if value is None else value
+
+
+def unix_seconds(value: Any) -> float:
+    """A timestamp as float UNIX seconds, from whatever iamport or a PG put there; 0 if none.
+
+    Accepts int or float seconds, milliseconds (any value above 10**11), numeric strings and
+    ISO-8601 strings (without an offset: Korean time). Timestamps are kept for the record and
+    never decide anything, so what cannot be read becomes 0 rather than failing the answer.
+    """
+    if value is None or isinstance(value, bool):
+        return 0.0
+    if isinstance(value, str):
+        text = value.strip()
+        if not text:
+            return 0.0
+        try:
+            value = float(text)
+        except ValueError:
+            return _iso_seconds(text)
+    if not isinstance(value, int | float):
+        return 0.0
+    seconds = float(value)
+    if not math.isfinite(seconds) or seconds <= 0:
+        return 0.0
+    return seconds / 1000 if seconds > MILLISECONDS_ABOVE else seconds
+
+
+def _iso_seconds(text: str) -> float:
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        return 0.0
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=KST)
+    return max(when.timestamp(), 0.0)
 
 
 class _Lenient(BaseModel):
@@ -22,19 +62,28 @@ class CancelHistoryEntry(_Lenient):
 
     pg_tid: str | None = None
     amount: float = 0
-    cancelled_at: int = 0
+    cancelled_at: float = 0
     reason: str | None = None
     receipt_url: str | None = None
     cancellation_id: str | None = None
 
-    @field_validator("amount", "cancelled_at", mode="before")
+    @field_validator("amount", mode="before")
     @classmethod
     def _zero_if_null(cls, value: Any) -> Any:
         return _zero_if_none(value)
 
+    @field_validator("cancelled_at", mode="before")
+    @classmethod
+    def _timestamp(cls, value: Any) -> float:
+        return unix_seconds(value)
+
 
 class Payment(_Lenient):
-    """A payment as iamport reports it. `status` stays a str; compare with PaymentStatus values."""
+    """A payment as iamport reports it. `status` stays a str; compare with PaymentStatus values.
+
+    Timestamps are float UNIX seconds (0 when absent); `pay_method` is kept as sent ("cvs",
+    "vbank", "card", ...), and `status` too, even a value outside PaymentStatus.
+    """
 
     imp_uid: str
     merchant_uid: str | None = None
@@ -49,29 +98,31 @@ class Payment(_Lenient):
     receipt_url: str | None = None
     fail_reason: str | None = None
     cancel_reason: str | None = None
-    started_at: int = 0
-    paid_at: int = 0
-    failed_at: int = 0
-    cancelled_at: int = 0
+    started_at: float = 0
+    paid_at: float = 0
+    failed_at: float = 0
+    cancelled_at: float = 0
     cancel_history: list[CancelHistoryEntry] = []
 
-    @field_validator(
-        "amount",
-        "cancel_amount",
-        "started_at",
-        "paid_at",
-        "failed_at",
-        "cancelled_at",
-        mode="before",
-    )
+    @field_validator("amount", "cancel_amount", mode="before")
     @classmethod
     def _zero_if_null(cls, value: Any) -> Any:
         return _zero_if_none(value)
+
+    @field_validator("started_at", "paid_at", "failed_at", "cancelled_at", mode="before")
+    @classmethod
+    def _timestamp(cls, value: Any) -> float:
+        return unix_seconds(value)
 
     @field_validator("cancel_history", mode="before")
     @classmethod
     def _no_null_list(cls, value: Any) -> Any:
         return [] if value is None else value
+
+    @property
+    def balance(self) -> float:
+        """The refundable balance, `amount - cancel_amount`: a refund's `checksum`."""
+        return self.amount - self.cancel_amount
 
     def last_cancel(self) -> CancelHistoryEntry | None:
         """The newest cancel_history entry (by cancelled_at, last in list on ties), if any."""

@@ -12,13 +12,29 @@ class CallLogEntry(TypedDict):
     """One iamport call as the sandbox saw it."""
 
     seq: int
-    call: str  # token | lookup | cancel | issue
+    call: str  # token | lookup | cancel (DELETE /cvs) | cancel_vbank | refund | issue
     imp_uid: str | None
     started_at: float
-    ended_at: float | None
+    ended_at: float | None  # answered, or the client went away
     status_code: int | None  # 499: the client went away before the answer
-    applied: bool | None
+    applied: bool | None  # mutating calls: whether it changed the payment (so far)
+    applied_at: float | None  # when it did; after ended_at for a late apply
     fault: str | None
+
+
+class Tally(TypedDict):
+    """What the sandbox saw happen to one imp_uid."""
+
+    mutating_calls: int  # DELETE /cvs, DELETE /vbanks, POST /payments/cancel received
+    mutating_applied: int
+    cancel_calls: int
+    cancels_applied: int
+    refund_calls: int
+    refunds_applied: int  # more than 1 is a double refund
+    lookups: int
+    overlaps: int  # mutating calls that arrived while an earlier one was still worked on
+    calls_after_applied: int  # mutating calls that arrived after one had applied
+    refunds_without_lookup: int  # refunds with no lookup since the previous mutating call
 
 
 class PayResult(TypedDict):
@@ -56,8 +72,8 @@ class SandboxControl:
         return response.json()
 
     def create_payments(self, payments: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """Bulk-create payments (`imp_uid`, `merchant_uid`, `amount`, `status`, `confirm_url`,
-        `notice_url`, all optional); returns them with their generated fields."""
+        """Bulk-create payments (`imp_uid`, `merchant_uid`, `amount`, `status`, `pay_method`
+        cvs|vbank|card, `confirm_url`, `notice_url`, all optional); returns their truth."""
         body = self._call("POST", "/payments", json={"payments": payments})
         return cast(list[dict[str, Any]], body["payments"])
 
@@ -66,11 +82,15 @@ class SandboxControl:
         return self.create_payments([spec])[0]
 
     def payment(self, imp_uid: str) -> dict[str, Any]:
-        """The truth: the payment plus `cancel_calls` and `cancels_applied`."""
+        """The truth: the payment plus its Tally counters (`cancels_applied`, `overlaps`...)."""
         return cast(dict[str, Any], self._call("GET", f"/payments/{imp_uid}"))
 
+    def tally(self, imp_uid: str) -> Tally:
+        """The counters of one imp_uid, also one the sandbox does not know."""
+        return cast(Tally, self._call("GET", f"/tallies/{imp_uid}"))
+
     def pay(self, imp_uid: str, pay_type: Literal["card", "cash"] = "cash") -> PayResult:
-        """A customer tries to pay at the store (confirm_url first, then notice_url)."""
+        """The customer pays: a barcode asks its confirm_url first; then notice_url is told."""
         return cast(
             PayResult, self._call("POST", f"/payments/{imp_uid}/pay", json={"pay_type": pay_type})
         )
@@ -84,13 +104,26 @@ class SandboxControl:
             self._call("POST", f"/payments/{imp_uid}/status", json={"status": status}),
         )
 
+    def console_cancel(self, imp_uid: str) -> dict[str, Any]:
+        """The merchant cancels the payment in iamport's console."""
+        return self.set_status(imp_uid, "cancelled")
+
+    def set_amounts(
+        self, imp_uid: str, amount: int | None = None, cancel_amount: int | None = None
+    ) -> dict[str, Any]:
+        """Correct the payment's amounts (a partial refund elsewhere, a price change)."""
+        body = {"amount": amount, "cancel_amount": cancel_amount}
+        return cast(dict[str, Any], self._call("POST", f"/payments/{imp_uid}/amounts", json=body))
+
     def faults(self) -> dict[str, Any]:
         """The faults in force."""
         return cast(dict[str, Any], self._call("GET", "/faults"))
 
     def set_faults(self, **faults: Any) -> dict[str, Any]:
-        """Merge into the faults in force (latency_ms, error_rate, rate_429, retry_after,
-        timeout_before_rate, timeout_after_rate, hang_seconds, refusal_style, calls, seed...)."""
+        """Merge into the faults in force; the fields are those of app.sandbox.faults.Faults
+        (latency_ms, rate_429, retry_after_style, error_rate, error_after_rate, error_style,
+        drop_after_rate, late_apply_rate, late_apply_seconds, trickle_rate, odd_timestamps_rate,
+        unknown_status_rate, missing_history_rate, calls, imp_uids, seed...)."""
         return cast(dict[str, Any], self._call("POST", "/faults", json=faults))
 
     def clear_faults(self) -> dict[str, Any]:
@@ -106,7 +139,7 @@ class SandboxControl:
         return cast(list[CallLogEntry], self._call("GET", "/calls", params={"since": since}))
 
     def stats(self) -> dict[str, Any]:
-        """Counters: calls by kind, cancels applied, overlaps, in flight..."""
+        """Counters: calls by kind, the Tally totals, per-imp_uid maxima, in flight..."""
         return cast(dict[str, Any], self._call("GET", "/stats"))
 
     def reset(self) -> None:

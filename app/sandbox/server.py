@@ -1,9 +1,10 @@
 """The sandbox's HTTP edge: iamport's routes and the `/__control` API over one `Sandbox`.
 
 Lean on purpose (it must serve hundreds of calls per second with injected latency on little
-CPU): plain Starlette routes, asyncio sleeps for latency, no per-request logging. A call that
-hangs (a timeout fault) watches for the client's disconnect, so a client that gave up stops
-counting as in flight at once.
+CPU): plain Starlette routes, asyncio sleeps for latency, no per-request logging. A mutating
+call that waits (latency, a hang) watches for the client's disconnect, so a client that gave up
+stops counting as in flight at once; a late apply goes on in the background regardless, as
+iamport's own servers do.
 """
 
 from __future__ import annotations
@@ -11,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -20,18 +23,24 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive
+from starlette.types import Receive, Scope, Send
 
-from app.sandbox.state import HTML_ERROR, UNAUTHORIZED, CallEntry, Decision, Sandbox, envelope
+from app.sandbox.faults import MUTATING, Decision, oddly, retry_after_header
+from app.sandbox.state import HTML_ERROR, UNAUTHORIZED, CallEntry, Sandbox, envelope
 
 CLIENT_CLOSED = 499  # logged status of a call whose client went away before the answer
 CONFIRM_TIMEOUT = 5.0
+DROPPED = "ASGI callable returned without completing response."
 
 Action = Callable[[], Awaitable[tuple[int, Any, bool | None]]]
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
     return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _encode(body: Any) -> bytes:
+    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _bearer(request: Request) -> str | None:
@@ -77,9 +86,67 @@ async def _pause(request: Request, seconds: float, watch: bool) -> bool:
         waiter.cancel()
 
 
+class DroppedResponse(Response):
+    """Headers and half the body, then the connection is closed: an answer lost on the way."""
+
+    def __init__(self, content: bytes, status_code: int) -> None:
+        super().__init__(content, status_code, media_type="application/json")
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        half = self.body[: len(self.body) // 2]
+        await send({"type": "http.response.body", "body": half, "more_body": True})
+        # Returning now makes the server close the connection mid-answer.
+
+
+class TrickleResponse(Response):
+    """An answer sent a few bytes at a time; stops when the client goes away."""
+
+    def __init__(
+        self,
+        content: bytes,
+        status_code: int,
+        interval: float,
+        chunk: int,
+        on_end: Callable[[int], None],
+    ) -> None:
+        super().__init__(content, status_code, media_type="application/json")
+        self.interval = interval
+        self.chunk = max(1, chunk)
+        self.on_end = on_end
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await send(
+            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
+        )
+        waiter = asyncio.ensure_future(_wait_disconnect(receive))
+        try:
+            for i in range(0, len(self.body), self.chunk):
+                done, _ = await asyncio.wait({waiter}, timeout=self.interval)
+                if done:
+                    self.on_end(CLIENT_CLOSED)
+                    return
+                piece = self.body[i : i + self.chunk]
+                await send({"type": "http.response.body", "body": piece, "more_body": True})
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            self.on_end(self.status_code)
+        finally:
+            waiter.cancel()
+
+
+class _QuietDrops(logging.Filter):
+    """uvicorn reports each deliberately dropped answer as an error; they are not."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.getMessage() != DROPPED
+
+
 def create_app(sandbox: Sandbox) -> Starlette:
     """The ASGI app serving `sandbox`."""
     background: set[asyncio.Task[None]] = set()
+    late: set[asyncio.Task[tuple[int, Any, bool | None]]] = set()
     outbound: dict[str, httpx.AsyncClient] = {}
 
     def client() -> httpx.AsyncClient:
@@ -92,40 +159,86 @@ def create_app(sandbox: Sandbox) -> Starlette:
     ) -> Response:
         """One iamport call: log it, inject its faults, check the token, act, answer."""
         entry = sandbox.begin_call(call, imp_uid)
-        decision = sandbox.decide(call)
-        watch = call == "cancel"
-        applied: bool | None = False if watch else None
+        decision = sandbox.decide(call, imp_uid)
+        fault = decision.fault
+        watch = call in MUTATING
         if not await _pause(request, decision.latency, watch):
-            return gone(entry, applied, decision.fault)
-        if decision.fault == "429":
-            retry = decision_retry_after()
-            return done(
-                entry,
-                429,
-                envelope(None, -1, "Too Many Requests"),
-                applied,
-                "429",
-                {"Retry-After": retry},
+            return gone(entry, fault)
+        if fault == "429":
+            retry = retry_after_header(
+                sandbox.faults.retry_after, decision.retry_after_date, sandbox.clock()
             )
-        if decision.fault == "error":
-            return error(entry, decision, applied)
+            body = envelope(None, -1, "Too Many Requests")
+            return done(entry, 429, body, None, fault, {"Retry-After": retry})
+        if fault == "expired_token":
+            sandbox.expire_tokens()
+        if fault == "error":
+            return error(entry, decision, None)
         if auth and not sandbox.authorized(_bearer(request)):
-            return done(entry, 401, UNAUTHORIZED, applied, None)
-        if decision.fault == "timeout_before":
+            return done(entry, 401, UNAUTHORIZED, None, fault)
+        if fault == "timeout_before":
             if not await _pause(request, sandbox.faults.hang_seconds, watch):
-                return gone(entry, False, decision.fault)
+                return gone(entry, fault)
             html = HTML_ERROR.format(status="504 Gateway Time-out")
-            sandbox.end_call(entry, 504, False, decision.fault)
+            sandbox.end_call(entry, 504, False, fault)
             return Response(html, status_code=504, media_type="text/html")
+        if fault == "late_apply":
+            return await late_apply(request, entry, decision, action)
         status, body, applied = await action()
-        if decision.fault == "timeout_after" and not await _pause(
+        if watch:
+            sandbox.finish_work(entry, applied)
+        body = odd(body, decision)
+        if fault == "error_after":
+            return error(entry, decision, applied)
+        if fault == "drop_after":
+            sandbox.end_call(entry, status, applied, fault)
+            return DroppedResponse(_encode(body), status)
+        if fault == "timeout_after" and not await _pause(
             request, sandbox.faults.hang_seconds, watch
         ):
-            return gone(entry, applied, decision.fault)
-        return done(entry, status, body, applied, decision.fault)
+            return gone(entry, fault)
+        if fault == "trickle":
+            interval = sandbox.faults.trickle_interval_ms / 1000
+            chunk = int(sandbox.faults.trickle_bytes)
 
-    def decision_retry_after() -> str:
-        return repr(sandbox.faults.retry_after).removesuffix(".0")
+            def on_end(code: int) -> None:
+                sandbox.end_call(entry, code, applied, fault)
+
+            return TrickleResponse(_encode(body), status, interval, chunk, on_end)
+        return done(entry, status, body, applied, fault)
+
+    async def late_apply(
+        request: Request, entry: CallEntry, decision: Decision, action: Action
+    ) -> Response:
+        """Work on the call for `late_apply_seconds` from its arrival, then apply, caller or not."""
+        delay = sandbox.faults.late_apply_seconds - (time.monotonic() - entry.started_mono)
+
+        async def work() -> tuple[int, Any, bool | None]:
+            await asyncio.sleep(max(delay, 0.0))
+            result = await action()
+            sandbox.finish_work(entry, result[2])
+            return result
+
+        task = asyncio.ensure_future(work())
+        late.add(task)
+        task.add_done_callback(late.discard)
+        waiter = asyncio.ensure_future(_wait_disconnect(request.receive))
+        try:
+            finished, _ = await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+        if task not in finished:
+            sandbox.end_call(entry, CLIENT_CLOSED, None, "late_apply", still_working=True)
+            return Response(status_code=CLIENT_CLOSED)
+        status, body, applied = task.result()
+        return done(entry, status, odd(body, decision), applied, "late_apply")
+
+    def odd(body: Any, decision: Decision) -> Any:
+        """The envelope with its Payment written as the decision says."""
+        payment = body.get("response") if isinstance(body, dict) else None
+        if not isinstance(payment, dict) or "imp_uid" not in payment:
+            return body
+        return dict(body, response=oddly(payment, decision, sandbox.faults.unknown_status))
 
     def done(
         entry: CallEntry,
@@ -138,12 +251,12 @@ def create_app(sandbox: Sandbox) -> Starlette:
         sandbox.end_call(entry, status, applied, fault)
         return _json(status, body, headers)
 
-    def gone(entry: CallEntry, applied: bool | None, fault: str | None) -> Response:
-        sandbox.end_call(entry, CLIENT_CLOSED, applied, fault)
+    def gone(entry: CallEntry, fault: str | None) -> Response:
+        sandbox.end_call(entry, CLIENT_CLOSED, entry.applied, fault)
         return Response(status_code=CLIENT_CLOSED)
 
     def error(entry: CallEntry, decision: Decision, applied: bool | None) -> Response:
-        sandbox.end_call(entry, decision.status, applied, "error")
+        sandbox.end_call(entry, decision.status, applied, decision.fault)
         if decision.html:
             page = HTML_ERROR.format(status=decision.status)
             return Response(page, status_code=decision.status, media_type="text/html")
@@ -176,6 +289,22 @@ def create_app(sandbox: Sandbox) -> Starlette:
 
         return await serve(request, "cancel", imp_uid, action)
 
+    async def close_vbank(request: Request) -> Response:
+        imp_uid = request.path_params["imp_uid"]
+
+        async def action() -> tuple[int, Any, bool | None]:
+            return sandbox.close_vbank(imp_uid)
+
+        return await serve(request, "cancel_vbank", imp_uid, action)
+
+    async def refund(request: Request) -> Response:
+        fields = await _fields(request)
+
+        async def action() -> tuple[int, Any, bool | None]:
+            return sandbox.refund(fields)
+
+        return await serve(request, "refund", sandbox.refund_target(fields), action)
+
     async def issue_cvs(request: Request) -> Response:
         async def action() -> tuple[int, Any, bool | None]:
             status, body = sandbox.issue(await _fields(request))
@@ -194,13 +323,27 @@ def create_app(sandbox: Sandbox) -> Starlette:
             created = sandbox.add_payments(specs)
         except ValueError as exc:
             return _json(400, {"error": str(exc)})
-        return _json(200, {"payments": [p.truth() for p in created]})
+        return _json(200, {"payments": [sandbox.truth(p.imp_uid) for p in created]})
 
     async def payment_truth(request: Request) -> Response:
-        payment = sandbox.payments.get(request.path_params["imp_uid"])
-        if payment is None:
+        imp_uid = request.path_params["imp_uid"]
+        if imp_uid not in sandbox.payments:
             return _json(404, {"error": "unknown imp_uid"})
-        return _json(200, payment.truth())
+        return _json(200, sandbox.truth(imp_uid))
+
+    async def tally(request: Request) -> Response:
+        return _json(200, sandbox.tally(request.path_params["imp_uid"]).counters())
+
+    async def set_amounts(request: Request) -> Response:
+        imp_uid = request.path_params["imp_uid"]
+        fields = await _fields(request)
+        try:
+            sandbox.set_amounts(imp_uid, fields.get("amount"), fields.get("cancel_amount"))
+        except KeyError:
+            return _json(404, {"error": "unknown imp_uid"})
+        except ValueError as exc:
+            return _json(400, {"error": str(exc)})
+        return _json(200, sandbox.truth(imp_uid))
 
     async def pay(request: Request) -> Response:
         imp_uid = request.path_params["imp_uid"]
@@ -212,7 +355,8 @@ def create_app(sandbox: Sandbox) -> Starlette:
         pay_type = (await _fields(request)).get("pay_type", "cash")
         confirm_status: int | None = None
         allowed = True
-        if payment.confirm_url:
+        # Only a barcode asks its confirm_url; a virtual account or a card just pays.
+        if payment.confirm_url and payment.pay_method == "cvs":
             try:
                 answer = await client().post(
                     payment.confirm_url, json=sandbox.confirm_body(payment, str(pay_type))
@@ -252,7 +396,7 @@ def create_app(sandbox: Sandbox) -> Starlette:
         except ValueError as exc:
             return _json(400, {"error": str(exc)})
         notify(payment.notice_url, imp_uid, payment.merchant_uid, payment.status)
-        return _json(200, payment.truth())
+        return _json(200, sandbox.truth(imp_uid))
 
     async def faults(request: Request) -> Response:
         if request.method == "DELETE":
@@ -279,6 +423,8 @@ def create_app(sandbox: Sandbox) -> Starlette:
         return _json(200, sandbox.stats())
 
     async def reset(request: Request) -> Response:
+        for task in list(late):  # a late apply must not land on the fresh state
+            task.cancel()
         sandbox.reset()
         return _json(200, {"reset": True})
 
@@ -293,10 +439,14 @@ def create_app(sandbox: Sandbox) -> Starlette:
         Route("/payments/{imp_uid}", get_payment, methods=["GET"]),
         Route("/cvs/{imp_uid}", cancel_cvs, methods=["DELETE"]),
         Route("/cvs", issue_cvs, methods=["POST"]),
+        Route("/vbanks/{imp_uid}", close_vbank, methods=["DELETE"]),
+        Route("/payments/cancel", refund, methods=["POST"]),
         Route("/__control/payments", create_payments, methods=["POST"]),
         Route("/__control/payments/{imp_uid}", payment_truth, methods=["GET"]),
         Route("/__control/payments/{imp_uid}/pay", pay, methods=["POST"]),
         Route("/__control/payments/{imp_uid}/status", set_status, methods=["POST"]),
+        Route("/__control/payments/{imp_uid}/amounts", set_amounts, methods=["POST"]),
+        Route("/__control/tallies/{imp_uid}", tally, methods=["GET"]),
         Route("/__control/faults", faults, methods=["GET", "POST", "DELETE"]),
         Route("/__control/tokens/expire", expire_tokens, methods=["POST"]),
         Route("/__control/calls", calls, methods=["GET"]),
@@ -322,6 +472,7 @@ def run(
     """Serve a fresh sandbox until interrupted (what `stockout sandbox` runs)."""
     import uvicorn
 
+    logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
     sandbox = Sandbox(
         imp_key=imp_key,
         imp_secret=imp_secret,

@@ -3,6 +3,11 @@
 Every answer is `(http_status, body)` in iamport's envelope. Randomness (faults, refusal styles)
 comes from one seeded `random.Random`, so a run with the same seed and the same order of calls
 repeats itself. Not thread-safe: the server drives it from one asyncio loop.
+
+The call log keeps, per imp_uid, what a careful client must never do: a mutating call that
+arrives while an earlier one for the same payment is still being worked on (an overlap, whether
+or not the earlier caller still waits), a mutating call after one applied, a second refund, a
+refund without a lookup since the previous mutating call.
 """
 
 from __future__ import annotations
@@ -11,13 +16,15 @@ import random
 import secrets
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
-CALL_KINDS = ("token", "lookup", "cancel", "issue")
-FAULT_CALLS_DEFAULT = ("token", "lookup", "cancel", "issue")
-REFUSAL_STYLES = ("code", "http", "mixed")
+from app.sandbox.faults import CALL_KINDS, MUTATING, REFUSAL_STYLES, Decision, Faults, decide
+
 PAYMENT_STATUSES = ("ready", "paid", "cancelled", "failed")
+PAY_METHODS = ("cvs", "vbank", "card")
+PG_PROVIDERS = {"cvs": "galaxia", "vbank": "kcp", "card": "html5_inicis"}
+VBANK_REFUND_FIELDS = ("refund_holder", "refund_bank", "refund_account")
 
 NOT_FOUND_MESSAGE = "존재하지 않는 결제정보입니다."
 NOT_READY_MESSAGES = {
@@ -25,6 +32,7 @@ NOT_READY_MESSAGES = {
     "cancelled": "이미 취소된 거래건입니다. (already cancelled)",
     "failed": "결제실패된 거래건입니다. (payment failed)",
 }
+WRONG_METHOD_MESSAGE = "해당 결제수단의 거래건이 아닙니다. (pay_method is {method})"
 UNAUTHORIZED = {"code": -1, "message": "Unauthorized", "response": None}
 HTML_ERROR = (
     "<html><head><title>{status} Error</title></head><body><center><h1>{status}</h1>"
@@ -32,6 +40,7 @@ HTML_ERROR = (
 )
 
 Answer = tuple[int, Any]
+Applied = tuple[int, Any, bool]  # (http status, body, whether the call changed the payment)
 
 
 def envelope(response: Any, code: int = 0, message: str | None = None) -> dict[str, Any]:
@@ -40,12 +49,36 @@ def envelope(response: Any, code: int = 0, message: str | None = None) -> dict[s
 
 
 @dataclass(slots=True)
+class Tally:
+    """What the sandbox saw happen to one imp_uid (known to it or not)."""
+
+    mutating_calls: int = 0
+    mutating_applied: int = 0
+    cancel_calls: int = 0  # DELETE /cvs and DELETE /vbanks received
+    cancels_applied: int = 0
+    refund_calls: int = 0
+    refunds_applied: int = 0
+    lookups: int = 0
+    overlaps: int = 0
+    calls_after_applied: int = 0
+    refunds_without_lookup: int = 0
+    working: int = 0  # mutating calls received, not yet done applying or refusing
+    looked_up: bool = False  # a lookup arrived since the last mutating call
+
+    def counters(self) -> dict[str, int]:
+        out = asdict(self)
+        del out["working"], out["looked_up"]
+        return out
+
+
+@dataclass(slots=True)
 class SandboxPayment:
-    """A payment the simulator holds, with its truth counters."""
+    """A payment the simulator holds."""
 
     imp_uid: str
     merchant_uid: str
     amount: int
+    pay_method: str = "cvs"
     status: str = "ready"
     name: str | None = None
     confirm_url: str | None = None
@@ -64,35 +97,35 @@ class SandboxPayment:
     cancel_reason: str | None = None
     pg_tid: str | None = None
     cancel_history: list[dict[str, Any]] = field(default_factory=list)
-    cancel_calls: int = 0
-    cancels_applied: int = 0
 
     def to_api(self) -> dict[str, Any]:
         """The Payment object with every field of iamport's response model."""
+        vbank = self.pay_method == "vbank"
+        card = self.pay_method == "card"
         return {
             "imp_uid": self.imp_uid,
             "merchant_uid": self.merchant_uid,
-            "pay_method": "cvs",
+            "pay_method": self.pay_method,
             "channel": "api",
-            "pg_provider": "galaxia",
+            "pg_provider": PG_PROVIDERS[self.pay_method],
             "emb_pg_provider": None,
             "pg_tid": self.pg_tid,
-            "pg_id": "galaxia_sandbox",
+            "pg_id": f"{PG_PROVIDERS[self.pay_method]}_sandbox",
             "escrow": False,
-            "apply_num": None,
+            "apply_num": "30001234" if card and self.paid_at else None,
             "bank_code": None,
             "bank_name": None,
-            "card_code": None,
-            "card_name": None,
+            "card_code": "361" if card else None,
+            "card_name": "BC카드" if card else None,
             "card_quota": 0,
-            "card_number": None,
-            "card_type": None,
-            "vbank_code": None,
-            "vbank_name": None,
-            "vbank_num": None,
-            "vbank_holder": None,
-            "vbank_date": 0,
-            "vbank_issued_at": 0,
+            "card_number": "910020*********1" if card else None,
+            "card_type": 0 if card else None,
+            "vbank_code": "004" if vbank else None,
+            "vbank_name": "KB국민은행" if vbank else None,
+            "vbank_num": f"9{self.imp_uid[-12:]}" if vbank else None,
+            "vbank_holder": "(주)샌드박스" if vbank else None,
+            "vbank_date": self.started_at + 3 * 86400 if vbank else 0,
+            "vbank_issued_at": self.started_at if vbank else 0,
             "name": self.name,
             "amount": self.amount,
             "cancel_amount": self.cancel_amount,
@@ -117,82 +150,8 @@ class SandboxPayment:
             "cash_receipt_issued": False,
             "customer_uid": None,
             "customer_uid_usage": None,
-            "barcode": self.barcode,
+            "barcode": self.barcode if self.pay_method == "cvs" else None,
         }
-
-    def truth(self) -> dict[str, Any]:
-        """The payment plus what the sandbox saw happen to it."""
-        body = self.to_api()
-        body.update(
-            confirm_url=self.confirm_url,
-            notice_url=self.notice_url,
-            cancel_calls=self.cancel_calls,
-            cancels_applied=self.cancels_applied,
-        )
-        return body
-
-
-@dataclass(slots=True)
-class Faults:
-    """What to inject; rates are fractions of the calls named in `calls`."""
-
-    latency_ms: float = 0.0
-    latency_jitter_ms: float = 0.0
-    error_rate: float = 0.0
-    rate_429: float = 0.0
-    retry_after: float = 1.0
-    timeout_before_rate: float = 0.0
-    timeout_after_rate: float = 0.0
-    hang_seconds: float = 30.0
-    refusal_style: str = "mixed"
-    calls: tuple[str, ...] = FAULT_CALLS_DEFAULT
-    seed: int | None = None
-
-    def merged(self, changes: dict[str, Any]) -> Faults:
-        """A copy with `changes` applied and checked; ValueError for a bad field or value."""
-        known = {f.name for f in fields(self)}
-        unknown = set(changes) - known
-        if unknown:
-            raise ValueError(f"unknown fault fields: {sorted(unknown)}")
-        values = {f.name: getattr(self, f.name) for f in fields(self)}
-        for name, value in changes.items():
-            values[name] = _fault_value(name, value)
-        return Faults(**values)
-
-    def as_dict(self) -> dict[str, Any]:
-        out = {f.name: getattr(self, f.name) for f in fields(self)}
-        out["calls"] = list(self.calls)
-        return out
-
-
-def _fault_value(name: str, value: Any) -> Any:
-    if name == "calls":
-        if not isinstance(value, list | tuple) or not all(v in CALL_KINDS for v in value):
-            raise ValueError(f"calls must be a list drawn from {list(CALL_KINDS)}")
-        return tuple(value)
-    if name == "refusal_style":
-        if value not in REFUSAL_STYLES:
-            raise ValueError(f"refusal_style must be one of {list(REFUSAL_STYLES)}")
-        return value
-    if name == "seed":
-        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
-            raise ValueError("seed must be an integer")
-        return value
-    if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-        raise ValueError(f"{name} must be a non-negative number")
-    if (name.endswith("_rate") or name == "rate_429") and value > 1:
-        raise ValueError(f"{name} must be within 0..1")
-    return float(value)
-
-
-@dataclass(slots=True)
-class Decision:
-    """What the server does with one iamport call before (or instead of) answering it."""
-
-    latency: float = 0.0
-    fault: str | None = None  # "error" | "429" | "timeout_before" | "timeout_after"
-    status: int = 0  # for "error"
-    html: bool = False  # for "error": a proxy's HTML page instead of JSON
 
 
 @dataclass(slots=True)
@@ -206,6 +165,8 @@ class CallEntry:
     status_code: int | None = None
     applied: bool | None = None
     fault: str | None = None
+    working: bool = False  # a mutating call the sandbox has not finished applying or refusing
+    applied_at: float | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -216,6 +177,7 @@ class CallEntry:
             "ended_at": self.ended_at,
             "status_code": self.status_code,
             "applied": self.applied,
+            "applied_at": self.applied_at,
             "fault": self.fault,
         }
 
@@ -257,14 +219,15 @@ class Sandbox:
         self.rng = random.Random(self.seed)
         self.ids = random.Random(f"ids-{self.seed}")
         self.log: list[CallEntry] = []
+        self.tallies: dict[str, Tally] = {}
         self.calls_by_kind: dict[str, int] = dict.fromkeys(CALL_KINDS, 0)
         self.faults_injected: dict[str, int] = {}
-        self.cancels_in_flight: dict[str, int] = {}
         self.in_flight = 0
         self.max_in_flight = 0
-        self.overlapping_cancels = 0
-        self.cancel_after_applied = 0
-        self.cancels_applied_total = 0
+        self.totals = Tally()
+        self.cvs_cancelled = 0
+        self.vbanks_closed = 0
+        self.late_applies_after_hangup = 0
 
     # -- tokens --------------------------------------------------------------------------
 
@@ -312,11 +275,14 @@ class Sandbox:
         status = spec.get("status", "ready")
         if status not in PAYMENT_STATUSES:
             raise ValueError(f"status must be one of {list(PAYMENT_STATUSES)}")
+        pay_method = spec.get("pay_method", "cvs")
+        if pay_method not in PAY_METHODS:
+            raise ValueError(f"pay_method must be one of {list(PAY_METHODS)}")
         imp_uid = spec.get("imp_uid") or self.new_imp_uid()
         if not isinstance(imp_uid, str) or imp_uid in self.payments:
             raise ValueError(f"imp_uid {imp_uid!r} is invalid or exists already")
         amount = spec.get("amount", 1000)
-        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        if not _positive_int(amount):
             raise ValueError("amount must be a positive integer")
         merchant_uid = spec.get("merchant_uid") or f"order-{imp_uid}"
         now = int(self.clock())
@@ -324,6 +290,7 @@ class Sandbox:
             imp_uid=imp_uid,
             merchant_uid=str(merchant_uid),
             amount=amount,
+            pay_method=pay_method,
             name=spec.get("name") or "sandbox order",
             confirm_url=spec.get("confirm_url", self.default_confirm_url),
             notice_url=spec.get("notice_url", self.default_notice_url),
@@ -365,6 +332,7 @@ class Sandbox:
             raise ValueError(f"status must be one of {list(PAYMENT_STATUSES)}")
         if status == "paid":
             payment.paid_at = now
+            payment.pg_tid = payment.pg_tid or f"{payment.pay_method}_pay_{imp_uid}"
         elif status == "failed":
             payment.failed_at = now
         elif status == "cancelled" and payment.status != "cancelled":
@@ -372,16 +340,35 @@ class Sandbox:
         payment.status = status
         return payment
 
-    def _record_cancel(self, payment: SandboxPayment, now: int, reason: str) -> None:
+    def set_amounts(
+        self, imp_uid: str, amount: Any = None, cancel_amount: Any = None
+    ) -> SandboxPayment:
+        """A console correction of the amounts. KeyError if unknown, ValueError if invalid."""
+        payment = self.payments[imp_uid]
+        new_amount = payment.amount if amount is None else amount
+        new_cancel = payment.cancel_amount if cancel_amount is None else cancel_amount
+        if not _positive_int(new_amount):
+            raise ValueError("amount must be a positive integer")
+        if isinstance(new_cancel, bool) or not isinstance(new_cancel, int):
+            raise ValueError("cancel_amount must be an integer")
+        if not 0 <= new_cancel <= new_amount:
+            raise ValueError("cancel_amount must be within 0..amount")
+        payment.amount, payment.cancel_amount = new_amount, new_cancel
+        return payment
+
+    def _record_cancel(
+        self, payment: SandboxPayment, now: int, reason: str, kind: str = "cancel"
+    ) -> None:
         n = len(payment.cancel_history) + 1
+        amount = payment.amount - payment.cancel_amount
         payment.status = "cancelled"
         payment.cancelled_at = now
         payment.cancel_amount = payment.amount
         payment.cancel_reason = reason
         payment.cancel_history.append(
             {
-                "pg_tid": f"cvs_cancel_{payment.imp_uid}_{n}",
-                "amount": payment.amount,
+                "pg_tid": f"{payment.pay_method}_{kind}_{payment.imp_uid}_{n}",
+                "amount": amount,
                 "cancelled_at": now,
                 "reason": reason,
                 "receipt_url": f"https://sandbox.invalid/receipts/{payment.imp_uid}/cancel/{n}",
@@ -396,19 +383,77 @@ class Sandbox:
             return 404, envelope(None, -1, NOT_FOUND_MESSAGE)
         return 200, envelope(payment.to_api())
 
-    def cancel(self, imp_uid: str) -> tuple[int, Any, bool]:
-        """DELETE /cvs/{imp_uid}: (status, body, applied). Only a `ready` barcode is voided."""
+    def cancel(self, imp_uid: str) -> Applied:
+        """DELETE /cvs/{imp_uid}: only a `ready` barcode is voided."""
+        return self._close(imp_uid, "cvs", "바코드 취소 (cvs barcode cancelled)")
+
+    def close_vbank(self, imp_uid: str) -> Applied:
+        """DELETE /vbanks/{imp_uid}: only a `ready` virtual account is closed."""
+        return self._close(imp_uid, "vbank", "가상계좌 발급 취소 (vbank closed)")
+
+    def _close(self, imp_uid: str, method: str, reason: str) -> Applied:
         payment = self.payments.get(imp_uid)
         if payment is None:
-            status, body = self._refusal(404, NOT_FOUND_MESSAGE)
-            return status, body, False
+            return (*self._refusal(404, NOT_FOUND_MESSAGE), False)
+        if payment.pay_method != method:
+            message = WRONG_METHOD_MESSAGE.format(method=payment.pay_method)
+            return (*self._refusal(400, message), False)
         if payment.status != "ready":
-            status, body = self._refusal(400, NOT_READY_MESSAGES[payment.status])
-            return status, body, False
-        self._record_cancel(payment, int(self.clock()), "바코드 취소 (cvs barcode cancelled)")
-        payment.cancels_applied += 1
-        self.cancels_applied_total += 1
+            return (*self._refusal(400, NOT_READY_MESSAGES[payment.status]), False)
+        self._record_cancel(payment, int(self.clock()), reason)
+        tally = self.tally(imp_uid)
+        tally.cancels_applied += 1
+        self.totals.cancels_applied += 1
+        if method == "cvs":
+            self.cvs_cancelled += 1
+        else:
+            self.vbanks_closed += 1
+        self._applied(imp_uid)
         return 200, envelope(payment.to_api()), True
+
+    def refund(self, fields_: dict[str, Any]) -> Applied:
+        """POST /payments/cancel: a full refund of a paid payment; refusals are 200, code != 0."""
+        imp_uid = self.refund_target(fields_)
+        payment = self.payments.get(imp_uid) if imp_uid is not None else None
+        if payment is None:
+            return 200, envelope(None, -1, NOT_FOUND_MESSAGE), False
+        if payment.status != "paid":
+            return 200, envelope(None, 1, NOT_READY_MESSAGES.get(payment.status, "not paid")), False
+        balance = payment.amount - payment.cancel_amount
+        checksum = _number(fields_.get("checksum"))
+        if checksum is None:
+            return 200, envelope(None, 1, "checksum 이 필요합니다. (checksum required)"), False
+        if checksum != balance:
+            message = f"checksum 불일치: 취소가능잔액 {balance} (checksum mismatch)"
+            return 200, envelope(None, 1, message), False
+        amount = _number(fields_.get("amount"))
+        if amount is not None and amount != balance:
+            return (
+                200,
+                envelope(None, 1, "부분취소는 지원하지 않습니다. (full refunds only)"),
+                False,
+            )
+        if payment.pay_method == "vbank" and not all(fields_.get(k) for k in VBANK_REFUND_FIELDS):
+            message = "가상계좌 환불은 환불계좌 정보가 필요합니다. (refund account required)"
+            return 200, envelope(None, 1, message), False
+        reason = str(fields_.get("reason") or "환불 (refund)")
+        self._record_cancel(payment, int(self.clock()), reason, kind="refund")
+        self.tally(payment.imp_uid).refunds_applied += 1
+        self.totals.refunds_applied += 1
+        self._applied(payment.imp_uid)
+        return 200, envelope(payment.to_api()), True
+
+    def refund_target(self, fields_: dict[str, Any]) -> str | None:
+        """The imp_uid a refund request names (by imp_uid, or else by merchant_uid)."""
+        imp_uid = fields_.get("imp_uid")
+        if isinstance(imp_uid, str) and imp_uid:
+            return imp_uid
+        merchant_uid = fields_.get("merchant_uid")
+        return self.by_merchant_uid.get(merchant_uid) if isinstance(merchant_uid, str) else None
+
+    def _applied(self, imp_uid: str) -> None:
+        self.tally(imp_uid).mutating_applied += 1
+        self.totals.mutating_applied += 1
 
     def _refusal(self, http_status: int, message: str) -> Answer:
         style = self.faults.refusal_style
@@ -428,7 +473,7 @@ class Sandbox:
         amount = fields_.get("amount")
         if isinstance(amount, str) and amount.isdigit():
             amount = int(amount)
-        if isinstance(amount, bool) or not isinstance(amount, int) or amount <= 0:
+        if not _positive_int(amount):
             return 400, envelope(None, -1, "amount 는 양의 정수여야 합니다.")
         if merchant_uid in self.by_merchant_uid:
             return 200, envelope(None, 1, "이미 사용된 merchant_uid 입니다. (duplicated)")
@@ -464,13 +509,13 @@ class Sandbox:
         }
 
     def mark_paid(self, imp_uid: str) -> bool:
-        """The customer paid (after confirm_url allowed it): only a still-ready barcode pays."""
+        """The customer paid (a barcode: after confirm_url allowed it); only a ready one pays."""
         payment = self.payments[imp_uid]
         if payment.status != "ready":
             return False
         payment.status = "paid"
         payment.paid_at = int(self.clock())
-        payment.pg_tid = f"cvs_pay_{imp_uid}"
+        payment.pg_tid = f"{payment.pay_method}_pay_{imp_uid}"
         return True
 
     # -- faults and the call log ---------------------------------------------------------
@@ -488,50 +533,71 @@ class Sandbox:
         self.rng = random.Random(self.seed)
         return self.faults
 
-    def decide(self, call: str) -> Decision:
+    def decide(self, call: str, imp_uid: str | None = None) -> Decision:
         """Which fault, if any, this call gets, and how long it is delayed."""
-        f = self.faults
-        decision = Decision()
-        if call not in f.calls:
-            return decision
-        rng = self.rng
-        if f.latency_ms or f.latency_jitter_ms:
-            jitter = (
-                rng.uniform(-f.latency_jitter_ms, f.latency_jitter_ms) if f.latency_jitter_ms else 0
-            )
-            decision.latency = max(0.0, f.latency_ms + jitter) / 1000
-        if f.rate_429 and rng.random() < f.rate_429:
-            decision.fault = "429"
-        elif f.error_rate and rng.random() < f.error_rate:
-            decision.fault = "error"
-            decision.status = rng.choice((500, 502, 503))
-            decision.html = rng.random() < 0.5
-        elif call == "cancel" and f.timeout_before_rate and rng.random() < f.timeout_before_rate:
-            decision.fault = "timeout_before"
-        elif call == "cancel" and f.timeout_after_rate and rng.random() < f.timeout_after_rate:
-            decision.fault = "timeout_after"
+        decision = decide(self.faults, self.rng, call, imp_uid)
         if decision.fault is not None:
             self.faults_injected[decision.fault] = self.faults_injected.get(decision.fault, 0) + 1
         return decision
 
+    def tally(self, imp_uid: str) -> Tally:
+        tally = self.tallies.get(imp_uid)
+        if tally is None:
+            tally = self.tallies[imp_uid] = Tally()
+        return tally
+
     def begin_call(self, call: str, imp_uid: str | None = None) -> CallEntry:
-        """Log a call's arrival and count what it overlaps with."""
+        """Log a call's arrival and count what it overlaps with or comes after."""
         entry = CallEntry(len(self.log) + 1, call, imp_uid, self.clock(), time.monotonic())
         self.log.append(entry)
         self.calls_by_kind[call] = self.calls_by_kind.get(call, 0) + 1
         self.in_flight += 1
-        if self.in_flight > self.max_in_flight:
-            self.max_in_flight = self.in_flight
-        if call == "cancel" and imp_uid is not None:
-            if self.cancels_in_flight.get(imp_uid, 0) > 0:
-                self.overlapping_cancels += 1
-            self.cancels_in_flight[imp_uid] = self.cancels_in_flight.get(imp_uid, 0) + 1
-            payment = self.payments.get(imp_uid)
-            if payment is not None:
-                payment.cancel_calls += 1
-                if payment.cancels_applied > 0:
-                    self.cancel_after_applied += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        if imp_uid is None:
+            return entry
+        tally, totals = self.tally(imp_uid), self.totals
+        if call == "lookup":
+            tally.lookups += 1
+            totals.lookups += 1
+            tally.looked_up = True
+        if call not in MUTATING:
+            return entry
+        tally.mutating_calls += 1
+        totals.mutating_calls += 1
+        if call == "refund":
+            tally.refund_calls += 1
+            totals.refund_calls += 1
+            if not tally.looked_up:
+                tally.refunds_without_lookup += 1
+                totals.refunds_without_lookup += 1
+        else:
+            tally.cancel_calls += 1
+            totals.cancel_calls += 1
+        if tally.working > 0:
+            tally.overlaps += 1
+            totals.overlaps += 1
+        if tally.mutating_applied > 0:
+            tally.calls_after_applied += 1
+            totals.calls_after_applied += 1
+        tally.looked_up = False
+        tally.working += 1
+        entry.working = True
+        entry.applied = False
         return entry
+
+    def finish_work(self, entry: CallEntry, applied: bool | None = None) -> None:
+        """The sandbox is done with a mutating call: applied, refused, or given up."""
+        if applied is not None:
+            entry.applied = applied
+            if applied:
+                entry.applied_at = entry.started_at + (time.monotonic() - entry.started_mono)
+                if entry.status_code is not None:
+                    self.late_applies_after_hangup += 1  # the caller had already gone
+        if not entry.working:
+            return
+        entry.working = False
+        if entry.imp_uid is not None:
+            self.tally(entry.imp_uid).working -= 1
 
     def end_call(
         self,
@@ -539,42 +605,79 @@ class Sandbox:
         status_code: int,
         applied: bool | None = None,
         fault: str | None = None,
+        still_working: bool = False,
     ) -> None:
-        """The call is answered, or its client went away (status 499); no longer in flight."""
+        """The call is answered, or its client went away (status 499); no longer in flight.
+
+        Unless `still_working`, the sandbox is done with it too (see finish_work).
+        """
         if entry.ended_at is not None:
             return
         entry.ended_at = entry.started_at + (time.monotonic() - entry.started_mono)
         entry.status_code = status_code
-        entry.applied = applied
+        if applied is not None or entry.applied is None:
+            entry.applied = applied
         entry.fault = fault
         self.in_flight -= 1
-        if entry.call == "cancel" and entry.imp_uid is not None:
-            left = self.cancels_in_flight.get(entry.imp_uid, 1) - 1
-            if left > 0:
-                self.cancels_in_flight[entry.imp_uid] = left
-            else:
-                self.cancels_in_flight.pop(entry.imp_uid, None)
+        if not still_working:
+            self.finish_work(entry)
 
     def calls_since(self, since: int) -> list[dict[str, Any]]:
         """Log entries with seq > since."""
         return [e.as_dict() for e in self.log[max(0, since) :]]
 
+    def truth(self, imp_uid: str) -> dict[str, Any]:
+        """The payment plus what the sandbox saw happen to it. KeyError if unknown."""
+        payment = self.payments[imp_uid]
+        body = payment.to_api()
+        body.update(confirm_url=payment.confirm_url, notice_url=payment.notice_url)
+        body.update(self.tally(imp_uid).counters())
+        return body
+
     def stats(self) -> dict[str, Any]:
-        """Counters for tests and benchmarks."""
-        applied_max = max((p.cancels_applied for p in self.payments.values()), default=0)
+        """Counters for tests, benchmarks and the chaos checker."""
+        tallies = self.tallies.values()
+        totals = self.totals.counters()
         return {
             "calls": dict(self.calls_by_kind),
             "calls_total": len(self.log),
             "payments": len(self.payments),
             "payments_by_status": _count(p.status for p in self.payments.values()),
-            "cancels_applied": self.cancels_applied_total,
-            "cancels_applied_max_per_imp_uid": applied_max,
-            "cancel_after_applied": self.cancel_after_applied,
-            "overlapping_cancels": self.overlapping_cancels,
+            **totals,
+            "cvs_cancelled": self.cvs_cancelled,
+            "vbanks_closed": self.vbanks_closed,
+            "late_applies_after_hangup": self.late_applies_after_hangup,
+            "cancels_applied_max_per_imp_uid": max((t.cancels_applied for t in tallies), default=0),
+            "refunds_applied_max_per_imp_uid": max((t.refunds_applied for t in tallies), default=0),
+            "mutating_applied_max_per_imp_uid": max(
+                (t.mutating_applied for t in tallies), default=0
+            ),
+            # Names kept from before refunds and virtual accounts: every mutating call counts.
+            "overlapping_cancels": totals["overlaps"],
+            "cancel_after_applied": totals["calls_after_applied"],
+            "working": sum(t.working for t in tallies),
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "faults_injected": dict(self.faults_injected),
         }
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _number(value: Any) -> float | None:
+    """A JSON or form number (`"1000"` from a form); None when absent or not a number."""
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            return None
+    return None
 
 
 def _count(values: Iterable[str]) -> dict[str, int]:

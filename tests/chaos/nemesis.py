@@ -14,6 +14,9 @@ from app.sandbox.control import SandboxControl
 KINDS = ("faults", "token_expiry", "kill_worker", "redis", "postgres", "calm")
 WEIGHTS = (5, 2, 4, 2, 2, 1)
 HANG_SECONDS = 2.5  # longer than the services' IAMPORT_TIMEOUT_SECONDS=1: a real timeout
+# A late apply lands this long after the call arrived; the run's CANCEL_SETTLE_SECONDS must
+# be longer, or a careful service would (rightly) be blamed for the sandbox's slowness.
+LATE_APPLY_SECONDS = (1.5, 4.0)
 
 
 class Target(Protocol):
@@ -34,21 +37,54 @@ class Strike:
     seconds: float = 0.0  # how long the action (an outage) lasted
 
 
-def fault_profile(rng: random.Random) -> dict[str, Any]:
-    """A random mix of iamport faults: two to four of 5xx, 429, timeouts and latency."""
-    menu: dict[str, Callable[[], dict[str, Any]]] = {
-        "5xx": lambda: {"error_rate": round(rng.uniform(0.05, 0.3), 2)},
-        "429": lambda: {
-            "rate_429": round(rng.uniform(0.05, 0.3), 2),
-            "retry_after": round(rng.uniform(0.1, 0.5), 2),
+def _rate(rng: random.Random, low: float, high: float) -> float:
+    return round(rng.uniform(low, high), 2)
+
+
+def fault_menu(rng: random.Random) -> dict[str, Callable[[], dict[str, Any]]]:
+    """Every iamport fault the sandbox can inject, each as a function drawing its settings."""
+    return {
+        "5xx": lambda: {"error_rate": _rate(rng, 0.05, 0.3)},
+        "html_502": lambda: {"error_rate": _rate(rng, 0.05, 0.2), "error_style": "html"},
+        "json_500_after_apply": lambda: {
+            "error_after_rate": _rate(rng, 0.03, 0.15),
+            "error_style": "json",
         },
-        "timeout_before": lambda: {"timeout_before_rate": round(rng.uniform(0.03, 0.15), 2)},
-        "timeout_after": lambda: {"timeout_after_rate": round(rng.uniform(0.03, 0.15), 2)},
+        "5xx_after_apply": lambda: {"error_after_rate": _rate(rng, 0.03, 0.15)},
+        "429": lambda: {
+            "rate_429": _rate(rng, 0.05, 0.3),
+            "retry_after": _rate(rng, 0.1, 0.5),
+        },
+        "429_http_date": lambda: {
+            "rate_429": _rate(rng, 0.03, 0.1),
+            "retry_after": float(rng.randint(1, 2)),
+            "retry_after_style": "date",
+        },
+        "token_expiry": lambda: {"token_expiry_rate": _rate(rng, 0.01, 0.05)},
+        "timeout_before": lambda: {"timeout_before_rate": _rate(rng, 0.03, 0.15)},
+        "timeout_after": lambda: {"timeout_after_rate": _rate(rng, 0.03, 0.15)},
+        "lost_answer": lambda: {"drop_after_rate": _rate(rng, 0.03, 0.15)},
+        "apply_after_hangup": lambda: {
+            "late_apply_rate": _rate(rng, 0.03, 0.15),
+            "late_apply_seconds": round(rng.uniform(*LATE_APPLY_SECONDS), 1),
+        },
+        "trickle": lambda: {
+            "trickle_rate": _rate(rng, 0.03, 0.1),
+            "trickle_interval_ms": rng.choice((300, 800)),
+        },
         "latency": lambda: {
             "latency_ms": rng.randint(5, 80),
             "latency_jitter_ms": rng.randint(0, 40),
         },
+        "odd_timestamps": lambda: {"odd_timestamps_rate": _rate(rng, 0.2, 1.0)},
+        "unknown_status": lambda: {"unknown_status_rate": _rate(rng, 0.05, 0.2)},
+        "missing_history": lambda: {"missing_history_rate": _rate(rng, 0.1, 0.5)},
     }
+
+
+def fault_profile(rng: random.Random) -> dict[str, Any]:
+    """A random mix of two to four iamport faults from the menu."""
+    menu = fault_menu(rng)
     chosen = rng.sample(sorted(menu), rng.randint(2, 4))
     profile: dict[str, Any] = {"hang_seconds": HANG_SECONDS, "seed": rng.randint(0, 2**31)}
     for name in chosen:

@@ -88,6 +88,8 @@ class Stack:
             IAMPORT_IMP_SECRET=self.imp_secret,
             IAMPORT_WEBHOOK_TOKEN=self.webhook_token,
             IAMPORT_MAX_RPS="5000",
+            # Longer than the nemesis's calls that apply after their caller hung up.
+            CANCEL_SETTLE_SECONDS="6",
             LOG_LEVEL="INFO",  # so the logs scanned for secrets hold something
             LOG_JSON="true",
         )
@@ -296,16 +298,17 @@ def find_lost(db: str, workload: Workload, j: Judgement, f: Findings) -> None:
 
 
 def find_unrecorded(db: str, sandbox: SandboxControl) -> list[str]:
-    """Cancel calls iamport saw that no attempt row records."""
+    """Cancel and refund calls iamport saw that no attempt row records."""
     seen: dict[str, int] = {}
     for call in sandbox.calls():
-        if call["call"] == "cancel" and call["imp_uid"]:
+        if call["call"] in ("cancel", "cancel_vbank", "refund") and call["imp_uid"]:
             seen[call["imp_uid"]] = seen.get(call["imp_uid"], 0) + 1
     with psycopg.connect(db) as conn:
         recorded = dict(
             conn.execute(
                 "SELECT j.imp_uid, count(*) FROM attempts a JOIN jobs j ON j.id = a.job_id "
-                "WHERE a.call = 'cancel' GROUP BY j.imp_uid"
+                "WHERE a.call IN ('cancel', 'refund') AND a.outcome IS DISTINCT FROM 'not_sent' "
+                "GROUP BY j.imp_uid"
             ).fetchall()
         )
     return [
@@ -524,10 +527,13 @@ def _print_report(
         "lost (accepted imp_uids without a job)": f.lost_imp_uids,
         "lost (accepted events missing or incomplete)": f.lost_events,
         "wrong outcome": report.wrong_outcome,
-        "applied cancels per imp_uid over 1": max(0, report.applied_max - 1),
-        "overlapping cancel calls": report.overlapping_cancels,
-        "cancel after applied": report.cancel_after_applied,
-        "cancel calls without an attempt record": f.unrecorded_cancels,
+        "applied cancels or refunds per imp_uid over 1": max(0, report.applied_max - 1),
+        "applied refunds per imp_uid over 1": max(0, report.refunds_max - 1),
+        "calls sent while an earlier one could still apply": report.overlapping_cancels,
+        "calls after one applied": report.cancel_after_applied,
+        "refunds without a lookup just before": report.refunds_without_lookup,
+        "refunds nobody asked for (hold without a person)": report.refunds_unasked,
+        "cancel or refund calls without an attempt record": f.unrecorded_cancels,
         "unexpected API statuses": j.unexpected_statuses,
         "wrong event bodies": j.wrong_bodies,
         "jobs from conflicting bodies": f.conflict_jobs,

@@ -20,7 +20,10 @@ import httpx
 from app.sandbox.control import SandboxControl
 
 # Initial status at iamport; "unknown" payments are never created there.
-STATUS_WEIGHTS = {"ready": 86, "paid": 4, "cancelled": 4, "failed": 3, "unknown": 3}
+STATUS_WEIGHTS = {"ready": 82, "paid": 8, "cancelled": 4, "failed": 3, "unknown": 3}
+VBANK_SHARE = 0.25  # virtual accounts among the payments
+WRONG_HINT = 0.1  # events that name the wrong pay_method: iamport's record must decide
+REFUND_SHARE = 0.5  # events that ask for paid payments to be refunded at once
 RETRY_DEADLINE_SECONDS = 120.0  # an event still not accepted after this long is a violation
 API_TIMEOUT_SECONDS = 30.0
 
@@ -32,6 +35,7 @@ class Planned:
     imp_uid: str
     merchant_uid: str
     status: str
+    pay_method: str = "cvs"
 
 
 @dataclass
@@ -64,7 +68,12 @@ def make_plan(seed: int, n_payments: int, duration: float) -> Plan:
     statuses = list(STATUS_WEIGHTS)
     weights = list(STATUS_WEIGHTS.values())
     payments = [
-        Planned(f"imps_c{seed}_{i:05d}", f"order-{seed}-{i}", rng.choices(statuses, weights)[0])
+        Planned(
+            f"imps_c{seed}_{i:05d}",
+            f"order-{seed}-{i}",
+            rng.choices(statuses, weights)[0],
+            "vbank" if rng.random() < VBANK_SHARE else "cvs",
+        )
         for i in range(n_payments)
     ]
     order = payments[:]
@@ -87,18 +96,26 @@ def make_plan(seed: int, n_payments: int, duration: float) -> Plan:
             refs.append(rng.choice(refs))
         posted.extend(chunk)
         event_id = f"chaos-{seed}-{k}"
-        body = {
+
+        def hint(p: Planned) -> str:
+            if rng.random() >= WRONG_HINT:
+                return p.pay_method
+            return "cvs" if p.pay_method == "vbank" else "vbank"
+
+        body: dict[str, Any] = {
             "event_id": event_id,
             "sku": f"SKU-{rng.randint(1, 40)}",
             "reason": "out of stock",
             "occurred_at": "2026-11-25T06:00:00Z",
             "payments": [
-                {"imp_uid": p.imp_uid, "merchant_uid": p.merchant_uid}
+                {"imp_uid": p.imp_uid, "merchant_uid": p.merchant_uid, "pay_method": hint(p)}
                 if rng.random() < 0.9
                 else {"imp_uid": p.imp_uid}
                 for p in refs
             ],
         }
+        if rng.random() < REFUND_SHARE:
+            body["on_paid"] = "refund"
         bodies[event_id] = body
         at = k * step + rng.uniform(0, step)
         kind = "concurrent" if rng.random() < 0.08 else "new"
@@ -129,6 +146,7 @@ def create_at_sandbox(
             "merchant_uid": p.merchant_uid,
             "amount": 1000 + (i % 50) * 100,
             "status": p.status,
+            "pay_method": p.pay_method,
             "confirm_url": confirm_url,
             "notice_url": notice_url,
         }
@@ -325,8 +343,13 @@ def judge(workload: Workload) -> Judgement:
     for event_id, at in workload.accepted_at.items():
         for p in workload.plan.bodies[event_id]["payments"]:
             by_uid_accepted[p["imp_uid"]] = min(at, by_uid_accepted.get(p["imp_uid"], at))
+    # Only a barcode asks the till guard (confirm_url); a deposit to a virtual account cannot
+    # be refused, which is why a paid virtual account ends needs_refund or refunded instead.
+    barcodes = {p.imp_uid for p in workload.plan.payments if p.pay_method == "cvs"}
     for pay in workload.pays:
         accepted = by_uid_accepted.get(pay.imp_uid)
+        if pay.imp_uid not in barcodes:
+            continue
         if pay.allowed and accepted is not None and accepted < pay.started_at:
             j.paid_after_accepted.append(pay.imp_uid)
     return j

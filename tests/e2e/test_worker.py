@@ -250,13 +250,13 @@ def test_redis_killed_and_restarted(
 def test_same_task_delivered_twice_at_once(
     client: TestClient, key: str, sandbox: SandboxControl, stack_env: dict[str, str], worker: object
 ) -> None:
-    from app.dispatch import publish_jobs
+    from app.dispatch import send_now
 
     sandbox.set_faults(latency_ms=200, seed=1)
     event = post(client, key, make_payments(sandbox, 12))
     ids = [j["id"] for j in event["jobs"]]
     for _ in range(3):
-        publish_jobs(ids)
+        send_now(ids)
     drain(stack_env["DATABASE_URL"])
     report = check(stack_env["DATABASE_URL"], sandbox)
     assert_clean(report)

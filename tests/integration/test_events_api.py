@@ -10,6 +10,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from app import dispatch
 from tests.support.factories import api_key, auth, event
 
 
@@ -19,6 +20,7 @@ def count(db: str, table: str) -> int:
 
 
 def queue_length(redis_url: str) -> int:
+    assert dispatch.drain(), "the publisher thread did not empty its backlog"
     return int(redis.Redis.from_url(redis_url).llen("stockout"))
 
 

@@ -11,6 +11,7 @@ from fastapi.testclient import TestClient
 from app.embedded import free_port
 from app.sandbox.control import SandboxControl
 from tests.support.factories import auth, event
+from tests.support.runs import run_now
 from tests.support.settings import reset_caches
 
 TOKEN = "hook-secret-token"  # what service_env sets IAMPORT_WEBHOOK_TOKEN to
@@ -136,11 +137,14 @@ def test_confirm_unusable_body_blocks(api: TestClient, body: bytes, ctype: str) 
 
 
 def test_confirm_with_database_down_blocks(
-    api: TestClient, monkeypatch: pytest.MonkeyPatch
+    service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from app.main import create_app
+
     monkeypatch.setenv("DATABASE_URL", f"postgresql://postgres@127.0.0.1:{free_port()}/postgres")
     reset_caches()
-    r = api.post(CONFIRM, json=confirm_body("imps_any"))
+    with TestClient(create_app(), raise_server_exceptions=False) as down:
+        r = down.post(CONFIRM, json=confirm_body("imps_any"))
     assert r.status_code == 503
     assert r.json()["code"] == "database_unavailable"
     assert "Retry-After" in r.headers
@@ -153,88 +157,99 @@ def attempts(api: TestClient, key: str, job_id: str) -> list[dict[str, Any]]:
     return api.get(f"/v1/jobs/{job_id}/attempts", headers=auth(key)).json()["items"]  # type: ignore[no-any-return]
 
 
-def test_paid_while_waiting_becomes_needs_refund(
+def job(api: TestClient, key: str, job_id: str) -> dict[str, Any]:
+    return api.get(f"/v1/jobs/{job_id}", headers=auth(key)).json()  # type: ignore[no-any-return]
+
+
+def notify(api: TestClient, imp_uid: str, **fields: Any) -> None:
+    r = api.post(NOTIFY, json={"imp_uid": imp_uid, **fields})
+    assert r.status_code == 200 and r.json() == {"status": "ok"}, r.text
+
+
+def test_notification_makes_a_waiting_job_look_first_and_wakes_it(
     api: TestClient, key: str, iamport: SandboxControl, service_env: dict[str, str]
 ) -> None:
     iamport.create_payment(imp_uid="imps_paid_1", status="paid")
-    job = job_for(api, key, "imps_paid_1")
-    r = api.post(NOTIFY, json={"imp_uid": "imps_paid_1", "merchant_uid": "m", "status": "paid"})
-    assert r.status_code == 200 and r.json() == {"status": "ok"}
-    got = api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()
-    assert got["status"] == "needs_refund"
-    assert got["payment_status"] == "paid"
-    assert got["finished_at"] is not None
-    row = db_row(service_env["DATABASE_URL"], job["id"])
-    assert row["due_at"] is None and row["lease_token"] is None
-    lookups = [a for a in attempts(api, key, job["id"]) if a["call"] == "lookup"]
-    assert len(lookups) == 1
-    assert lookups[0]["http_status"] == 200 and lookups[0]["outcome"] == "ok"
-    assert lookups[0]["duration_ms"] is not None
+    created = job_for(api, key, "imps_paid_1")
+    set_job(service_env["DATABASE_URL"], created["id"], due_at=None)
+    notify(api, "imps_paid_1", merchant_uid="m", status="paid")
+    row = db_row(service_env["DATABASE_URL"], created["id"])
+    assert row["look_first"] is True and row["status"] == "queued"
+    assert row["due_at"] is not None  # due now: a sweep finds it even if the message is lost
+    assert iamport.calls() == []  # nothing upstream on the request path
+    assert run_now(created["id"]) == "needs_refund"
+    got = job(api, key, created["id"])
+    assert got["status"] == "needs_refund" and got["payment_status"] == "paid"
+    assert [a["call"] for a in attempts(api, key, created["id"])][-1:] == ["lookup"]
+    assert [c["call"] for c in iamport.calls() if c["call"] != "token"] == ["lookup"]
 
 
-def test_form_notification_in_retry_wait(
+def test_form_notification_in_retry_wait_is_due_now(
     api: TestClient, key: str, iamport: SandboxControl, service_env: dict[str, str]
 ) -> None:
     iamport.create_payment(imp_uid="imps_paid_2", status="paid")
-    job = job_for(api, key, "imps_paid_2")
-    set_job(service_env["DATABASE_URL"], job["id"], status="retry_wait", attempts=2)
+    created = job_for(api, key, "imps_paid_2")
+    db = service_env["DATABASE_URL"]
+    set_job(db, created["id"], status="retry_wait", next_attempt_at="2099-01-01T00:00:00Z")
     r = api.post(NOTIFY, data={"imp_uid": "imps_paid_2", "status": "paid"})
     assert r.status_code == 200
-    assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == "needs_refund"
+    assert run_now(created["id"]) == "needs_refund"
 
 
 def test_forged_body_changes_nothing(api: TestClient, key: str, iamport: SandboxControl) -> None:
     iamport.create_payment(imp_uid="imps_forged")  # ready at iamport
-    job = job_for(api, key, "imps_forged")
-    r = api.post(NOTIFY, json={"imp_uid": "imps_forged", "merchant_uid": "x", "status": "paid"})
-    assert r.status_code == 200
-    got = api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()
-    assert got["status"] == "queued"
-    assert got["payment_status"] == "ready"
-    assert got["finished_at"] is None
+    created = job_for(api, key, "imps_forged")
+    notify(api, "imps_forged", merchant_uid="x", status="paid")
+    assert job(api, key, created["id"])["status"] == "queued"
+    # The run believes only its lookup: the barcode is ready, so it is cancelled.
+    assert run_now(created["id"]) == "cancelled"
+    calls = [c["call"] for c in iamport.calls() if c["call"] != "token"]
+    assert calls == ["lookup", "cancel"]
 
 
-def test_duplicates_are_harmless(api: TestClient, key: str, iamport: SandboxControl) -> None:
+def test_duplicates_are_harmless_and_a_finished_job_is_left_alone(
+    api: TestClient, key: str, iamport: SandboxControl, service_env: dict[str, str]
+) -> None:
     iamport.create_payment(imp_uid="imps_dup", status="paid")
-    job = job_for(api, key, "imps_dup")
+    created = job_for(api, key, "imps_dup")
     for _ in range(3):
-        assert api.post(NOTIFY, json={"imp_uid": "imps_dup", "status": "paid"}).status_code == 200
-    got = api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()
-    assert got["status"] == "needs_refund"
-    first_finish = got["finished_at"]
-    assert api.post(NOTIFY, json={"imp_uid": "imps_dup", "status": "paid"}).status_code == 200
-    assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["finished_at"] == first_finish
+        notify(api, "imps_dup", status="paid")
+    assert run_now(created["id"]) == "needs_refund"
+    before = db_row(service_env["DATABASE_URL"], created["id"])
+    iamport.set_status("imps_dup", "cancelled")  # whatever the story, the job is finished
+    notify(api, "imps_dup", status="cancelled")
+    after = db_row(service_env["DATABASE_URL"], created["id"])
+    assert after == before  # a notification never rewrites a finished job
 
 
 def test_running_job_is_left_to_its_worker(
     api: TestClient, key: str, iamport: SandboxControl, service_env: dict[str, str]
 ) -> None:
     iamport.create_payment(imp_uid="imps_running", status="paid")
-    job = job_for(api, key, "imps_running")
-    set_job(service_env["DATABASE_URL"], job["id"], status="running")
-    assert api.post(NOTIFY, json={"imp_uid": "imps_running", "status": "paid"}).status_code == 200
-    row = db_row(service_env["DATABASE_URL"], job["id"])
+    created = job_for(api, key, "imps_running")
+    set_job(service_env["DATABASE_URL"], created["id"], status="running")
+    notify(api, "imps_running", status="paid")
+    row = db_row(service_env["DATABASE_URL"], created["id"])
     assert row["status"] == "running" and row["finished_at"] is None
-    assert row["payment_status"] == "paid"  # the last status seen is still recorded
+    assert row["look_first"] is True  # its next run looks first
 
 
-@pytest.mark.parametrize("uncertain, by", [(False, "upstream"), (True, "service")])
+@pytest.mark.parametrize("uncertain, by", [(None, "upstream"), ("cancel", "service")])
 def test_cancelled_at_iamport_becomes_cancelled(
     api: TestClient,
     key: str,
     iamport: SandboxControl,
     service_env: dict[str, str],
-    uncertain: bool,
+    uncertain: str | None,
     by: str,
 ) -> None:
     imp_uid = f"imps_cancel_{by}"
     iamport.create_payment(imp_uid=imp_uid, status="cancelled")
-    job = job_for(api, key, imp_uid)
-    set_job(service_env["DATABASE_URL"], job["id"], uncertain=uncertain)
-    assert api.post(NOTIFY, json={"imp_uid": imp_uid, "status": "cancelled"}).status_code == 200
-    got = api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()
-    assert got["status"] == "cancelled"
-    c = got["cancellation"]
+    created = job_for(api, key, imp_uid)
+    set_job(service_env["DATABASE_URL"], created["id"], uncertain_call=uncertain)
+    notify(api, imp_uid, status="cancelled")
+    assert run_now(created["id"]) == "cancelled"
+    c = job(api, key, created["id"])["cancellation"]
     assert c["cancelled_by"] == by
     assert c["pg_tid"] == f"cvs_cancel_{imp_uid}_1"
     assert c["amount"] == 1000 and c["cancelled_at"] and c["reason"] == "console cancel"
@@ -245,62 +260,31 @@ def test_failed_at_iamport_becomes_failed(
     api: TestClient, key: str, iamport: SandboxControl
 ) -> None:
     iamport.create_payment(imp_uid="imps_failed", status="failed")
-    job = job_for(api, key, "imps_failed")
-    assert api.post(NOTIFY, json={"imp_uid": "imps_failed", "status": "failed"}).status_code == 200
-    got = api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()
-    assert got["status"] == "failed" and got["payment_status"] == "failed"
-    assert got["error"]["message"]
-
-
-def test_terminal_job_only_gets_payment_status(
-    api: TestClient, key: str, iamport: SandboxControl, service_env: dict[str, str]
-) -> None:
-    iamport.create_payment(imp_uid="imps_refunded", status="cancelled")
-    job = job_for(api, key, "imps_refunded")
-    set_job(service_env["DATABASE_URL"], job["id"], status="needs_refund", payment_status="paid")
-    assert api.post(NOTIFY, json={"imp_uid": "imps_refunded"}).status_code == 200
-    row = db_row(service_env["DATABASE_URL"], job["id"])
-    assert (row["status"], row["payment_status"], row["cancellation"]) == (
-        "needs_refund",
-        "cancelled",
-        None,
-    )
+    created = job_for(api, key, "imps_failed")
+    notify(api, "imps_failed", status="failed")
+    assert run_now(created["id"]) == "failed"
+    got = job(api, key, created["id"])
+    assert got["payment_status"] == "failed" and got["error"]["message"]
 
 
 def test_unknown_imp_uid_is_200_without_any_upstream_call(
     api: TestClient, iamport: SandboxControl
 ) -> None:
-    r = api.post(NOTIFY, json={"imp_uid": "imps_not_ours", "status": "paid"})
-    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    notify(api, "imps_not_ours", status="paid")
     assert iamport.calls() == []
 
 
-def test_unknown_at_iamport_is_200_and_recorded(
-    api: TestClient, key: str, iamport: SandboxControl
-) -> None:
-    job = job_for(api, key, "imps_nowhere")
-    assert api.post(NOTIFY, json={"imp_uid": "imps_nowhere", "status": "paid"}).status_code == 200
-    assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == "queued"
-    assert [a["outcome"] for a in attempts(api, key, job["id"]) if a["call"] == "lookup"] == [
-        "not_found"
-    ]
-
-
-def test_iamport_down_still_answers_200_and_records_the_failed_lookup(
+def test_iamport_down_does_not_touch_the_answer(
     api: TestClient, key: str, iamport: SandboxControl
 ) -> None:
     iamport.create_payment(imp_uid="imps_down", status="paid")
-    job = job_for(api, key, "imps_down")
-    iamport.set_faults(error_rate=1.0, calls=["lookup"])
-    r = api.post(NOTIFY, json={"imp_uid": "imps_down", "status": "paid"})
-    assert r.status_code == 200 and r.json() == {"status": "lookup_failed"}
-    assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == "queued"
-    assert [a["outcome"] for a in attempts(api, key, job["id"]) if a["call"] == "lookup"] == [
+    created = job_for(api, key, "imps_down")
+    iamport.set_faults(error_rate=1.0, calls=["lookup"], error_style="html")
+    notify(api, "imps_down", status="paid")
+    assert run_now(created["id"]) == "retry_wait"
+    assert [a["outcome"] for a in attempts(api, key, created["id"]) if a["call"] == "lookup"] == [
         "unavailable"
     ]
-    iamport.clear_faults()
-    assert api.post(NOTIFY, json={"imp_uid": "imps_down", "status": "paid"}).status_code == 200
-    assert api.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()["status"] == "needs_refund"
 
 
 def test_the_token_never_reaches_the_logs(api: TestClient, monkeypatch: pytest.MonkeyPatch) -> None:

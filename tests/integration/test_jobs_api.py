@@ -12,6 +12,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
+from app import dispatch
 from app.listing import encode_cursor
 from tests.support.factories import api_key, auth, event
 
@@ -59,10 +60,13 @@ def test_list_is_newest_first_with_all_fields(api: TestClient, key: str) -> None
         "imp_uid",
         "merchant_uid",
         "status",
+        "pay_method",
+        "on_paid",
         "attempts",
         "next_attempt_at",
         "payment_status",
         "cancellation",
+        "refund",
         "error",
         "event_ids",
         "created_at",
@@ -267,7 +271,7 @@ def test_retry_failed_job_requeues_and_publishes(
         attempts=8,
         finished_at="2026-11-25T07:00:00Z",
         error=psycopg.types.json.Jsonb({"http_status": 400, "code": -1, "message": "no"}),
-        uncertain=True,
+        uncertain_call="cancel",
     )
     redis.Redis.from_url(rurl).delete("stockout")
     r = api.post(f"/v1/jobs/{job['id']}/retry", headers=auth(key))
@@ -277,10 +281,12 @@ def test_retry_failed_job_requeues_and_publishes(
     assert got["error"] == {"http_status": 400, "code": -1, "message": "no"}
     with psycopg.connect(db) as conn:
         row = conn.execute(
-            "SELECT uncertain, lease_token, next_attempt_at, due_at > now() FROM jobs WHERE id = %s",
+            "SELECT uncertain_call, lease_token, next_attempt_at, due_at > now() FROM jobs "
+            "WHERE id = %s",
             (job["id"],),
         ).fetchone()
-    assert row == (True, None, None, True)
+    assert row == ("cancel", None, None, True)
+    assert dispatch.drain()
     assert redis.Redis.from_url(rurl).llen("stockout") == 1  # published after the commit
     again = api.post(f"/v1/jobs/{job['id']}/retry", headers=auth(key))
     assert again.status_code == 409 and again.json()["code"] == "not_retryable"

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
-from app.api.metrics import JOBS
+from app.api.scrape import JOBS
 from app.embedded import free_port
 from tests.support.factories import auth, event
 

@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from tests.support.factories import api_key, auth, event
 
-STATUSES = ["queued", "running", "retry_wait", "cancelled", "needs_refund", "failed"]
+STATUSES = ["queued", "running", "retry_wait", "cancelled", "needs_refund", "refunded", "failed"]
 
 
 def test_empty_stats(api: TestClient, key: str) -> None:
@@ -51,11 +51,12 @@ def test_stats_numbers(api: TestClient, key: str, service_env: dict[str, str]) -
         "retry_wait": 1,
         "cancelled": 2,
         "needs_refund": 1,
+        "refunded": 0,
         "failed": 2,
     }
     assert 3590 < body["oldest_waiting_age_seconds"] < 3700
-    assert body["finished_last_minute"] == {"cancelled": 1, "needs_refund": 1, "failed": 0}
-    assert body["finished_last_hour"] == {"cancelled": 2, "needs_refund": 1, "failed": 1}
+    assert body["finished_last_minute"] == {"cancelled": 1, "needs_refund": 1, "refunded": 0, "failed": 0}
+    assert body["finished_last_hour"] == {"cancelled": 2, "needs_refund": 1, "refunded": 0, "failed": 1}
 
 
 def test_stats_needs_jobs_read(api: TestClient, service_env: dict[str, str]) -> None:

@@ -11,7 +11,7 @@ import psycopg
 from fastapi.testclient import TestClient
 
 from app.auth import revoke_key
-from app.db import session_scope
+from app.db import unit_of_work
 from tests.support.factories import api_key, auth
 from tests.support.processes import ROOT
 
@@ -62,8 +62,8 @@ def test_revoked_in_process_fails_at_once_and_others_still_work(api: TestClient)
     doomed, other = api_key(), api_key()
     body = {"event_id": "k-1", "sku": "S", "payments": [{"imp_uid": "imps_k1"}]}
     assert api.post("/v1/stockout-events", json=body, headers=auth(doomed)).status_code == 202
-    with session_scope() as session:
-        assert revoke_key(session, doomed.split("_")[1])
+    with unit_of_work() as uow:
+        assert revoke_key(uow.conn, doomed.split("_")[1])
     body["event_id"] = "k-2"
     assert api.post("/v1/stockout-events", json=body, headers=auth(doomed)).status_code == 401
     assert api.post("/v1/stockout-events", json=body, headers=auth(other)).status_code == 202

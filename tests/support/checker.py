@@ -8,9 +8,8 @@ from typing import Any
 import httpx
 import psycopg
 
+from app.jobs.status import TERMINAL
 from app.sandbox.control import SandboxControl
-
-TERMINAL = ("cancelled", "needs_refund", "failed")
 
 
 @dataclass
@@ -19,8 +18,11 @@ class Report:
     non_terminal: int = 0
     wrong_outcome: list[str] = field(default_factory=list)
     applied_max: int = 0
+    refunds_max: int = 0
     cancel_after_applied: int = 0
     overlapping_cancels: int = 0
+    refunds_without_lookup: int = 0
+    refunds_unasked: list[str] = field(default_factory=list)
     by_status: dict[str, int] = field(default_factory=dict)
 
     @property
@@ -29,8 +31,11 @@ class Report:
             self.non_terminal
             + len(self.wrong_outcome)
             + max(0, self.applied_max - 1)
+            + max(0, self.refunds_max - 1)
             + self.cancel_after_applied
             + self.overlapping_cancels
+            + self.refunds_without_lookup
+            + len(self.refunds_unasked)
         )
 
 
@@ -40,7 +45,7 @@ def expected(truth: dict[str, Any] | None, attempts: int, max_attempts: int) -> 
         return {"failed"}
     status = truth["status"]
     if status == "cancelled":
-        return {"cancelled"}
+        return {"refunded"} if truth.get("refunds_applied", 0) > 0 else {"cancelled"}
     if status == "paid":
         return {"needs_refund"}
     if status == "failed":
@@ -58,17 +63,22 @@ def _truth(sandbox: SandboxControl, imp_uid: str) -> dict[str, Any] | None:
 
 
 def check(db: str, sandbox: SandboxControl, max_attempts: int = 8) -> Report:
-    """Every job against the truth; the sandbox's counters for double and overlapping cancels."""
+    """Every job against the truth; the sandbox's counters for double and overlapping calls."""
     with psycopg.connect(db) as conn:
-        rows = conn.execute("SELECT imp_uid, status, attempts, cancellation FROM jobs").fetchall()
+        rows = conn.execute(
+            "SELECT imp_uid, status, attempts, cancellation, "
+            "on_paid = 'refund' OR refund_requested_at IS NOT NULL FROM jobs"
+        ).fetchall()
     truth = {imp_uid: _truth(sandbox, imp_uid) for imp_uid, *_ in rows}
     report = Report(jobs=len(rows))
-    for imp_uid, status, attempts, cancellation in rows:
+    for imp_uid, status, attempts, cancellation, refund_allowed in rows:
+        payment = truth.get(imp_uid)
+        if payment is not None and payment.get("refund_calls", 0) and not refund_allowed:
+            report.refunds_unasked.append(f"{imp_uid}: refunded without on_paid=refund or a person")
         report.by_status[status] = report.by_status.get(status, 0) + 1
         if status not in TERMINAL:
             report.non_terminal += 1
             continue
-        payment = truth.get(imp_uid)
         if status not in expected(payment, attempts, max_attempts):
             report.wrong_outcome.append(
                 f"{imp_uid}: job {status}, payment {payment and payment['status']}"
@@ -79,7 +89,9 @@ def check(db: str, sandbox: SandboxControl, max_attempts: int = 8) -> Report:
             if by == "upstream" and ours:
                 report.wrong_outcome.append(f"{imp_uid}: cancelled by us but recorded as upstream")
     stats = sandbox.stats()
-    report.applied_max = int(stats["cancels_applied_max_per_imp_uid"])
+    report.applied_max = int(stats["mutating_applied_max_per_imp_uid"])
+    report.refunds_max = int(stats["refunds_applied_max_per_imp_uid"])
     report.cancel_after_applied = int(stats["cancel_after_applied"])
-    report.overlapping_cancels = int(stats["overlapping_cancels"])
+    report.overlapping_cancels = int(stats["overlaps"])
+    report.refunds_without_lookup = int(stats["refunds_without_lookup"])
     return report

@@ -6,15 +6,15 @@ import itertools
 from typing import Any
 
 from app.auth import create_key
-from app.db import session_scope
+from app.db import unit_of_work
 
 _seq = itertools.count(1)
 ALL_SCOPES = ["events:write", "jobs:read", "jobs:write"]
 
 
 def api_key(*scopes: str) -> str:
-    with session_scope() as session:
-        return create_key(session, f"test-{next(_seq)}", list(scopes or ALL_SCOPES)).key
+    with unit_of_work() as uow:
+        return create_key(uow.conn, f"test-{next(_seq)}", list(scopes or ALL_SCOPES)).key
 
 
 def auth(key: str) -> dict[str, str]:

@@ -20,6 +20,8 @@ def service_env(**overrides: str) -> dict[str, str]:
         IAMPORT_MAX_RPS="1000",
         CANCEL_RETRY_BASE_SECONDS="0.2",
         CANCEL_RETRY_MAX_SECONDS="1",
+        # Longer than any call the sandbox keeps working on after its caller hung up.
+        CANCEL_SETTLE_SECONDS="5",
         SWEEP_INTERVAL_SECONDS="0.5",
         DISPATCH_GRACE_SECONDS="2",
         IAMPORT_IMP_KEY="sandbox_key",

@@ -4,11 +4,9 @@ from __future__ import annotations
 
 
 def reset_caches() -> None:
-    from app import config, db, redis_conn
+    from app import config, db, dispatch, redis_conn
 
     config.get_settings.cache_clear()
     redis_conn.get_redis.cache_clear()
-    engine = db.get_engine.cache_info().currsize and db.get_engine()
-    if engine:
-        engine.dispose()
-    db.get_engine.cache_clear()
+    dispatch.publisher.cache_clear()
+    db.close_pool()

@@ -17,10 +17,12 @@ from app.iamport import (
     IamportError,
     LimiterBusy,
     NotFound,
+    NotSent,
     OutcomeUnknown,
     Payment,
     RateLimited,
     Refused,
+    ServerError,
     TokenProvider,
     Unauthorized,
     Unavailable,
@@ -202,7 +204,7 @@ def test_issue_and_refund_send_only_given_fields() -> None:
     client.issue_cvs(
         merchant_uid="order-1", amount=1000, channel_key="ch", notice_url=None, name="thing"
     )
-    client.refund(imp_uid=IMP_UID, amount=None, reason="stock", checksum=1000)
+    client.refund(imp_uid=IMP_UID, amount=None, reason="stock", checksum=1000.0)
     issue, refund = (json.loads(r.content) for r in up.requests)
     assert issue == {
         "merchant_uid": "order-1",
@@ -212,6 +214,36 @@ def test_issue_and_refund_send_only_given_fields() -> None:
     }
     assert refund == {"imp_uid": IMP_UID, "reason": "stock", "checksum": 1000}
     assert [r.url.path for r in up.requests] == ["/cvs", "/payments/cancel"]
+
+
+def test_refund_without_checksum_sends_nothing() -> None:
+    up = Upstream()
+    with pytest.raises(ValueError, match="checksum"):
+        make_client(up).refund(imp_uid=IMP_UID, amount=None, reason="stock", checksum=None)
+    assert up.requests == [] and up.token_calls == 0
+
+
+def test_refund_refused_with_code() -> None:
+    rec = Recorder()
+    body = {"code": 1, "message": "checksum mismatch", "response": None}
+    up = Upstream(httpx.Response(200, json=body))
+    with pytest.raises(Refused) as info:
+        make_client(up).refund(imp_uid=IMP_UID, amount=None, reason="r", checksum=500, observer=rec)
+    assert (info.value.http_status, info.value.code, info.value.call) == (200, 1, "refund")
+    assert rec.events[-2:] == [("before", "refund"), ("after", "refund:refused")]
+
+
+def test_cancel_vbank() -> None:
+    rec = Recorder()
+    up = Upstream(ok(cancelled_body()), httpx.Response(400, json={"code": -1, "response": None}))
+    client = make_client(up)
+    payment = client.cancel_vbank(IMP_UID, rec)
+    assert payment.status == "cancelled"
+    assert (up.requests[0].method, up.requests[0].url.path) == ("DELETE", f"/vbanks/{IMP_UID}")
+    with pytest.raises(Refused):
+        client.cancel_vbank(IMP_UID, rec)
+    assert [r.call for r in rec.records] == ["token", "cancel", "cancel"]
+    assert [r.outcome for r in rec.records] == ["ok", "ok", "refused"]
 
 
 # -- refusals and lookups that find nothing -----------------------------------------------
@@ -371,10 +403,13 @@ HTML_502 = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body><
     ("answer", "outcome"),
     [
         (
-            httpx.Response(500, json={"code": -1, "message": "oops", "response": None}),
+            httpx.Response(502, json={"code": -1, "message": "bad gateway", "response": None}),
             "unavailable",
         ),
+        (httpx.Response(500, json={"message": "no envelope"}), "unavailable"),
+        (httpx.Response(500, text="Internal Server Error"), "unavailable"),
         (httpx.Response(503, text="Service Unavailable"), "unavailable"),
+        (httpx.Response(504, text="<html>504 Gateway Time-out</html>"), "unavailable"),
         (httpx.Response(502, text=HTML_502, headers={"content-type": "text/html"}), "unavailable"),
         (httpx.Response(200, text=HTML_502, headers={"content-type": "text/html"}), "bad_response"),
         (httpx.Response(200, text='{"code": 0, "response": {'), "bad_response"),
@@ -390,8 +425,35 @@ def test_unreadable_or_5xx_is_unavailable(answer: httpx.Response, outcome: str) 
     rec = Recorder()
     with pytest.raises(Unavailable) as info:
         make_client(Upstream(answer)).cancel_cvs(IMP_UID, rec)
+    assert type(info.value) is Unavailable and info.value.outcome == "unavailable"
     assert info.value.http_status == answer.status_code
     assert rec.records[-1].outcome == outcome
+
+
+@pytest.mark.parametrize("status", [500, 501, 505, 520])
+def test_5xx_in_iamports_envelope_is_a_server_error(status: int) -> None:
+    rec = Recorder()
+    body = {"code": -1, "message": "PG 사 응답 오류", "response": None}
+    with pytest.raises(ServerError) as info:
+        make_client(Upstream(httpx.Response(status, json=body))).cancel_cvs(IMP_UID, rec)
+    assert (info.value.http_status, info.value.code, info.value.outcome) == (
+        status,
+        -1,
+        "server_error",
+    )
+    assert isinstance(info.value, Unavailable)  # a caller that does not know it stays safe
+    assert rec.records[-1].outcome == "server_error"
+
+
+def test_a_huge_body_is_cut_off_and_unreadable() -> None:
+    from app.iamport.client import MAX_BODY_BYTES
+
+    huge = b'{"code": 0, "response": "' + b"x" * MAX_BODY_BYTES + b'"}'
+    rec = Recorder()
+    with pytest.raises(Unavailable) as info:
+        make_client(Upstream(httpx.Response(200, content=huge))).cancel_cvs(IMP_UID, rec)
+    assert info.value.message == "response body too large" and info.value.http_status == 200
+    assert rec.records[-1].outcome == "bad_response"
 
 
 def test_payment_without_required_fields_is_unavailable() -> None:
@@ -433,8 +495,9 @@ def test_from_settings_builds_a_shared_limited_client() -> None:
         (httpx.WriteTimeout("timed out"), OutcomeUnknown, "timeout"),
         (httpx.RemoteProtocolError("Server disconnected"), OutcomeUnknown, "connection_error"),
         (httpx.ReadError("reset"), OutcomeUnknown, "connection_error"),
-        (httpx.ConnectError("refused"), Unavailable, "connection_error"),
-        (httpx.ConnectTimeout("timed out"), Unavailable, "connection_error"),
+        (httpx.ConnectError("refused"), NotSent, "not_sent"),
+        (httpx.ConnectTimeout("timed out"), NotSent, "not_sent"),
+        (httpx.PoolTimeout("no connection free"), NotSent, "not_sent"),
     ],
 )
 def test_transport_failures(exc: Exception, error: type[IamportError], outcome: str) -> None:
@@ -516,3 +579,24 @@ def test_observer_may_veto_before_send() -> None:
     with pytest.raises(RuntimeError, match="lease lost"):
         make_client(up).cancel_cvs(IMP_UID, rec)
     assert up.requests == [] and rec.events[-1] == ("before", "cancel")
+    # The token came first: before_send is the last thing before the bytes go out.
+    assert rec.events[:2] == [("before", "token"), ("after", "token:ok")]
+
+
+def test_before_send_comes_after_the_rate_limiter() -> None:
+    order: list[str] = []
+
+    class Limiter:
+        def acquire(self, max_wait: float) -> None:
+            order.append("limiter")
+
+    class Observer(Recorder):
+        def before_send(self, call: str) -> None:
+            order.append(f"before:{call}")
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        order.append("sent")
+        return ok(cancelled_body())
+
+    make_client(Upstream(answer), limiter=Limiter()).cancel_cvs(IMP_UID, Observer())
+    assert order == ["limiter", "before:token", "limiter", "before:cancel", "sent"]

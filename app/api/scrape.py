@@ -17,10 +17,10 @@ from fastapi.responses import Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
-from sqlalchemy import text
 
-from app.db import get_engine
-from app.listing import STATUSES, oldest_waiting_age, status_counts
+from app.db import pool
+from app.jobs.status import ALL
+from app.listing import oldest_waiting_age, status_counts
 from app.metrics import MergedCollector
 
 router = APIRouter(tags=["health"])
@@ -44,11 +44,9 @@ class JobsCollector(Collector):
             self._cached = None
 
     def _read(self) -> tuple[dict[str, int], float | None]:
-        with get_engine().connect() as conn:
-            conn.execute(text(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}"))
-            counts, oldest = status_counts(conn), oldest_waiting_age(conn)
-            conn.rollback()
-        return counts, oldest
+        with pool().connection() as conn, conn.transaction(force_rollback=True):
+            conn.execute(f"SET LOCAL statement_timeout = {STATEMENT_TIMEOUT_MS}")
+            return status_counts(conn), oldest_waiting_age(conn)
 
     def collect(self) -> Iterator[Metric]:
         up = GaugeMetricFamily(
@@ -69,8 +67,8 @@ class JobsCollector(Collector):
             return
         counts, oldest = cached
         jobs = GaugeMetricFamily("stockout_jobs", "Jobs by status.", labels=["status"])
-        for status in STATUSES:
-            jobs.add_metric([status], counts[status])
+        for status in ALL:
+            jobs.add_metric([status.value], counts[status.value])
         yield jobs
         age = GaugeMetricFamily(
             "stockout_oldest_waiting_job_age_seconds",

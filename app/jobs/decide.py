@@ -1,0 +1,439 @@
+"""The decision table: what an iamport answer means for a job, and what comes next. Pure.
+
+A run on a job is a short sequence of steps, each one upstream call. After each call `decide`
+says what comes next: another step in the same run, or the status to record. It never reads
+iamport's message text: refusals are settled by a lookup of the payment.
+
+Two rules carry the money guarantees:
+- A call whose answer we did not get (timeout, lost connection, a gateway's 5xx) may still be
+  worked on at iamport. The job stays `uncertain` about it until a lookup settles it, and no
+  further call that could change the payment is planned before the call's start plus the
+  settle time (`settle_left` counts down to it). A lookup may settle it sooner: cancelled or
+  paid are definite; `ready` proves nothing until the settle time has passed.
+- A refund is only ever planned from a lookup made in the same run, with that lookup's
+  refundable balance as its checksum, so iamport itself refuses a second refund.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from app.iamport.schemas import Payment
+from app.jobs.records import (
+    Cancellation,
+    CancelledBy,
+    Refund,
+    UpstreamError,
+    cancellation_of,
+    exhausted,
+    refund_of,
+)
+from app.jobs.status import JobStatus
+
+
+class Step(StrEnum):
+    CANCEL = "cancel"  # DELETE /cvs/{imp_uid} or DELETE /vbanks/{imp_uid}, by the method
+    REFUND = "refund"  # POST /payments/cancel with a checksum
+    LOOKUP = "lookup"  # GET /payments/{imp_uid}: changes nothing
+
+
+MUTATING = frozenset({Step.CANCEL, Step.REFUND})
+
+
+class Method(StrEnum):
+    """Which call cancels the payment: iamport's record of it decides, the event only hints."""
+
+    CVS = "cvs"
+    VBANK = "vbank"
+
+
+class OnPaid(StrEnum):
+    HOLD = "hold"
+    REFUND = "refund"
+
+
+class Kind(StrEnum):
+    """What an upstream call told us, in the terms the decision needs."""
+
+    OK = "ok"  # applied (code 0), or a lookup answered with a payment
+    REFUSED = "refused"  # iamport answered and the call ended: 200 with code != 0, a 4xx,
+    #                      or a 5xx from iamport's application (a JSON envelope)
+    NOT_FOUND = "not_found"  # iamport does not know the imp_uid
+    UNKNOWN = "unknown"  # timeout, connection lost, a gateway's 5xx, an unreadable body
+    NOT_SENT = "not_sent"  # nothing left our side (no connection, fenced, no token)
+    RATE_LIMITED = "rate_limited"  # 429 or our own limiter: nothing applied, wait
+    UNAUTHORIZED = "unauthorized"  # 401 even with a fresh token: nothing applied
+
+
+@dataclass(frozen=True)
+class Policy:
+    """Retry rules from the settings."""
+
+    max_attempts: int = 8
+    base_seconds: float = 2.0
+    cap_seconds: float = 300.0
+    # Before the first lookup after an unknown answer: give iamport at least one call's time.
+    unknown_floor_seconds: float = 10.0
+    settle_seconds: float = 120.0
+    # Runs in a row that learn nothing (lookups that fail, statuses nobody documents, crashes)
+    # before the job fails with a plain error instead of retrying forever.
+    max_idle_runs: int = 30
+
+    def backoff(self, attempt: int, rng: random.Random) -> float:
+        """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]."""
+        ceiling = min(self.cap_seconds, self.base_seconds * 2 ** max(0, attempt - 1))
+        return rng.uniform(0, ceiling)
+
+
+@dataclass(frozen=True)
+class Result:
+    """One upstream answer, reduced to what matters."""
+
+    kind: Kind
+    payment: Payment | None = None  # the Payment in the answer, if any
+    retry_after: float | None = None
+    error: UpstreamError | None = None
+    # For a mutating step: the request left our side (known when it was sent, not guessed).
+    sent: bool = True
+
+
+@dataclass(frozen=True)
+class JobState:
+    """The facts about a job the decision needs."""
+
+    attempts: int = 0  # cancel and refund calls sent (a 429 does not count)
+    uncertain: Step | None = None  # the mutating call whose answer we never got
+    settle_left: float = 0.0  # seconds until that call can no longer apply
+    method: Method = Method.CVS
+    refund_allowed: bool = False  # on_paid is refund, or a person asked for the refund
+    look_first: bool = False  # a notification came: learn the payment's status first
+    idle_runs: int = 0
+    error: UpstreamError | None = None  # the job's recorded error, kept when a run adds none
+
+    @property
+    def unsettled(self) -> bool:
+        return self.uncertain is not None and self.settle_left > 0
+
+
+@dataclass(frozen=True)
+class Decision:
+    """Either `next_step` (go on in this run) or `status` (record and stop)."""
+
+    next_step: Step | None = None
+    checksum: float | None = None  # with next_step REFUND: the balance the lookup showed
+    status: JobStatus | None = None
+    delay: float = 0.0  # for retry_wait
+    uncertain: Step | None = None
+    payment_status: str | None = None
+    method: Method | None = None
+    cancellation: Cancellation | None = None
+    refund: Refund | None = None
+    error: UpstreamError | None = None
+    idle: bool = False  # this run learnt nothing: counts towards Policy.max_idle_runs
+
+    @property
+    def terminal(self) -> bool:
+        return self.status is not None and self.status not in (
+            JobStatus.QUEUED,
+            JobStatus.RUNNING,
+            JobStatus.RETRY_WAIT,
+        )
+
+
+def method_of(payment: Payment) -> Method | None:
+    """The cancel call iamport's record of the payment asks for, if it says."""
+    if payment.pay_method == "vbank":
+        return Method.VBANK
+    if payment.pay_method == "cvs":
+        return Method.CVS
+    return None
+
+
+def balance_of(payment: Payment) -> float:
+    """What is left to refund, as the payment shows it."""
+    return max(payment.amount - payment.cancel_amount, 0.0)
+
+
+def first_step(state: JobState) -> Step:
+    """A job whose last call may have applied, or that was told news, looks first."""
+    return Step.LOOKUP if state.uncertain is not None or state.look_first else Step.CANCEL
+
+
+def _retry(
+    delay: float,
+    state: JobState,
+    *,
+    uncertain: Step | None,
+    error: UpstreamError | None,
+    idle: bool = False,
+    payment_status: str | None = None,
+) -> Decision:
+    return Decision(
+        status=JobStatus.RETRY_WAIT,
+        delay=max(delay, 0.0),
+        uncertain=uncertain,
+        error=error or state.error,
+        idle=idle,
+        payment_status=payment_status,
+    )
+
+
+def _until_settled(state: JobState, policy: Policy, rng: random.Random, status: str) -> Decision:
+    """Wait for an unanswered call: look again after a while, at the latest when it settles."""
+    look_again = max(policy.backoff(max(1, state.attempts), rng), policy.unknown_floor_seconds)
+    return _retry(
+        min(look_again, state.settle_left) + 0.05,
+        state,
+        uncertain=state.uncertain,
+        error=None,
+        payment_status=status,
+    )
+
+
+def decide(
+    step: Step,
+    result: Result,
+    state: JobState,
+    policy: Policy,
+    rng: random.Random,
+    *,
+    refused: Step | None = None,
+) -> Decision:
+    """What to do after `step` answered `result`.
+
+    `state.attempts` already counts the call just made; `state.uncertain` is as it stood
+    before it. `refused` names the mutating step this run saw refused before this lookup.
+    """
+    if result.kind is Kind.RATE_LIMITED:
+        # Waiting is not a failed attempt, and a 429 means the call did not apply.
+        return _retry(result.retry_after or 1.0, state, uncertain=state.uncertain, error=None)
+    if step is Step.LOOKUP:
+        return _after_lookup(result, state, policy, rng, refused)
+    if not result.sent or result.kind is Kind.NOT_SENT:
+        # Nothing left our side, so nothing can have applied: a plain retry.
+        delay = result.retry_after or policy.backoff(max(1, state.attempts), rng)
+        return _retry(delay, state, uncertain=state.uncertain, error=result.error)
+    return _after_mutation(step, result, state, policy, rng)
+
+
+def _after_mutation(
+    step: Step, result: Result, state: JobState, policy: Policy, rng: random.Random
+) -> Decision:
+    payment = result.payment
+    if result.kind is Kind.OK and payment is not None and payment.status == "cancelled":
+        method = method_of(payment)
+        if step is Step.REFUND:
+            return Decision(
+                status=JobStatus.REFUNDED,
+                payment_status=payment.status,
+                refund=refund_of(payment),
+                method=method,
+                error=state.error,
+            )
+        return Decision(
+            status=JobStatus.CANCELLED,
+            payment_status=payment.status,
+            cancellation=cancellation_of(payment, "service"),
+            method=method,
+            error=state.error,
+        )
+    if result.kind is Kind.OK:
+        # "Done", but the payment it shows is not cancelled: our call may still be the one
+        # that does it, so a lookup decides, and ours counts as possibly applied.
+        return Decision(next_step=Step.LOOKUP, uncertain=step, error=state.error)
+    if result.kind in (Kind.REFUSED, Kind.NOT_FOUND):
+        # The call ended without applying; never trust its words: the payment decides.
+        return Decision(next_step=Step.LOOKUP, uncertain=None, error=result.error)
+    if result.kind is Kind.UNKNOWN:
+        look_again = max(policy.backoff(state.attempts, rng), policy.unknown_floor_seconds)
+        delay = min(look_again, policy.settle_seconds)
+        return _retry(delay, state, uncertain=step, error=result.error)
+    # UNAUTHORIZED: the call was not applied. Out of attempts, a lookup says how it ends.
+    if state.attempts >= policy.max_attempts:
+        return Decision(next_step=Step.LOOKUP, uncertain=None, error=result.error)
+    delay = policy.backoff(state.attempts, rng)
+    return _retry(delay, state, uncertain=None, error=result.error)
+
+
+def _after_lookup(
+    result: Result, state: JobState, policy: Policy, rng: random.Random, refused: Step | None
+) -> Decision:
+    if result.kind is Kind.NOT_FOUND:
+        return Decision(status=JobStatus.FAILED, error=result.error or state.error)
+    payment = result.payment
+    if result.kind is not Kind.OK or payment is None:
+        # A lookup changes nothing upstream: look again later, without spending an attempt.
+        delay = policy.backoff(max(1, state.idle_runs + 1), rng)
+        return _retry(delay, state, uncertain=state.uncertain, error=result.error, idle=True)
+
+    status = payment.status
+    method = method_of(payment) or state.method
+    if status == "cancelled":
+        if state.uncertain is Step.REFUND:
+            return Decision(
+                status=JobStatus.REFUNDED,
+                payment_status=status,
+                refund=refund_of(payment),
+                method=method,
+                error=state.error,
+            )
+        by: CancelledBy = "service" if state.uncertain is Step.CANCEL else "upstream"
+        return Decision(
+            status=JobStatus.CANCELLED,
+            payment_status=status,
+            cancellation=cancellation_of(payment, by),
+            method=method,
+            error=state.error,
+        )
+    if status == "paid":
+        if not state.refund_allowed or refused is Step.REFUND:
+            # Blocking is no longer possible: a person decides, or finishes a refund iamport
+            # would not do for us (its refusal is in `error`).
+            return Decision(
+                status=JobStatus.NEEDS_REFUND, payment_status=status, method=method,
+                error=state.error,
+            )  # fmt: skip
+        if state.unsettled:
+            return _until_settled(state, policy, rng, status)
+        if state.attempts >= policy.max_attempts:
+            return Decision(
+                status=JobStatus.NEEDS_REFUND,
+                payment_status=status,
+                method=method,
+                error=exhausted(state.error, policy.max_attempts),
+            )
+        return Decision(
+            next_step=Step.REFUND,
+            checksum=balance_of(payment),
+            payment_status=status,
+            method=method,
+            error=state.error,
+        )
+    if status == "failed":
+        return Decision(
+            status=JobStatus.FAILED,
+            payment_status=status,
+            method=method,
+            error=state.error or UpstreamError(message="the payment failed at iamport"),
+        )
+    if status != "ready":
+        # A status iamport does not document: do not guess, look again later.
+        delay = policy.backoff(max(1, state.idle_runs + 1), rng)
+        return _retry(
+            delay, state, uncertain=state.uncertain, error=None, idle=True, payment_status=status
+        )
+    # ready: nothing has applied yet, or an unanswered call of ours still may.
+    if state.unsettled:
+        return _until_settled(state, policy, rng, status)
+    if state.attempts >= policy.max_attempts:
+        return Decision(
+            status=JobStatus.FAILED,
+            payment_status=status,
+            method=method,
+            error=exhausted(state.error, policy.max_attempts),
+        )
+    if refused is Step.CANCEL and method is state.method:
+        # iamport refused a barcode it still shows as ready, for a reason we cannot read.
+        delay = policy.backoff(state.attempts, rng)
+        return _retry(delay, state, uncertain=None, error=None, payment_status=status)
+    return Decision(next_step=Step.CANCEL, payment_status=status, method=method, error=state.error)
+
+
+def after_crash(
+    state: JobState, error: UpstreamError, policy: Policy, rng: random.Random
+) -> Decision:
+    """A run that raised: retry with backoff, and fail plainly once runs keep failing."""
+    decision = _retry(
+        policy.backoff(state.idle_runs + 1, rng),
+        state,
+        uncertain=state.uncertain,
+        error=error,
+        idle=True,
+    )
+    return _bounded(decision, state, policy)
+
+
+def _bounded(decision: Decision, state: JobState, policy: Policy) -> Decision:
+    """An idle run past the bound ends the job `failed`, saying why."""
+    if not decision.idle or state.idle_runs + 1 < policy.max_idle_runs:
+        return decision
+    last = decision.error.message if decision.error and decision.error.message else None
+    why = f"gave up after {policy.max_idle_runs} runs that could not learn the payment's status"
+    return replace(
+        decision,
+        status=JobStatus.FAILED,
+        delay=0.0,
+        error=(decision.error or UpstreamError()).model_copy(
+            update={"message": f"{why}; last: {last}" if last else why}
+        ),
+    )
+
+
+MAX_STEPS = 6  # lookup, cancel, lookup, cancel by the other method, lookup, refund at most
+
+
+@dataclass(frozen=True)
+class Run:
+    """What one run decided, and the job's attempt count after it."""
+
+    decision: Decision
+    attempts: int
+
+
+Call = Callable[[Step, Method, float | None], Result]
+
+
+def counts_as_attempt(step: Step, result: Result) -> bool:
+    """A mutating call that left our side and was not answered 429 is an attempt."""
+    return step in MUTATING and result.sent and result.kind is not Kind.RATE_LIMITED
+
+
+def drive(
+    state: JobState,
+    call: Call,
+    policy: Policy,
+    rng: random.Random,
+    elapsed: Callable[[], float] = lambda: 0.0,
+) -> Run:
+    """One run of a job: call, decide, and go on until a status is decided.
+
+    `call(step, method, checksum)` makes one upstream call; it is the only I/O, so this loop is
+    tested with a simulated iamport as well as with the real one. `elapsed` is the run's age
+    on a monotonic clock: the settle time counts down while the run goes on.
+    """
+    settled_at = state.settle_left  # on the run's clock: when the last unanswered call settles
+    step = first_step(state)
+    refused: Step | None = None
+    checksum: float | None = None
+    payment_status: str | None = None
+    for _ in range(MAX_STEPS):
+        if step in MUTATING and state.attempts >= policy.max_attempts:
+            # Out of attempts: only a lookup may say how the job ends.
+            step = Step.LOOKUP
+        started = elapsed()
+        result = call(step, state.method, checksum)
+        if counts_as_attempt(step, result):
+            state = replace(state, attempts=state.attempts + 1)
+            settled_at = started + policy.settle_seconds
+        state = replace(state, settle_left=settled_at - elapsed())
+        decision = decide(step, result, state, policy, rng, refused=refused)
+        payment_status = decision.payment_status or payment_status
+        if decision.next_step is None:
+            decision = replace(decision, payment_status=payment_status)
+            return Run(_bounded(decision, state, policy), state.attempts)
+        refused = step if step in MUTATING and decision.uncertain is None else None
+        state = replace(
+            state,
+            uncertain=decision.uncertain,
+            method=decision.method or state.method,
+            error=decision.error or state.error,
+        )
+        step, checksum = decision.next_step, decision.checksum
+    # Only a payment that changes under us at every step gets here: look again later.
+    retry = _retry(
+        policy.backoff(state.attempts, rng), state, uncertain=state.uncertain, error=None
+    )
+    return Run(replace(retry, payment_status=payment_status), state.attempts)

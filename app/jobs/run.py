@@ -1,0 +1,282 @@
+"""One run of one job: claim, call, decide, record. The decisions live in decide.py.
+
+The run is the only code that sends a cancel or a refund, and it sends one only after its
+write-ahead (store.write_ahead) has recorded the call under a live lease and the worker's own
+monotonic clock says enough of that lease is left for the call to end inside it.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+import uuid
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+import structlog
+from psycopg import Connection
+
+from app import metrics
+from app.config import Settings
+from app.iamport.client import CallRecord, IamportClient
+from app.iamport.errors import (
+    NotFound,
+    NotSent,
+    OutcomeUnknown,
+    RateLimited,
+    Refused,
+    ServerError,
+    Unauthorized,
+    Unavailable,
+)
+from app.jobs import store
+from app.jobs.decide import (
+    MUTATING,
+    Decision,
+    JobState,
+    Kind,
+    Method,
+    Policy,
+    Result,
+    Step,
+    after_crash,
+    drive,
+)
+from app.jobs.records import UpstreamError
+from app.jobs.status import JobStatus
+
+log = structlog.get_logger("worker")
+REDIS_DOWN_DELAY = 5.0
+DEFAULT_REASON = "out of stock"
+COUNTED_OUTCOMES_EXCLUDED = frozenset({"rate_limited", "not_sent"})
+
+
+def policy_from(settings: Settings) -> Policy:
+    return Policy(
+        max_attempts=settings.cancel_max_attempts,
+        base_seconds=settings.cancel_retry_base_seconds,
+        cap_seconds=settings.cancel_retry_max_seconds,
+        unknown_floor_seconds=min(
+            settings.iamport_timeout_seconds, settings.cancel_retry_max_seconds
+        ),
+        settle_seconds=settings.cancel_settle_seconds,
+        max_idle_runs=settings.job_max_idle_runs,
+    )
+
+
+class Held(Exception):
+    """The write-ahead was refused (lease gone, or an earlier call unsettled), or too little
+    of the lease is left to finish a call in it: nothing is sent."""
+
+
+def _error(exc: Exception) -> UpstreamError:
+    return UpstreamError(
+        http_status=getattr(exc, "http_status", None),
+        code=getattr(exc, "code", None),
+        message=getattr(exc, "message", None) or type(exc).__name__,
+    )
+
+
+@dataclass
+class JobRun:
+    """Observes one run's upstream calls: writes each mutating call ahead, collects the records."""
+
+    conn: Connection[Any]
+    job: store.Claimed
+    settings: Settings
+    written: dict[int, CallRecord] = field(default_factory=dict)
+    others: list[CallRecord] = field(default_factory=list)
+    pending: tuple[int, Step] | None = None  # written ahead, answer not yet recorded
+    counted: int = 0  # attempts this run made, as the attempt rows will show them
+    sent: bool = False  # the current step's mutating call left our side
+    answered: bool = False  # this run's last mutating call had a definite answer
+    last_sent: Step | None = None  # the last cancel or refund this run sent
+    step: Step = Step.LOOKUP
+
+    def before_send(self, call: str) -> None:
+        if call not in (Step.CANCEL, Step.REFUND):
+            return
+        started = time.monotonic()
+        attempt_id = store.write_ahead(
+            self.conn,
+            self.job.id,
+            self.job.lease_token,
+            Step(call),
+            lease_seconds=self.settings.lease_seconds,
+            settle=self.settings.cancel_settle_seconds,
+            answered=self.answered,
+        )
+        if attempt_id is None:
+            raise Held("the write-ahead was refused")
+        self.pending = (attempt_id, Step(call))
+        left = self.settings.lease_seconds - (time.monotonic() - started)
+        if left < self.settings.send_margin_seconds:
+            # A stall (GC, a frozen container) ate the lease: another worker may take the
+            # job before this call could end. The row is kept, marked as never sent.
+            raise Held("too little of the lease is left to send")
+        self.sent = True
+        self.last_sent = Step(call)
+
+    def after_call(self, record: CallRecord) -> None:
+        metrics.observe_upstream(record)
+        if self.pending is not None and record.call in (Step.CANCEL, Step.REFUND):
+            attempt_id, _ = self.pending
+            self.written[attempt_id] = record
+            self.pending = None
+            if record.outcome not in COUNTED_OUTCOMES_EXCLUDED:
+                self.counted += 1
+        else:
+            self.others.append(record)
+
+    def held(self, reason: str) -> None:
+        """Close a written-ahead row whose call was never sent."""
+        if self.pending is None:
+            return
+        attempt_id, step = self.pending
+        now = datetime.now(UTC)
+        self.written[attempt_id] = CallRecord(step.value, now, 0, None, None, reason, "not_sent")
+        self.pending = None
+
+
+def call_step(
+    client: IamportClient,
+    observer: JobRun,
+    step: Step,
+    method: Method,
+    checksum: float | None,
+) -> Result:
+    """Make the step's upstream call and reduce the answer to a Result."""
+    job = observer.job
+    observer.sent = False
+    try:
+        if step is Step.LOOKUP:
+            payment = client.get_payment(job.imp_uid, observer=observer)
+        elif step is Step.REFUND:
+            payment = client.refund(
+                imp_uid=job.imp_uid,
+                amount=None,
+                reason=job.reason or DEFAULT_REASON,
+                checksum=checksum,
+                observer=observer,
+            )
+        elif method is Method.VBANK:
+            payment = client.cancel_vbank(job.imp_uid, observer=observer)
+        else:
+            payment = client.cancel_cvs(job.imp_uid, observer=observer)
+    except Held as held:
+        observer.held(str(held))
+        return Result(Kind.NOT_SENT, sent=False)
+    except RateLimited as exc:
+        return Result(Kind.RATE_LIMITED, retry_after=exc.retry_after, sent=observer.sent)
+    except NotFound as exc:
+        return _answered(observer, step, Kind.NOT_FOUND, _error(exc))
+    except (Refused, ServerError) as exc:
+        return _answered(observer, step, Kind.REFUSED, _error(exc))
+    except Unauthorized as exc:
+        return _answered(observer, step, Kind.UNAUTHORIZED, _error(exc))
+    except NotSent as exc:
+        return Result(Kind.NOT_SENT, error=_error(exc), sent=False)
+    except (OutcomeUnknown, Unavailable) as exc:
+        return Result(Kind.UNKNOWN, error=_error(exc), sent=observer.sent or step is Step.LOOKUP)
+    except redis.RedisError:
+        # The token cache or the limiter is unreachable, so nothing was sent: wait, uncounted.
+        return Result(Kind.RATE_LIMITED, retry_after=REDIS_DOWN_DELAY, sent=observer.sent)
+    if step in MUTATING:
+        observer.answered = True
+    return Result(Kind.OK, payment=payment, sent=observer.sent or step is Step.LOOKUP)
+
+
+def _answered(observer: JobRun, step: Step, kind: Kind, error: UpstreamError) -> Result:
+    if step in MUTATING and observer.sent:
+        observer.answered = True
+    return Result(kind, error=error, sent=observer.sent or step is Step.LOOKUP)
+
+
+def state_of(job: store.Claimed) -> JobState:
+    """The decision's view of a claimed job."""
+    return JobState(
+        attempts=job.attempts,
+        uncertain=Step(job.uncertain_call) if job.uncertain_call else None,
+        settle_left=job.settle_left,
+        method=Method(job.pay_method),
+        refund_allowed=job.on_paid == "refund" or job.refund_requested,
+        look_first=job.look_first,
+        idle_runs=job.idle_runs,
+        error=UpstreamError.model_validate(job.error) if job.error else None,
+    )
+
+
+def run_job(
+    conn: Connection[Any],
+    client: IamportClient,
+    job: store.Claimed,
+    settings: Settings,
+    rng: random.Random,
+) -> str:
+    """Drive one claimed job as far as this run can; returns the status recorded."""
+    observer = JobRun(conn, job, settings)
+    state = state_of(job)
+    policy = policy_from(settings)
+    started = time.monotonic()
+
+    def call(step: Step, method: Method, checksum: float | None) -> Result:
+        observer.step = step
+        return call_step(client, observer, step, method, checksum)
+
+    try:
+        decision = drive(state, call, policy, rng, lambda: time.monotonic() - started).decision
+    except Exception as exc:  # any fault of one job's run stays with that job
+        metrics.run_crashed()
+        log.exception("job_run_crashed", job_id=str(job.id), imp_uid=job.imp_uid)
+        # Whatever this run sent may have applied, answered or not: the next run looks first.
+        pending = observer.last_sent or state.uncertain
+        error = UpstreamError(message=f"the run failed: {type(exc).__name__}")
+        decision = after_crash(replace(state, uncertain=pending), error, policy, rng)
+    return record(conn, job, observer, decision)
+
+
+def record(conn: Connection[Any], job: store.Claimed, observer: JobRun, decision: Decision) -> str:
+    """Write the run's outcome (and, for a terminal one, its webhook messages) under the lease."""
+    assert decision.status is not None
+    outcome = store.Outcome(
+        status=decision.status,
+        delay=decision.delay,
+        attempts=job.attempts + observer.counted,
+        uncertain=decision.uncertain,
+        idle=decision.idle,
+        payment_status=decision.payment_status,
+        pay_method=decision.method,
+        cancellation=decision.cancellation,
+        refund=decision.refund,
+        error=decision.error,
+    )
+    args = (conn, job.id, job.lease_token, outcome, observer.written, observer.others)
+    if outcome.terminal:
+        with conn.transaction():
+            kept = store.finish(*args)
+            if kept:
+                on_terminal(conn, job.id)
+    else:
+        kept = store.finish(*args)  # one statement, autocommit
+    if not kept:
+        log.warning("lease_lost_at_finish", job_id=str(job.id), imp_uid=job.imp_uid)
+        return "lease_lost"
+    if outcome.terminal:
+        metrics.job_finished(decision.status)
+        if decision.idle and decision.status is JobStatus.FAILED:
+            metrics.job_given_up()
+    log.info(
+        "job_run",
+        job_id=str(job.id),
+        imp_uid=job.imp_uid,
+        status=decision.status.value,
+        attempts=outcome.attempts,
+    )
+    return decision.status.value
+
+
+def on_terminal(conn: Connection[Any], job_id: uuid.UUID) -> None:
+    """What else a terminal transition writes in its own transaction (webhook messages)."""
+    return None

@@ -1,0 +1,400 @@
+"""Every statement that writes a job row or an attempt row, and nothing else.
+
+Plain psycopg, one parameter style, typed rows. Each statement carries its own guard (the
+WHERE that makes it safe under concurrency) and says so in a comment; the caller owns the
+transaction (app/db.py's unit of work on the HTTP side, autocommit single statements in the
+worker, one transaction where a terminal transition writes its webhook messages too).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from psycopg import Connection
+from psycopg.rows import class_row
+from psycopg.types.json import Jsonb
+
+from app.iamport.client import CallRecord
+from app.jobs.decide import Method, OnPaid, Step
+from app.jobs.records import Cancellation, Refund, UpstreamError
+from app.jobs.status import TERMINAL, WAITING_SQL, JobStatus
+
+Conn = Connection[Any]
+
+# Cancel and refund calls sent since the job was last put back by a person, as the attempt
+# rows show them: the one definition of a job's `attempts`. A call that was answered 429, or
+# that was written ahead but never left us, is no attempt; one whose worker died is.
+ATTEMPTS_SQL = """(SELECT count(*) FROM attempts a
+  WHERE a.job_id = jobs.id AND a.call IN ('cancel', 'refund')
+    AND a.started_at >= COALESCE(jobs.retried_at, '-infinity')
+    AND a.outcome IS DISTINCT FROM 'rate_limited' AND a.outcome IS DISTINCT FROM 'not_sent')"""
+# Seconds until the job's unanswered call can no longer apply at iamport, by the database clock.
+SETTLE_LEFT_SQL = """CASE WHEN jobs.uncertain_call IS NULL THEN 0.0 ELSE GREATEST(0.0,
+  EXTRACT(EPOCH FROM jobs.last_call_at + make_interval(secs => %(settle)s) - now()))::float8 END"""
+
+
+# -- intake ----------------------------------------------------------------------------------
+
+# Guard: the primary key on event_id. Concurrent duplicates wait for the winner's commit and
+# then insert nothing; the caller compares content hashes.
+INSERT_EVENT = """
+INSERT INTO events (event_id, sku, reason, occurred_at, content_hash)
+VALUES (%(event_id)s, %(sku)s, %(reason)s, %(occurred_at)s, %(hash)s)
+ON CONFLICT (event_id) DO NOTHING
+RETURNING received_at
+"""
+
+
+def insert_event(
+    conn: Conn, event_id: str, sku: str, reason: str, occurred_at: datetime | None, digest: str
+) -> datetime | None:
+    """The new event's received_at, or None when the event_id is known already."""
+    params = {
+        "event_id": event_id,
+        "sku": sku,
+        "reason": reason,
+        "occurred_at": occurred_at,
+        "hash": digest,
+    }
+    row = conn.execute(INSERT_EVENT, params).fetchone()
+    return row[0] if row else None
+
+
+def event_hash(conn: Conn, event_id: str) -> str | None:
+    """The content hash a known event was accepted with."""
+    row = conn.execute(
+        "SELECT content_hash FROM events WHERE event_id = %s", (event_id,)
+    ).fetchone()
+    return str(row[0]) if row else None
+
+
+@dataclass(frozen=True)
+class NewJob:
+    imp_uid: str
+    merchant_uid: str | None
+    pay_method: Method
+
+
+# Guard: the unique constraint on imp_uid, one job per payment ever. Rows go in sorted by
+# imp_uid so two events naming the same payments lock them in one order (no deadlock).
+INSERT_JOBS = """
+INSERT INTO jobs (imp_uid, merchant_uid, pay_method, on_paid, reason, due_at)
+SELECT w.imp_uid, w.merchant_uid, w.pay_method, %(on_paid)s, %(reason)s,
+       now() + make_interval(secs => %(grace)s)
+FROM unnest(%(imp_uids)s::text[], %(merchant_uids)s::text[], %(methods)s::text[])
+     AS w(imp_uid, merchant_uid, pay_method)
+ORDER BY w.imp_uid
+ON CONFLICT (imp_uid) DO NOTHING
+RETURNING id
+"""
+# A statement of its own, after the insert: it sees the jobs another event made meanwhile (the
+# insert above waited for them), so every payment links to its one job, in the event's order.
+LINK_JOBS = """
+INSERT INTO event_jobs (event_id, job_id, position)
+SELECT %(event_id)s, j.id, w.position
+FROM unnest(%(imp_uids)s::text[]) WITH ORDINALITY AS w(imp_uid, position)
+JOIN jobs j ON j.imp_uid = w.imp_uid
+"""
+
+
+def insert_jobs(
+    conn: Conn,
+    event_id: str,
+    jobs: Sequence[NewJob],
+    on_paid: OnPaid,
+    reason: str,
+    grace_seconds: float,
+) -> list[uuid.UUID]:
+    """Make a job for each payment that has none and link all of them to the event, in order.
+
+    Returns the ids of the jobs made now: those are published after the commit.
+    """
+    imp_uids = [j.imp_uid for j in jobs]
+    params = {
+        "imp_uids": imp_uids,
+        "merchant_uids": [j.merchant_uid for j in jobs],
+        "methods": [j.pay_method.value for j in jobs],
+        "on_paid": on_paid.value,
+        "reason": reason,
+        "grace": grace_seconds,
+    }
+    created = [r[0] for r in conn.execute(INSERT_JOBS, params).fetchall()]
+    conn.execute(LINK_JOBS, {"event_id": event_id, "imp_uids": imp_uids})
+    return created
+
+
+# -- the run ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claimed:
+    id: uuid.UUID
+    imp_uid: str
+    lease_token: uuid.UUID
+    attempts: int
+    uncertain_call: str | None
+    settle_left: float
+    pay_method: str
+    on_paid: str
+    refund_requested: bool
+    look_first: bool
+    idle_runs: int
+    reason: str | None
+    error: dict[str, Any] | None
+
+
+# Guard: only a job that is ready (queued, due retry_wait, or running with an expired lease)
+# is taken, and the fresh lease token makes every later write of this run conditional on it.
+# The inner FOR UPDATE reads look_first as it stands when the row is ours.
+CLAIM = f"""
+UPDATE jobs SET status = 'running', lease_token = gen_random_uuid(),
+    lease_until = now() + make_interval(secs => %(lease)s),
+    due_at = now() + make_interval(secs => %(lease)s), look_first = false, updated_at = now()
+FROM (SELECT id, look_first AS told FROM jobs WHERE id = %(id)s FOR UPDATE) told
+WHERE jobs.id = told.id
+  AND (status = 'queued'
+       OR (status = 'retry_wait' AND next_attempt_at <= now())
+       OR (status = 'running' AND lease_until < now()))
+RETURNING jobs.id, imp_uid, lease_token, {ATTEMPTS_SQL} AS attempts, uncertain_call,
+    {SETTLE_LEFT_SQL} AS settle_left, pay_method, on_paid,
+    refund_requested_at IS NOT NULL AS refund_requested, told.told AS look_first, idle_runs,
+    reason, error
+"""  # noqa: S608
+
+
+def claim(conn: Conn, job_id: uuid.UUID, lease_seconds: float, settle: float) -> Claimed | None:
+    """Take the lease on the job if it is ready to run; None when it is not (or not ours)."""
+    params = {"id": job_id, "lease": lease_seconds, "settle": settle}
+    return conn.cursor(row_factory=class_row(Claimed)).execute(CLAIM, params).fetchone()
+
+
+# The write-ahead, just before a cancel or refund is sent: record the call and that the job is
+# uncertain about it, and extend the lease, in one statement. Guards: we still hold a live
+# lease; and no earlier call of this job can still apply at iamport (it was answered, in this
+# run, or its settle time has passed, by the database clock).
+WRITE_AHEAD = """
+WITH j AS (
+  UPDATE jobs SET uncertain_call = %(call)s, last_call_at = now(),
+      lease_until = now() + make_interval(secs => %(lease)s),
+      due_at = now() + make_interval(secs => %(lease)s), updated_at = now()
+  WHERE id = %(id)s AND lease_token = %(token)s AND status = 'running' AND lease_until > now()
+    AND (uncertain_call IS NULL OR %(answered)s
+         OR last_call_at <= now() - make_interval(secs => %(settle)s))
+  RETURNING id
+)
+INSERT INTO attempts (job_id, call, started_at) SELECT id, %(call)s, now() FROM j RETURNING id
+"""
+
+
+def write_ahead(
+    conn: Conn,
+    job_id: uuid.UUID,
+    token: uuid.UUID,
+    call: Step,
+    *,
+    lease_seconds: float,
+    settle: float,
+    answered: bool,
+) -> int | None:
+    """The attempt row's id, or None when the lease is gone or an earlier call is unsettled."""
+    params = {
+        "id": job_id,
+        "token": token,
+        "call": call.value,
+        "lease": lease_seconds,
+        "settle": settle,
+        "answered": answered,
+    }
+    row = conn.execute(WRITE_AHEAD, params).fetchone()
+    return int(row[0]) if row else None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a run decided, as the job row keeps it."""
+
+    status: JobStatus
+    delay: float
+    attempts: int
+    uncertain: Step | None
+    idle: bool
+    payment_status: str | None = None
+    pay_method: Method | None = None
+    cancellation: Cancellation | None = None
+    refund: Refund | None = None
+    error: UpstreamError | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL
+
+
+def _json(record: Any) -> Jsonb | None:
+    return Jsonb(record.model_dump(mode="json")) if record is not None else None
+
+
+# Records the run: completes the written-ahead rows and adds the other calls (they happened,
+# so they are kept even when the lease was lost), then moves the job on. Guard: the lease
+# token; a job someone else holds now is left as it is.
+FINISH = """
+WITH done AS (
+  UPDATE attempts a SET duration_ms = r.duration_ms, http_status = r.http_status, code = r.code,
+      message = r.message, outcome = r.outcome
+  FROM unnest(%(w_ids)s::bigint[], %(w_ms)s::int[], %(w_http)s::int[], %(w_code)s::int[],
+              %(w_msg)s::text[], %(w_out)s::text[])
+       AS r(id, duration_ms, http_status, code, message, outcome)
+  WHERE a.id = r.id AND a.job_id = %(id)s
+  RETURNING a.id
+), added AS (
+  INSERT INTO attempts (job_id, call, started_at, duration_ms, http_status, code, message, outcome)
+  SELECT %(id)s, r.call, r.started_at, r.duration_ms, r.http_status, r.code, r.message, r.outcome
+  FROM unnest(%(i_call)s::text[], %(i_start)s::timestamptz[], %(i_ms)s::int[], %(i_http)s::int[],
+              %(i_code)s::int[], %(i_msg)s::text[], %(i_out)s::text[])
+       AS r(call, started_at, duration_ms, http_status, code, message, outcome)
+  RETURNING id
+)
+UPDATE jobs SET status = %(status)s,
+    attempts = %(attempts)s,
+    uncertain_call = %(uncertain)s,
+    next_attempt_at = CASE WHEN %(retry)s THEN now() + make_interval(secs => %(delay)s) END,
+    due_at = CASE WHEN %(retry)s THEN now() + make_interval(secs => %(delay)s) END,
+    lease_token = NULL, lease_until = NULL,
+    idle_runs = CASE WHEN %(idle)s THEN idle_runs + 1 ELSE 0 END,
+    payment_status = COALESCE(%(payment_status)s, payment_status),
+    pay_method = COALESCE(%(pay_method)s, pay_method),
+    cancellation = COALESCE(%(cancellation)s, cancellation),
+    refund = COALESCE(%(refund)s, refund),
+    error = COALESCE(%(error)s, error),
+    finished_at = CASE WHEN %(terminal)s THEN now() END,
+    updated_at = now()
+WHERE id = %(id)s AND lease_token = %(token)s
+RETURNING (SELECT count(*) FROM done) + (SELECT count(*) FROM added)
+"""
+
+
+def finish(
+    conn: Conn,
+    job_id: uuid.UUID,
+    token: uuid.UUID,
+    outcome: Outcome,
+    written: dict[int, CallRecord],
+    others: Sequence[CallRecord],
+) -> bool:
+    """Record the run; False when the lease was lost (the calls are recorded all the same)."""
+    w_ids = list(written)
+    w = [written[i] for i in w_ids]
+    params = {
+        "id": job_id,
+        "token": token,
+        "status": outcome.status.value,
+        "delay": outcome.delay,
+        "attempts": outcome.attempts,
+        "uncertain": outcome.uncertain.value if outcome.uncertain else None,
+        "idle": outcome.idle,
+        "payment_status": outcome.payment_status,
+        "pay_method": outcome.pay_method.value if outcome.pay_method else None,
+        "cancellation": _json(outcome.cancellation),
+        "refund": _json(outcome.refund),
+        "error": _json(outcome.error),
+        "terminal": outcome.terminal,
+        "retry": outcome.status is JobStatus.RETRY_WAIT,
+        "w_ids": w_ids,
+        "w_ms": [r.duration_ms for r in w],
+        "w_http": [r.http_status for r in w],
+        "w_code": [r.code for r in w],
+        "w_msg": [r.message for r in w],
+        "w_out": [r.outcome for r in w],
+        "i_call": [r.call for r in others],
+        "i_start": [r.started_at for r in others],
+        "i_ms": [r.duration_ms for r in others],
+        "i_http": [r.http_status for r in others],
+        "i_code": [r.code for r in others],
+        "i_msg": [r.message for r in others],
+        "i_out": [r.outcome for r in others],
+    }
+    return conn.execute(FINISH, params).fetchone() is not None
+
+
+# Guard: FOR UPDATE SKIP LOCKED, so sweeps on several nodes never take the same job; due_at
+# moves ahead so the next sweep leaves a published job alone while its message waits.
+TAKE_DUE = f"""
+WITH due AS (
+  SELECT id FROM jobs WHERE {WAITING_SQL} AND due_at <= now()
+  ORDER BY due_at LIMIT %(limit)s
+  FOR UPDATE SKIP LOCKED
+)
+UPDATE jobs j SET due_at = now() + make_interval(secs => %(grace)s)
+FROM due WHERE j.id = due.id
+RETURNING j.id
+"""  # noqa: S608
+
+
+def take_due(conn: Conn, limit: int, grace_seconds: float) -> list[uuid.UUID]:
+    """Ids of jobs whose time has come: due retries, lost messages, expired leases."""
+    rows = conn.execute(TAKE_DUE, {"limit": limit, "grace": grace_seconds}).fetchall()
+    return [r[0] for r in rows]
+
+
+# -- what people and iamport ask ---------------------------------------------------------------
+
+# Guard: only a failed job moves, once, however many retries race. The attempt budget starts
+# again (retried_at); `uncertain_call` and `error` stay, so a call that may have applied is
+# looked up before anything else is sent.
+RETRY = """
+UPDATE jobs SET status = 'queued', retried_at = now(), attempts = 0, idle_runs = 0,
+    next_attempt_at = NULL, finished_at = NULL, lease_token = NULL, lease_until = NULL,
+    due_at = now() + make_interval(secs => %(grace)s), updated_at = now()
+WHERE id = %(id)s AND status = 'failed'
+RETURNING id
+"""
+
+# Guard: only a needs_refund job moves, once. The run looks the payment up first and takes its
+# refund checksum from that lookup.
+REQUEST_REFUND = """
+UPDATE jobs SET status = 'queued', refund_requested_at = now(), look_first = true,
+    retried_at = now(), attempts = 0, idle_runs = 0, next_attempt_at = NULL, finished_at = NULL,
+    due_at = now() + make_interval(secs => %(grace)s), updated_at = now()
+WHERE id = %(id)s AND status = 'needs_refund'
+RETURNING id
+"""
+
+
+def retry(conn: Conn, job_id: uuid.UUID, grace_seconds: float) -> bool:
+    """Put a failed job back to queued; False when it is not failed."""
+    params = {"id": job_id, "grace": grace_seconds}
+    return conn.execute(RETRY, params).fetchone() is not None
+
+
+def request_refund(conn: Conn, job_id: uuid.UUID, grace_seconds: float) -> bool:
+    """A person decided to refund a held payment; False when the job is not needs_refund."""
+    params = {"id": job_id, "grace": grace_seconds}
+    return conn.execute(REQUEST_REFUND, params).fetchone() is not None
+
+
+def status_of(conn: Conn, job_id: uuid.UUID) -> JobStatus | None:
+    """The job's status, or None when there is no such job."""
+    row = conn.execute("SELECT status FROM jobs WHERE id = %s", (job_id,)).fetchone()
+    return JobStatus(row[0]) if row else None
+
+
+# A notification says the payment changed. It is not signed, so it only makes the job look the
+# payment up at its next run, which is made due now. Guard: only a job still waiting; a
+# finished job is never touched by what a notification claims.
+NOTE_NEWS = f"""
+UPDATE jobs SET look_first = true,
+    next_attempt_at = CASE WHEN status = 'retry_wait' THEN now() ELSE next_attempt_at END,
+    due_at = CASE WHEN status = 'running' THEN due_at ELSE now() END,
+    updated_at = now()
+WHERE imp_uid = %(imp_uid)s AND {WAITING_SQL}
+RETURNING id, status
+"""  # noqa: S608
+
+
+def note_news(conn: Conn, imp_uid: str) -> tuple[uuid.UUID, JobStatus] | None:
+    """Make a waiting job look its payment up now; its id and status, or None."""
+    row = conn.execute(NOTE_NEWS, {"imp_uid": imp_uid}).fetchone()
+    return (row[0], JobStatus(row[1])) if row else None

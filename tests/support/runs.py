@@ -1,0 +1,29 @@
+"""Run one job's run in this process, as a worker thread would (no broker involved)."""
+
+from __future__ import annotations
+
+import random
+import uuid
+
+from app.config import get_settings
+from app.db import pool
+from app.iamport.client import IamportClient
+from app.jobs import store
+from app.jobs.run import run_job
+from app.redis_conn import get_redis
+
+
+def run_now(job_id: str | uuid.UUID) -> str:
+    """Claim the job and run it once; its recorded status, or "not_claimed"."""
+    settings = get_settings()
+    client = IamportClient.from_settings(settings, get_redis())
+    try:
+        with pool().connection() as conn:
+            job = store.claim(
+                conn, uuid.UUID(str(job_id)), settings.lease_seconds, settings.cancel_settle_seconds
+            )
+            if job is None:
+                return "not_claimed"
+            return run_job(conn, client, job, settings, random.Random(0))
+    finally:
+        client.close()
