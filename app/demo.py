@@ -209,7 +209,7 @@ class Demo:
         (refunded,) = self.wait(
             [job["id"]], lambda js: js[0]["status"] == "refunded", "refunding after the decision"
         )
-        return f"held as needs_refund, then refunded ({refunded['refund']['amount']} won)"
+        return f"held as needs_refund, then refunded ({refunded['refund']['amount']:,.0f} won)"
 
     def outage(self) -> str:
         self.sandbox.set_faults(error_rate=1.0, calls=["cancel", "lookup"])
