@@ -1,13 +1,14 @@
 # One image for api, worker, beat and migrate (docker-compose.yml picks the command).
+# Runtime dependencies only (requirements.lock): no embedded servers, no test or lint tools.
 FROM python:3.11-slim AS base
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /srv
-COPY requirements.lock pyproject.toml README.md ./
+COPY requirements.lock ./
 RUN pip install --no-cache-dir -r requirements.lock
+COPY pyproject.toml README.md alembic.ini ./
 COPY app ./app
 COPY worker ./worker
 COPY migrations ./migrations
-COPY alembic.ini ./
 RUN pip install --no-cache-dir --no-deps . && useradd --system --uid 10001 stockout
 USER stockout
 EXPOSE 8000

@@ -74,18 +74,41 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="the key's id or prefix"
 @cli.command()
 def dev(
     host: str = "127.0.0.1",
-    port: int = 8000,
+    port: Annotated[int, typer.Option(help="the API's port")] = 8000,
+    sandbox_port: Annotated[int, typer.Option(help="the iamport sandbox's port")] = 8001,
+    postgres_port: Annotated[int, typer.Option(help="embedded Postgres")] = 54329,
+    redis_port: Annotated[int, typer.Option(help="embedded Redis")] = 63799,
     data_dir: Annotated[Path, typer.Option(help="where Postgres and Redis keep their data")] = Path(
         ".stockout"
     ),
     concurrency: int = 32,
+    real_iamport: Annotated[
+        bool,
+        typer.Option(
+            "--real-iamport",
+            help="call the real iamport with IAMPORT_IMP_KEY/SECRET instead of the sandbox",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole stack: Postgres, Redis, migrations, API, worker, beat and the sandbox."""
-    from app.dev import run_dev
+    from app.dev import Ports, run_dev
 
     # Ctrl-C and SIGTERM both end in an orderly shutdown.
     signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-    run_dev(host, port, data_dir, concurrency)
+    ports = Ports(api=port, sandbox=sandbox_port, postgres=postgres_port, redis=redis_port)
+    raise typer.Exit(run_dev(host, ports, data_dir, concurrency, real_iamport))
+
+
+@cli.command()
+def demo(
+    env_file: Annotated[Path, typer.Option(help="the settings `stockout dev` wrote")] = Path(
+        ".stockout/env"
+    ),
+) -> None:
+    """The whole story against a running `stockout dev`, step by step."""
+    from app.demo import run_demo
+
+    raise typer.Exit(run_demo(env_file))
 
 
 @cli.command()
@@ -96,12 +119,25 @@ def sandbox(
     imp_secret: str = "sandbox_secret",  # noqa: S107 (the simulator's own credential)
     token_ttl: int = 1800,
     seed: int = 0,
+    confirm_url: Annotated[
+        str | None, typer.Option(help="confirm_url of payments created without one")
+    ] = None,
+    notice_url: Annotated[
+        str | None, typer.Option(help="notice_url of payments created without one")
+    ] = None,
 ) -> None:
     """Run the iamport simulator."""
     from app.sandbox.server import run
 
     run(
-        host=host, port=port, imp_key=imp_key, imp_secret=imp_secret, token_ttl=token_ttl, seed=seed
+        host=host,
+        port=port,
+        imp_key=imp_key,
+        imp_secret=imp_secret,
+        token_ttl=token_ttl,
+        seed=seed,
+        confirm_url=confirm_url,
+        notice_url=notice_url,
     )
 
 
@@ -110,8 +146,8 @@ def main() -> None:
     try:
         cli()
     except RuntimeError as exc:  # configuration problems: a message, not a traceback
-        err.print(f"[red]error:[/] {exc}")
-        sys.exit(2)
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

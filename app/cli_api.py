@@ -1,8 +1,5 @@
-"""A tiny REST client for the `stockout` commands that talk to a running API.
-
-Where: STOCKOUT_API_URL and STOCKOUT_API_KEY, else API_URL and API_KEY lines (KEY=VALUE) in
-the file .stockout/env. Every failure is an ApiError with a one-line message (never the key).
-"""
+"""The operator commands' REST client: the API's URL and key from the environment or
+.stockout/env, and every failure as one line (ApiError) instead of a traceback."""
 
 from __future__ import annotations
 
@@ -12,38 +9,39 @@ from typing import Any
 
 import httpx
 
-ENV_FILE = Path(".stockout/env")
+ENV_FILE = Path(".stockout") / "env"
 TIMEOUT_SECONDS = 30.0
 
 
-class ApiError(Exception):
-    """A request that did not succeed, said in one line."""
+class ApiError(RuntimeError):
+    """A configuration, connection or API problem, worded for one line on stderr."""
+
+    def __init__(self, message: str, status: int | None = None, code: str | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
 
 
-def _from_file() -> dict[str, str]:
-    try:
-        lines = ENV_FILE.read_text().splitlines()
-    except OSError:
-        return {}
-    out = {}
-    for line in lines:
-        key, sep, value = line.strip().partition("=")
-        if sep and not key.startswith("#"):
-            out[key.strip()] = value.strip().strip("'\"")
-    return out
+def _env_file() -> dict[str, str]:
+    values: dict[str, str] = {}
+    if ENV_FILE.exists():
+        for line in ENV_FILE.read_text().splitlines():
+            name, sep, value = line.partition("=")
+            if sep and not name.startswith("#"):
+                values[name.strip()] = value.strip().strip("'\"")
+    return values
 
 
-def api_location() -> tuple[str, str]:
-    """(base URL, API key) from the environment or .stockout/env."""
-    url = os.environ.get("STOCKOUT_API_URL")
-    key = os.environ.get("STOCKOUT_API_KEY")
-    if not url or not key:
-        saved = _from_file()
-        url = url or saved.get("API_URL")
-        key = key or saved.get("API_KEY")
-    if not url or not key:
+def api_target() -> tuple[str, str]:
+    """(url, key): STOCKOUT_API_URL/STOCKOUT_API_KEY, else what `stockout dev` wrote."""
+    url, key = os.environ.get("STOCKOUT_API_URL", ""), os.environ.get("STOCKOUT_API_KEY", "")
+    if not (url and key):
+        written = _env_file()
+        url, key = url or written.get("API_URL", ""), key or written.get("API_KEY", "")
+    if not (url and key):
         raise ApiError(
-            "set STOCKOUT_API_URL and STOCKOUT_API_KEY (or API_URL and API_KEY in .stockout/env)"
+            "no API to talk to: set STOCKOUT_API_URL and STOCKOUT_API_KEY, "
+            f"or run `stockout dev` in this folder (it writes {ENV_FILE})"
         )
     return url.rstrip("/"), key
 
@@ -51,30 +49,36 @@ def api_location() -> tuple[str, str]:
 def api_request(
     method: str, path: str, json: Any = None, params: dict[str, Any] | None = None
 ) -> Any:
-    """Call the API; the decoded JSON answer (None when empty), or ApiError."""
-    base, key = api_location()
-    query = {k: v for k, v in (params or {}).items() if v is not None}
+    """Call the API; the decoded JSON body (None for 204), or ApiError."""
+    url, key = api_target()
     try:
         response = httpx.request(
             method,
-            base + path,
+            url + path,
             json=json,
-            params=query,
+            params={k: v for k, v in (params or {}).items() if v is not None},
             headers={"Authorization": f"Bearer {key}"},
             timeout=TIMEOUT_SECONDS,
         )
     except httpx.HTTPError as exc:
-        raise ApiError(f"cannot reach the API at {base}: {type(exc).__name__}") from None
+        raise ApiError(f"cannot reach the API at {url}: {type(exc).__name__}") from None
     if response.status_code >= 400:
         try:
             problem = response.json()
-            detail = f"{problem.get('code', 'error')}: {problem.get('detail', '')}"
-        except (ValueError, AttributeError):
-            detail = response.reason_phrase
-        raise ApiError(f"HTTP {response.status_code} {detail}".strip())
-    if not response.content:
+        except ValueError:
+            problem = {}
+        if not isinstance(problem, dict):
+            problem = {}
+        code = str(problem.get("code") or "")
+        detail = problem.get("detail") or response.reason_phrase
+        raise ApiError(
+            f"{method} {path}: {response.status_code} {code or 'error'}: {detail}",
+            status=response.status_code,
+            code=code or None,
+        )
+    if response.status_code == 204 or not response.content:
         return None
     try:
         return response.json()
     except ValueError:
-        raise ApiError("the API answered something that is not JSON") from None
+        raise ApiError(f"{method} {path}: the answer is not JSON") from None

@@ -12,7 +12,7 @@ EMBEDDED_HINT = "set DATABASE_URL and REDIS_URL, or run `stockout dev` for the e
 
 
 class Settings(BaseSettings):
-    """The environment variables of CONTRACT section 3, plus a few tuning knobs."""
+    """The service's environment variables (README, Configuration), plus a few tuning knobs."""
 
     model_config = SettingsConfigDict(env_file=None, extra="ignore", frozen=True)
 
@@ -58,7 +58,7 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _psycopg_dialect(cls, value: str) -> str:
-        # CONTRACT: both postgresql:// and postgresql+psycopg:// are accepted.
+        # Both postgresql:// and postgresql+psycopg:// are accepted.
         for prefix in ("postgresql://", "postgres://"):
             if value.startswith(prefix):
                 return "postgresql+psycopg://" + value[len(prefix) :]

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 import secrets
 import signal
+import socket
 import subprocess
 import time
 from contextlib import ExitStack
@@ -12,13 +15,42 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psycopg
 from rich.console import Console
 
 from app import launch
-from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
+from app.embedded import (
+    EmbeddedPostgres,
+    EmbeddedRedis,
+    EmbeddedServerError,
+    postgres_bin_dir,
+    redis_server_binary,
+    wait_for_port,
+)
 
 console = Console(stderr=True)
 SANDBOX_KEY, SANDBOX_SECRET = "sandbox_key", "sandbox_secret"
+EXTRAS_HINT = (
+    "stockout dev needs Postgres and Redis: the embedded ones come with the dev install "
+    "(`pip install -r requirements-dev.lock`, or `make run`), which production installs "
+    "leave out; or put initdb/pg_ctl and redis-server on PATH"
+)
+# Variables a shell may export for a real deployment; dev ignores them unless told otherwise.
+REAL_IAMPORT_VARS = ("IAMPORT_IMP_KEY", "IAMPORT_IMP_SECRET", "IAMPORT_BASE_URL")
+
+
+class DevError(RuntimeError):
+    """A problem the person starting `stockout dev` can fix; printed as one line."""
+
+
+@dataclass(frozen=True)
+class Ports:
+    """Stable defaults, so the URLs in .stockout/env and the README stay the same."""
+
+    api: int = 8000
+    sandbox: int = 8001
+    postgres: int = 54329
+    redis: int = 63799
 
 
 @dataclass
@@ -53,79 +85,236 @@ class Children:
                 proc.wait()
 
 
-def wait_ready(url: str, timeout: float = 60) -> None:
-    """Wait until /readyz answers 200."""
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines (as `stockout dev` writes them); {} when the file is missing."""
+    if not path.exists():
+        return {}
+    values = {}
+    for line in path.read_text().splitlines():
+        name, sep, value = line.partition("=")
+        if sep and not name.startswith("#"):
+            values[name.strip()] = value.strip().strip("'\"")
+    return values
+
+
+def write_env_file(path: Path, values: dict[str, str]) -> None:
+    """Write the dev stack's settings for `set -a; . .stockout/env; set +a`; owner-only."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["# written by `stockout dev`; load with: set -a; . .stockout/env; set +a"]
+    lines += [f"{k}={v}" for k, v in values.items()]
+    tmp = path.with_suffix(".tmp")
+    tmp.touch(mode=0o600)
+    tmp.chmod(0o600)
+    tmp.write_text("\n".join(lines) + "\n")
+    tmp.replace(path)
+
+
+def port_taken(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether something already listens on host:port (or we may not bind it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def check_ports(ports: Ports, host: str) -> None:
+    """One plain error naming the taken port and the option that moves it."""
+    for what, port, flag, h in (
+        ("the API", ports.api, "--port", host),
+        ("the iamport sandbox", ports.sandbox, "--sandbox-port", "127.0.0.1"),
+        ("Postgres", ports.postgres, "--postgres-port", "127.0.0.1"),
+        ("Redis", ports.redis, "--redis-port", "127.0.0.1"),
+    ):
+        if port_taken(port, h):
+            raise DevError(
+                f"port {port} (for {what}) is already in use; stop what holds it or pass {flag} N"
+            )
+
+
+def running_instance(pid_file: Path) -> str | None:
+    """The URL of a `stockout dev` still running from this folder, if any."""
+    try:
+        info = json.loads(pid_file.read_text())
+        os.kill(int(info["pid"]), 0)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return str(info.get("url", "?"))
+
+
+def check_extras() -> None:
+    """Fail early, in one line, when neither the wheels nor system servers are there."""
+    try:
+        postgres_bin_dir()
+        redis_server_binary()
+    except EmbeddedServerError:
+        raise DevError(EXTRAS_HINT) from None
+
+
+def key_still_valid(database_url: str, key: str, scopes: tuple[str, ...]) -> bool:
+    """Whether a dev key from an earlier run still works here with every scope."""
+    parts = key.split("_", 2)
+    if len(parts) != 3:
+        return False
+    digest = hashlib.sha256(parts[2].encode()).hexdigest()
+    try:
+        with psycopg.connect(database_url, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT scopes FROM api_keys WHERE prefix = %s AND secret_hash = %s "
+                "AND revoked_at IS NULL",
+                (parts[1], digest),
+            ).fetchone()
+    except psycopg.Error:
+        return False
+    return row is not None and set(scopes) <= set(row[0])
+
+
+def wait_ready(url: str, children: Children, timeout: float = 60) -> None:
+    """Wait until /readyz answers 200 (or a child dies)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if children.dead():
+            raise DevError(f"{', '.join(children.dead())} stopped during start-up")
         try:
             if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
                 return
         except httpx.HTTPError:
             pass
         time.sleep(0.2)
-    raise RuntimeError(f"{url}/readyz did not answer 200 within {timeout}s")
+    raise DevError(f"{url}/readyz did not answer 200 within {timeout:.0f}s")
 
 
-def run_dev(host: str, port: int, data_dir: Path, concurrency: int) -> None:
-    """Start everything, print the URL and a key, and stop everything on Ctrl-C."""
+def run_dev(
+    host: str,
+    ports: Ports,
+    data_dir: Path,
+    concurrency: int,
+    real_iamport: bool = False,
+) -> int:
+    """Start everything, write .stockout/env, and stop everything on Ctrl-C; the exit status."""
     data_dir = data_dir.resolve()
+    pid_file = data_dir / "dev.pid"
+    running = running_instance(pid_file)
+    if running:
+        raise DevError(f"stockout dev is already running in this folder at {running}")
+    check_extras()
+    check_ports(ports, host)
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     data_dir.chmod(0o755)
+    env_file = data_dir / "env"
+    previous = read_env_file(env_file)
+    url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{ports.api}"
     children = Children()
     with ExitStack() as stack:
+        pid_file.write_text(json.dumps({"pid": os.getpid(), "url": url}))
+        stack.callback(pid_file.unlink, missing_ok=True)
         console.print(f"[bold]stockout dev[/] data in {data_dir}")
-        pg = EmbeddedPostgres(data_dir / "postgres")
+        pg = EmbeddedPostgres(data_dir / "postgres", port=ports.postgres)
         pg.start()
         stack.callback(pg.stop)
-        redis_server = EmbeddedRedis(data_dir / "redis")
+        redis_server = EmbeddedRedis(data_dir / "redis", port=ports.redis)
         redis_server.start()
         stack.callback(redis_server.stop)
         stack.callback(children.stop)
-        console.print(f"  postgres  {pg.url}\n  redis     {redis_server.url}")
 
-        env = dict(
-            os.environ,
+        # The hook token is kept across runs, like the key: URLs written down stay valid.
+        token = previous.get("IAMPORT_WEBHOOK_TOKEN") or secrets.token_urlsafe(16)
+        env = {k: v for k, v in os.environ.items() if real_iamport or k not in REAL_IAMPORT_VARS}
+        env.update(
             DATABASE_URL=pg.url,
             REDIS_URL=redis_server.url,
-            IAMPORT_WEBHOOK_TOKEN=os.environ.get("IAMPORT_WEBHOOK_TOKEN")
-            or secrets.token_urlsafe(16),
+            IAMPORT_WEBHOOK_TOKEN=token,
             LOG_JSON=os.environ.get("LOG_JSON", "true"),
+            # Dev and demo receivers listen on this machine.
+            WEBHOOK_ALLOW_PRIVATE_URLS="true",
+            # The sandbox never goes on working on a call it did not answer: no need to wait
+            # the production default (minutes) before calling again after an outage.
+            CANCEL_SETTLE_SECONDS=os.environ.get("CANCEL_SETTLE_SECONDS", "3"),
         )
-        if not os.environ.get("IAMPORT_IMP_KEY"):
-            sandbox_port = free_port()
-            children.start("sandbox", launch.sandbox_command(sandbox_port), env, logs)
-            wait_for_port(sandbox_port)
+        sandbox_url = ""
+        if real_iamport:
+            if not (env.get("IAMPORT_IMP_KEY") and env.get("IAMPORT_IMP_SECRET")):
+                raise DevError("--real-iamport needs IAMPORT_IMP_KEY and IAMPORT_IMP_SECRET")
+            console.print(
+                "[bold white on red] REAL IAMPORT [/] "
+                f"[bold red]cancels go to {env.get('IAMPORT_BASE_URL', 'https://api.iamport.kr')} "
+                "with your credentials: real barcodes will be voided[/]"
+            )
+        else:
+            sandbox_url = f"http://127.0.0.1:{ports.sandbox}"
+            hooks = f"{url}/v1/iamport"
+            children.start(
+                "sandbox",
+                launch.sandbox_command(
+                    ports.sandbox,
+                    confirm_url=f"{hooks}/cvs-confirm?token={token}",
+                    notice_url=f"{hooks}/notifications?token={token}",
+                ),
+                env,
+                logs,
+            )
+            wait_for_port(ports.sandbox)
             env.update(
-                IAMPORT_BASE_URL=f"http://127.0.0.1:{sandbox_port}",
+                IAMPORT_BASE_URL=sandbox_url,
                 IAMPORT_IMP_KEY=SANDBOX_KEY,
                 IAMPORT_IMP_SECRET=SANDBOX_SECRET,
             )
-            console.print(
-                f"  sandbox   {env['IAMPORT_BASE_URL']} (iamport simulator; control API under /__control)"
-            )
 
-        subprocess.run(
-            launch.migrate_command(), env=env, check=True, cwd=launch.ROOT, capture_output=True
+        migrated = subprocess.run(
+            launch.migrate_command(), env=env, cwd=launch.ROOT, capture_output=True, text=True
         )
-        key = launch.create_key(env, "dev")
-        url = f"http://{host}:{port}"
-        children.start("api", launch.api_command(port, host), env, logs)
+        if migrated.returncode != 0:
+            (logs / "migrate.log").write_text(migrated.stdout + migrated.stderr)
+            raise DevError(f"migrations failed; see {logs / 'migrate.log'}")
+        from app.auth import Scope
+
+        scopes = tuple(s.value for s in Scope)
+        key = previous.get("API_KEY", "")
+        if not key_still_valid(pg.url, key, scopes):
+            key = launch.create_key(env, "dev", scopes)
+        children.start("api", launch.api_command(ports.api, host), env, logs)
         worker = launch.worker_command(concurrency=concurrency, name="dev-worker")
         children.start("worker", worker, env, logs)
         children.start("beat", launch.beat_command(data_dir / "celerybeat-schedule"), env, logs)
-        wait_ready(url)
+        wait_ready(url, children)
+        write_env_file(
+            env_file,
+            {
+                "API_URL": url,
+                "API_KEY": key,
+                "SANDBOX": sandbox_url,
+                "DATABASE_URL": pg.url,
+                "REDIS_URL": redis_server.url,
+                "IAMPORT_WEBHOOK_TOKEN": token,
+            },
+        )
         console.print(f"\n[bold green]stockout-cancel is up[/] at {url}  (logs in {logs})")
         console.print(f"  API docs  {url}/docs")
-        console.print(
-            f"  webhooks  {url}/v1/iamport/cvs-confirm?token=…  (token in IAMPORT_WEBHOOK_TOKEN)"
-        )
+        if sandbox_url:
+            console.print(f"  sandbox   {sandbox_url}  (iamport simulator; control API /__control)")
+        console.print(f"  settings  {env_file}  (API_URL, API_KEY, SANDBOX, DATABASE_URL, ...)")
+        console.print("  try it    [bold]stockout demo[/]   or, for the README's curl steps:")
+        console.print(f"            set -a; . {_shown(env_file)}; set +a")
         console.print("  Ctrl-C stops everything.")
-        print(f"URL={url}", flush=True)
+        print(f"API_URL={url}", flush=True)
         print(f"API_KEY={key}", flush=True)
         try:
             while not children.dead():
                 time.sleep(0.5)
-            console.print(f"[red]stopped unexpectedly:[/] {', '.join(children.dead())}; see {logs}")
         except KeyboardInterrupt:
             console.print("\nstopping…")
+            return 0
+        console.print(f"[red]stopped unexpectedly:[/] {', '.join(children.dead())}; see {logs}")
+        return 1
+    return 1  # not reached: the with block returns
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the current folder when it is below it."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)

@@ -1,4 +1,4 @@
-"""The command lines of the service's processes (CONTRACT section 2), in one place.
+"""The command lines of the service's processes, in one place.
 
 `stockout dev`, the tests, the chaos run and the benchmarks all start the service exactly as
 an operator would, through these.
@@ -66,10 +66,21 @@ def beat_command(schedule: Path, loglevel: str = "INFO") -> list[str]:
 
 
 def sandbox_command(
-    port: int, seed: int = 0, imp_key: str | None = None, imp_secret: str | None = None
+    port: int,
+    seed: int = 0,
+    imp_key: str | None = None,
+    imp_secret: str | None = None,
+    confirm_url: str | None = None,
+    notice_url: str | None = None,
 ) -> list[str]:
+    """`stockout sandbox`; confirm_url/notice_url are given to payments created without them."""
     args = [sys.executable, "-m", "app.cli", "sandbox", "--port", str(port), "--seed", str(seed)]
-    for flag, value in (("--imp-key", imp_key), ("--imp-secret", imp_secret)):
+    for flag, value in (
+        ("--imp-key", imp_key),
+        ("--imp-secret", imp_secret),
+        ("--confirm-url", confirm_url),
+        ("--notice-url", notice_url),
+    ):
         if value is not None:
             args += [flag, value]
     return args

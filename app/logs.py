@@ -22,6 +22,32 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
+QUIET_TASK = "stockout.sweep"  # app.dispatch.SWEEP_TASK (not imported: it pulls in Celery)
+
+
+class QuietSweeps(logging.Filter):
+    """Drop Celery's INFO lines about the periodic sweep, which runs every few seconds.
+
+    Beat's "Sending due task", the worker's "received", and "succeeded" when the sweep
+    dispatched nothing. A sweep that dispatches jobs still says so (`sweep_dispatched`), and
+    a failing one still logs its error.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno > logging.INFO or not record.name.startswith("celery"):
+            return True
+        args = record.args
+        if isinstance(args, dict):
+            if args.get("name") != QUIET_TASK:
+                return True
+            if "return_value" in args:  # "Task ... succeeded in ...: N"
+                return str(args["return_value"]) not in ("0", "None")
+            return "runtime" in args or "exc" in args  # keep anything but "received"
+        if isinstance(args, tuple) and record.name == "celery.beat":
+            return QUIET_TASK not in args
+        return True
+
+
 def configure(level: str = "INFO", json: bool = True) -> None:
     """Set up structlog (and route stdlib logging through the same renderer)."""
     shared: list[Any] = [
@@ -49,6 +75,8 @@ def configure(level: str = "INFO", json: bool = True) -> None:
             ]
         )
     )
+    if logging.getLevelName(level.upper()) >= logging.INFO:
+        handler.addFilter(QuietSweeps())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

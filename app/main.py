@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi import FastAPI
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import structlog
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
 
 from app import console
 from app.api import (
@@ -19,8 +24,41 @@ from app.api import (
 )
 from app.api.limits import BodyLimit
 from app.config import get_settings
-from app.errors import install_handlers
+from app.errors import install_handlers, problem
 from app.logs import configure
+
+log = structlog.get_logger(__name__)
+
+
+@asynccontextmanager
+async def startup_checks(_: FastAPI) -> AsyncIterator[None]:
+    """Refuse to start without the backing stores; warn loudly when the till guard is off."""
+    settings = get_settings()
+    try:
+        settings.require_urls()
+    except RuntimeError as exc:
+        log.error("cannot start", reason=str(exc))
+        raise
+    token = settings.iamport_webhook_token
+    if token is None or not token.get_secret_value():
+        log.warning(
+            "IAMPORT_WEBHOOK_TOKEN is empty: the till guard is OFF. iamport's confirm_url and "
+            "notifications answer 404, so customers can still pay barcodes we are cancelling"
+        )
+    yield
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Checks first, then the confirm hook's own connections."""
+    async with startup_checks(app), iamport_hooks.confirm_pool(app):
+        yield
+
+
+async def internal_error(_: Request, exc: Exception) -> JSONResponse:
+    """Whatever slipped through: problem details, never a bare 500 page (logged with trace)."""
+    log.error("unhandled error", exc_info=exc)
+    return problem(500, "internal_error", "an unexpected error; it has been logged")
 
 
 def create_app() -> FastAPI:
@@ -30,10 +68,16 @@ def create_app() -> FastAPI:
     app = FastAPI(
         title="stockout-cancel",
         version="0.1.0",
-        description="Cancels convenience-store payment barcodes at iamport for orders that cannot be shipped.",
-        lifespan=iamport_hooks.confirm_pool,
+        description=(
+            "Cancels convenience-store payment barcodes at iamport for orders that cannot be "
+            "shipped. Authorize with an API key (`stockout keys create NAME --scope ...`)."
+        ),
+        lifespan=lifespan,
+        docs_url=None,
+        redoc_url=None,
     )
     install_handlers(app)
+    app.add_exception_handler(Exception, internal_error)
     operations = (stats.router, scrape.router, iamport_hooks.router, me.router, console.router)
     for router in (events.router, jobs.router, webhooks.router, health.router, *operations):
         # FastAPI 0.16x's include_router nests a router object, which hides the paths from
@@ -43,6 +87,7 @@ def create_app() -> FastAPI:
     app.add_middleware(BodyLimit)
     middleware.install(app)
     openapi.install(app)
+    openapi.install_docs(app)
     return app
 
 

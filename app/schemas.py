@@ -1,4 +1,4 @@
-"""The API's request and response shapes (CONTRACT section 4)."""
+"""The API's request and response shapes."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Ingestion benchmark (issue 2): `make bench-ingest`.
+"""Ingestion benchmark: `make bench-ingest`.
 
 Events per second and p50/p99 latency of POST /v1/stockout-events at 32 concurrent clients,
 for 1-payment and 20-payment events, against uvicorn with real Postgres and Redis (no worker

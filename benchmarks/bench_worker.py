@@ -1,4 +1,4 @@
-"""End-to-end worker benchmark (issue 4): `make bench`.
+"""End-to-end worker benchmark: `make bench`.
 
 2,000 ready payments in 100 events, the sandbox answering after 50 ms, IAMPORT_MAX_RPS high.
 Prints jobs per second from the first post to the last terminal job, p50/p95 time from event

@@ -1,6 +1,6 @@
 """The two URLs iamport calls: the barcode's confirm_url and the payment notification URL.
 
-No API key: iamport authenticates with the shared token in the query string (CONTRACT 6),
+No API key: iamport authenticates with the shared token in the query string,
 compared in constant time. Without IAMPORT_WEBHOOK_TOKEN both answer 404. The query string
 carries that token, so it is never logged (app/api/middleware.py logs the path alone).
 """

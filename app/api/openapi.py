@@ -1,11 +1,21 @@
-"""The OpenAPI document, told the truth about errors: RFC 9457 problem details everywhere."""
+"""The OpenAPI document (problem details for every error, the key scheme, an example on every
+schema) and the pages that show it, served from the package so they work offline."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI
+from fastapi import FastAPI, HTTPException
+from fastapi.openapi.docs import (
+    get_redoc_html,
+    get_swagger_ui_html,
+    get_swagger_ui_oauth2_redirect_html,
+)
 from fastapi.openapi.utils import get_openapi
+from fastapi.responses import FileResponse, HTMLResponse
+
+from app.jobs.status import JobStatus
 
 PROBLEM = "#/components/schemas/Problem"
 VALIDATION_PROBLEM = "#/components/schemas/ValidationProblem"
@@ -47,6 +57,131 @@ SCHEMAS: dict[str, Any] = {
 }
 
 
+SECURITY_SCHEMES: dict[str, Any] = {
+    "apiKey": {
+        "type": "http",
+        "scheme": "bearer",
+        "description": "an API key from `stockout keys create NAME --scope ...`",
+    },
+    "iamportToken": {
+        "type": "apiKey",
+        "in": "query",
+        "name": "token",
+        "description": "IAMPORT_WEBHOOK_TOKEN, in the URLs given to iamport",
+    },
+}
+
+_JOB_ID = "3f1c9a52-8d4e-4b7a-9c1e-2a6f0d5b7e93"
+_CANCELLATION = {
+    "pg_tid": "StdpayCARDINIpayTest20261125150102123456",
+    "amount": 12000,
+    "cancelled_at": "2026-11-25T06:00:03Z",
+    "reason": "out of stock",
+    "receipt_url": "https://iniweb.inicis.com/receipt/StdpayCARDINIpayTest20261125150102123456",
+    "cancelled_by": "service",
+}
+_ERROR = {"http_status": 200, "code": -1, "message": "already paid"}
+_JOB = {
+    "id": _JOB_ID,
+    "imp_uid": "imps_410124208172",
+    "merchant_uid": "order-1001",
+    "status": "cancelled",
+    "pay_method": "cvs",
+    "on_paid": "hold",
+    "attempts": 1,
+    "next_attempt_at": None,
+    "payment_status": "cancelled",
+    "cancellation": _CANCELLATION,
+    "refund": None,
+    "error": None,
+    "event_ids": ["inv-2026-11-25-0001"],
+    "created_at": "2026-11-25T06:00:01Z",
+    "updated_at": "2026-11-25T06:00:03Z",
+    "finished_at": "2026-11-25T06:00:03Z",
+}
+_ATTEMPT = {
+    "n": 1,
+    "call": "cancel",
+    "started_at": "2026-11-25T06:00:02Z",
+    "duration_ms": 182,
+    "http_status": 200,
+    "code": 0,
+    "message": None,
+    "outcome": "cancelled",
+}
+# One realistic example per schema: Swagger UI and ReDoc show them, docs/api.md prints them.
+EXAMPLES: dict[str, Any] = {
+    "PaymentRef": {"imp_uid": "imps_410124208172", "merchant_uid": "order-1001"},
+    "EventCreate": {
+        "event_id": "inv-2026-11-25-0001",
+        "sku": "SKU-123",
+        "reason": "out of stock",
+        "occurred_at": "2026-11-25T06:00:00Z",
+        "payments": [{"imp_uid": "imps_410124208172", "merchant_uid": "order-1001"}],
+        "on_paid": "hold",
+    },
+    "Cancellation": _CANCELLATION,
+    "Refund": {
+        "pg_tid": "StdpayCARDINIpayTest20261125160512654321",
+        "amount": 12000,
+        "cancelled_at": "2026-11-25T07:05:12Z",
+        "reason": "out of stock",
+        "receipt_url": "https://iniweb.inicis.com/receipt/StdpayCARDINIpayTest20261125160512654321",
+    },
+    "JobStatus": JobStatus.NEEDS_REFUND.value,
+    "UpstreamError": _ERROR,
+    "JobPublic": _JOB,
+    "EventPublic": {
+        "event_id": "inv-2026-11-25-0001",
+        "sku": "SKU-123",
+        "reason": "out of stock",
+        "occurred_at": "2026-11-25T06:00:00Z",
+        "received_at": "2026-11-25T06:00:01Z",
+        "jobs": [_JOB],
+    },
+    "JobPage": {"items": [_JOB], "next_cursor": None},
+    "AttemptPublic": _ATTEMPT,
+    "AttemptList": {
+        "items": [
+            {**_ATTEMPT, "call": "token", "duration_ms": 41, "outcome": "ok"},
+            _ATTEMPT,
+        ]
+    },
+    "Stats": {
+        "counts": {
+            JobStatus.QUEUED.value: 3,
+            JobStatus.RETRY_WAIT.value: 1,
+            JobStatus.CANCELLED.value: 1520,
+            JobStatus.NEEDS_REFUND.value: 2,
+        },
+        "oldest_waiting_age_seconds": 4.2,
+        "finished_last_minute": {"cancelled": 12},
+        "finished_last_hour": {JobStatus.CANCELLED.value: 640, JobStatus.NEEDS_REFUND.value: 1},
+    },
+    "Problem": {
+        "type": "about:blank",
+        "title": "Conflict",
+        "status": 409,
+        "detail": "event inv-2026-11-25-0001 is known with different content",
+        "code": "event_conflict",
+    },
+    "ValidationProblem": {
+        "type": "about:blank",
+        "title": "Unprocessable Content",
+        "status": 422,
+        "detail": "the request is not valid",
+        "code": "validation_error",
+        "errors": [
+            {
+                "loc": ["body", "payments", "0", "imp_uid"],
+                "msg": "String should match pattern '^[A-Za-z0-9_\\-]+$'",
+                "type": "string_pattern_mismatch",
+            }
+        ],
+    },
+}
+
+
 def _problem(description: str, ref: str = PROBLEM) -> dict[str, Any]:
     return {
         "description": description,
@@ -68,16 +203,75 @@ def rewrite(schema: dict[str, Any]) -> dict[str, Any]:
             responses.setdefault("413", _problem("request body over 1 MiB"))
             responses.setdefault("503", _problem("the database is unreachable (Retry-After)"))
             if path.startswith("/v1/iamport/"):
+                operation.setdefault("security", [{"iamportToken": []}])
                 responses.setdefault("401", _problem("wrong or missing token"))
                 responses.setdefault("404", _problem("IAMPORT_WEBHOOK_TOKEN is not configured"))
             else:
+                operation.setdefault("security", [{"apiKey": []}])
                 responses.setdefault("401", _problem("missing or unknown API key"))
                 responses.setdefault("403", _problem("the key lacks the scope"))
     components = schema.setdefault("components", {}).setdefault("schemas", {})
     for unused in ("HTTPValidationError", "ValidationError"):
         components.pop(unused, None)
     components.update(SCHEMAS)
+    for name, example in EXAMPLES.items():
+        if name in components and "examples" not in components[name]:
+            components[name]["examples"] = [example]
+    schema["components"]["securitySchemes"] = SECURITY_SCHEMES
     return schema
+
+
+def _swagger_assets() -> Path:
+    import swagger_ui_bundle
+
+    return Path(swagger_ui_bundle.swagger_ui_path)
+
+
+STATIC = Path(__file__).resolve().parents[1] / "static"
+ASSETS = {
+    "swagger-ui-bundle.js": lambda: _swagger_assets() / "swagger-ui-bundle.js",
+    "swagger-ui.css": lambda: _swagger_assets() / "swagger-ui.css",
+    "favicon-32x32.png": lambda: _swagger_assets() / "favicon-32x32.png",
+    "redoc.standalone.js": lambda: STATIC / "redoc" / "redoc.standalone.js",
+}
+
+
+def install_docs(app: FastAPI) -> None:
+    """/docs and /redoc from files in the package: no CDN, so they work offline."""
+    assets = "/docs/assets"
+
+    @app.get("/docs", include_in_schema=False)
+    def swagger() -> HTMLResponse:
+        return get_swagger_ui_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - API",
+            oauth2_redirect_url="/docs/oauth2-redirect",
+            swagger_js_url=f"{assets}/swagger-ui-bundle.js",
+            swagger_css_url=f"{assets}/swagger-ui.css",
+            swagger_favicon_url=f"{assets}/favicon-32x32.png",
+            swagger_ui_parameters={"persistAuthorization": True},
+        )
+
+    @app.get("/docs/oauth2-redirect", include_in_schema=False)
+    def oauth2_redirect() -> HTMLResponse:
+        return get_swagger_ui_oauth2_redirect_html()
+
+    @app.get("/redoc", include_in_schema=False)
+    def redoc() -> HTMLResponse:
+        return get_redoc_html(
+            openapi_url="/openapi.json",
+            title=f"{app.title} - API",
+            redoc_js_url=f"{assets}/redoc.standalone.js",
+            redoc_favicon_url=f"{assets}/favicon-32x32.png",
+            with_google_fonts=False,
+        )
+
+    @app.get(assets + "/{name}", include_in_schema=False)
+    def asset(name: str) -> FileResponse:
+        where = ASSETS.get(name)
+        if where is None:
+            raise HTTPException(404)
+        return FileResponse(where(), headers={"Cache-Control": "public, max-age=86400"})
 
 
 def install(app: FastAPI) -> None:

@@ -182,6 +182,12 @@ def _retry(
     )
 
 
+def _still_open(state: JobState) -> Step | None:
+    """The unanswered call a job ending without a cancellation must keep: a retry or a refund
+    a person asks for later must still wait for it to settle."""
+    return state.uncertain if state.unsettled else None
+
+
 def _until_settled(state: JobState, policy: Policy, rng: random.Random, status: str) -> Decision:
     """Wait for an unanswered call: look again after a while, at the latest when it settles."""
     look_again = max(policy.backoff(max(1, state.attempts), rng), policy.unknown_floor_seconds)
@@ -267,13 +273,25 @@ def _after_lookup(
     result: Result, state: JobState, policy: Policy, rng: random.Random, refused: Step | None
 ) -> Decision:
     if result.kind is Kind.NOT_FOUND:
-        return Decision(status=JobStatus.FAILED, error=result.error or state.error)
+        return Decision(
+            status=JobStatus.FAILED,
+            error=result.error or state.error,
+            uncertain=_still_open(state),
+        )
     payment = result.payment
     if result.kind is not Kind.OK or payment is None:
         # A lookup changes nothing upstream: look again later, without spending an attempt.
         delay = policy.backoff(max(1, state.idle_runs + 1), rng)
         return _retry(delay, state, uncertain=state.uncertain, error=result.error, idle=True)
 
+    decision = _after_payment(payment, state, policy, rng, refused)
+    # The method iamport's record gives is kept, whatever comes next.
+    return decision if decision.method else replace(decision, method=method_of(payment))
+
+
+def _after_payment(
+    payment: Payment, state: JobState, policy: Policy, rng: random.Random, refused: Step | None
+) -> Decision:
     status = payment.status
     method = method_of(payment) or state.method
     if status == "cancelled":
@@ -296,10 +314,11 @@ def _after_lookup(
     if status == "paid":
         if not state.refund_allowed or refused is Step.REFUND:
             # Blocking is no longer possible: a person decides, or finishes a refund iamport
-            # would not do for us (its refusal is in `error`).
+            # would not do for us (its refusal is in `error`). An unsettled call is kept, so
+            # a refund the person asks for waits for it.
             return Decision(
                 status=JobStatus.NEEDS_REFUND, payment_status=status, method=method,
-                error=state.error,
+                error=state.error, uncertain=_still_open(state),
             )  # fmt: skip
         if state.unsettled:
             return _until_settled(state, policy, rng, status)
@@ -323,6 +342,7 @@ def _after_lookup(
             payment_status=status,
             method=method,
             error=state.error or UpstreamError(message="the payment failed at iamport"),
+            uncertain=_still_open(state),
         )
     if status != "ready":
         # A status iamport does not document: do not guess, look again later.
@@ -428,7 +448,9 @@ def drive(
         decision = decide(step, result, state, policy, rng, refused=refused)
         payment_status = decision.payment_status or payment_status
         if decision.next_step is None:
-            decision = replace(decision, payment_status=payment_status)
+            # What a lookup said of the payment's method is kept, whatever the run decided.
+            method = decision.method or state.method
+            decision = replace(decision, payment_status=payment_status, method=method)
             return Run(_bounded(decision, state, policy), state.attempts)
         refused = step if step in MUTATING and decision.uncertain is None else None
         state = replace(

@@ -466,6 +466,8 @@ def run(
     token_ttl: float = 1800,
     seed: int = 0,
     refusal_style: str = "mixed",
+    confirm_url: str | None = None,
+    notice_url: str | None = None,
 ) -> None:
     """Serve a fresh sandbox until interrupted (what `stockout sandbox` runs)."""
     import uvicorn
@@ -477,6 +479,8 @@ def run(
         token_ttl=token_ttl,
         seed=seed,
         refusal_style=refusal_style,
+        confirm_url=confirm_url,
+        notice_url=notice_url,
     )
     uvicorn.run(
         create_app(sandbox),

@@ -193,7 +193,12 @@ class Sandbox:
         seed: int = 0,
         clock: Callable[[], float] = time.time,
         refusal_style: str = "mixed",
+        confirm_url: str | None = None,
+        notice_url: str | None = None,
     ) -> None:
+        # Defaults for payments created without their own (`stockout dev` points them at the API).
+        self.default_confirm_url = confirm_url
+        self.default_notice_url = notice_url
         if refusal_style not in REFUSAL_STYLES:
             raise ValueError(f"refusal_style must be one of {list(REFUSAL_STYLES)}")
         self.refusal_style = refusal_style
@@ -287,8 +292,8 @@ class Sandbox:
             amount=amount,
             pay_method=pay_method,
             name=spec.get("name") or "sandbox order",
-            confirm_url=spec.get("confirm_url"),
-            notice_url=spec.get("notice_url"),
+            confirm_url=spec.get("confirm_url", self.default_confirm_url),
+            notice_url=spec.get("notice_url", self.default_notice_url),
             barcode=spec.get("barcode") or f"{self.ids.randrange(10**16):016d}",
             channel_key=spec.get("channel_key"),
             custom_data=spec.get("custom_data"),

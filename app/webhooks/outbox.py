@@ -22,7 +22,7 @@ from typing import Any
 from psycopg import Connection
 from psycopg.types.json import Jsonb
 
-from app.jobs.status import TERMINAL
+from app.jobs.status import TERMINAL, WAITING_SQL
 from app.webhooks.payloads import body, load_event, load_job
 
 EVENT_COMPLETED = "event.completed"
@@ -42,14 +42,14 @@ WHERE e.completed_at IS NULL
 ORDER BY e.event_id
 FOR UPDATE OF e
 """
-COMPLETE = """
+COMPLETE = f"""
 UPDATE events e SET completed_at = now()
 WHERE e.event_id = ANY(%(events)s) AND e.completed_at IS NULL
   AND NOT EXISTS (
     SELECT 1 FROM event_jobs l JOIN jobs j ON j.id = l.job_id
-    WHERE l.event_id = e.event_id AND j.status IN ('queued', 'running', 'retry_wait'))
+    WHERE l.event_id = e.event_id AND j.{WAITING_SQL})
 RETURNING e.event_id
-"""
+"""  # noqa: S608
 # Ingest linking jobs that already exist to a new event: wait for any transition of theirs
 # still in flight (its UPDATE holds the row), so the next statement sees how it ended.
 SHARE_JOBS = "SELECT id FROM jobs WHERE id = ANY(%(ids)s) ORDER BY id FOR SHARE"

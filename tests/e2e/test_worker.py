@@ -198,7 +198,7 @@ def test_attempts_run_out(
         assert job["status"] == "failed" and job["attempts"] == 3
         assert job["error"]["http_status"] >= 500 and "gave up after 3" in job["error"]["message"]
         attempts = client.get(f"/v1/jobs/{job['id']}/attempts", headers=auth(key))
-        if attempts.status_code == 200:  # the attempts endpoint arrives with issue 5
+        if attempts.status_code == 200:
             calls = [a["call"] for a in attempts.json()["items"]]
             assert calls.count("cancel") == 3 and calls[-1] == "lookup"
     finally:

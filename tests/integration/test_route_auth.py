@@ -13,7 +13,7 @@ from starlette.routing import Route
 from app.main import create_app
 
 OPEN = {"/healthz", "/readyz", "/metrics", "/v1/iamport/cvs-confirm", "/v1/iamport/notifications"}
-DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc"}
+DOCS = {"/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/docs/assets/{name}"}
 # The console's static page and files: public, they hold no data (the page asks for a key).
 CONSOLE = {"/console", "/console/{asset:path}"}
 

@@ -1,4 +1,4 @@
-"""The iamport secret, its tokens, the webhook token and API keys never leak (CONTRACT 3).
+"""The iamport secret, its tokens, the webhook token and API keys never leak.
 
 A real run: the API under uvicorn (access log on, as operators run it) and a worker process,
 both logging at DEBUG, against a sandbox with a distinctive secret that injects 5xx, timeouts

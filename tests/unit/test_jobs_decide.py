@@ -1,4 +1,4 @@
-"""The decision table of CONTRACT sections 5-6, row by row, without I/O.
+"""The upstream decision table, row by row, without I/O.
 
 Every delay is asserted exactly: the expected value is drawn from a fresh `random.Random(SEED)`
 the same way `decide` draws it from its own fresh `random.Random(SEED)`.

@@ -34,7 +34,7 @@ def offences(source: str, path: str) -> list[str]:
             continue
         if text in JOB_ONLY:
             found.append(f"{where}: job status literal {text!r}")
-        elif SQL_STATUS.search(text) and "status" in text.lower():
+        elif SQL_STATUS.search(text) and re.search(r"\bjobs\b", text):
             found.append(f"{where}: job status in SQL")
     return found
 
