@@ -2,13 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
+import math
 import random
 import threading
 import uuid
 
 import structlog
-from celery.signals import beat_init, worker_init, worker_process_init, worker_process_shutdown
+from celery.exceptions import Reject
+from celery.signals import (
+    beat_init,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
+from app import metrics
 from app.config import get_settings
 from app.dispatch import CANCEL_TASK, SWEEP_TASK, publish_jobs
 from app.iamport.client import IamportClient
@@ -16,12 +26,14 @@ from app.logs import configure
 from app.redis_conn import get_redis
 from worker import store
 from worker.celery_app import app
+from worker.process_pool import ChildLost, ThreadedProcessPool, usable_cores
 from worker.runner import run_job
 
 log = structlog.get_logger("worker")
 _client: IamportClient | None = None
 _client_lock = threading.Lock()
 _rng = threading.local()
+_children: ThreadedProcessPool | None = None
 SWEEP_MAX_ROUNDS = 20
 
 
@@ -64,6 +76,38 @@ def _close(**_: object) -> None:
     store.close_pool()
 
 
+@worker_init.connect
+def _start_children(sender: object, **_: object) -> None:
+    """One child process per usable core, the worker's concurrency spread over their threads.
+
+    Celery's own pool (threads) then only receives, hands over and acknowledges messages; the
+    jobs run in the children, beside each other on every core. On one core they run in here.
+    """
+    global _children
+    processes = usable_cores()
+    concurrency = int(getattr(sender, "concurrency", 0) or app.conf.worker_concurrency)
+    if processes > 1:
+        threads = math.ceil(concurrency / processes)
+        _children = ThreadedProcessPool(processes, threads, _child_started, _child_stopping)
+
+
+@worker_shutdown.connect
+def _stop_children(**_: object) -> None:
+    # After Celery's soft shutdown: every task it waited for has had its answer.
+    if _children is not None:
+        _children.shutdown(timeout=app.conf.worker_soft_shutdown_timeout)
+
+
+def _child_started() -> None:
+    _configure_logging()
+
+
+def _child_stopping() -> None:
+    store.close_pool()
+    with contextlib.suppress(Exception):
+        metrics.push()
+
+
 def _parse(ids: list[str]) -> list[uuid.UUID]:
     out = []
     for i in ids:
@@ -77,6 +121,18 @@ def _parse(ids: list[str]) -> list[uuid.UUID]:
 @app.task(name=CANCEL_TASK)
 def cancel_jobs(job_ids: list[str]) -> int:
     """Claim what is ready among `job_ids` and run each; returns how many were run."""
+    if _children is None:
+        return run_jobs(job_ids)
+    try:
+        return _children.submit(run_jobs, job_ids).result()
+    except ChildLost:
+        # As task_reject_on_worker_lost does for a prefork child: the message goes back to
+        # the queue. Jobs the child had claimed keep their lease and are swept when it ends.
+        raise Reject("child process lost", requeue=True) from None
+
+
+def run_jobs(job_ids: list[str]) -> int:
+    """The task's work, in whichever process runs it."""
     settings = get_settings()
     ids = _parse(job_ids)
     if not ids:
