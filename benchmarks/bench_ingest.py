@@ -111,9 +111,7 @@ def main() -> None:
             f"\nintake benchmark: {args.clients} concurrent clients, {args.seconds:g} s each, "
             "uvicorn 1 process, no worker"
         )
-        print(
-            f"  {'':<36} {'events/s':>9} {'jobs/s':>8} {'p50 ms':>7} {'p99 ms':>7}  statuses"
-        )
+        print(f"  {'':<36} {'events/s':>9} {'jobs/s':>8} {'p50 ms':>7} {'p99 ms':>7}  statuses")
         for name, run, n in (
             ("bare FastAPI, one INSERT (floor)", bare, 1),
             ("POST /v1/stockout-events, 1 payment", one, 1),
