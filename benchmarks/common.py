@@ -62,12 +62,12 @@ class Stack:
         return self.start("beat", beat_command(self.logs / "beat.schedule", loglevel="WARNING"))
 
 
-def cpu_seconds(proc: subprocess.Popen[bytes]) -> float:
-    """User + system CPU of a process and its children so far."""
+def cpu_seconds(proc: subprocess.Popen[bytes], children: bool = True) -> float:
+    """User + system CPU of a process (and its children) so far."""
     total = 0.0
     try:
         p = psutil.Process(proc.pid)
-        for each in [p, *p.children(recursive=True)]:
+        for each in [p, *p.children(recursive=True)] if children else [p]:
             t = each.cpu_times()
             total += t.user + t.system
     except psutil.NoSuchProcess:
