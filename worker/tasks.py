@@ -89,6 +89,7 @@ def _start_children(sender: object, **_: object) -> None:
     if processes > 1:
         threads = math.ceil(concurrency / processes)
         _children = ThreadedProcessPool(processes, threads, _child_started, _child_stopping)
+        log.info("job_processes_started", processes=processes, threads_each=threads)
 
 
 @worker_shutdown.connect
