@@ -66,7 +66,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=24)
     parser.add_argument("--seconds", type=float, default=8)
     args = parser.parse_args()
-    with running_stack(workers=0, LOG_LEVEL="WARNING") as stack:
+    with running_stack(LOG_LEVEL="WARNING") as stack:
         key = stack.key()
         load(stack.api_url, key, 4, 1.0)  # warm up
         print(

@@ -1,81 +1,145 @@
-"""Ingestion benchmark: `make bench-ingest`.
+"""Intake benchmark: `make bench-ingest`.
 
-Events per second and p50/p99 latency of POST /v1/stockout-events at 32 concurrent clients,
-for 1-payment and 20-payment events, against uvicorn with real Postgres and Redis (no worker
-running, so the API has the machine to itself apart from the load generator).
+POST /v1/stockout-events at 32 concurrent clients for 10 s each, with 1-payment and 20-payment
+events, against uvicorn (1 process) with real Postgres and Redis and no worker, beside the
+intake floor measured in the same run with the same load: a bare FastAPI endpoint storing the
+event with one INSERT (benchmarks/baselines/bare_ingest.py), same Postgres, same uvicorn flags.
+
+Goals: 1-payment events/s >= 0.7 of the floor's and p99 <= 1.5x its p99; with 20 payments per
+event, jobs accepted/s >= 10x the 1-payment event rate.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import itertools
-import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
-from benchmarks.common import percentile, running_stack
+from benchmarks.common import emit, percentile, running_stack
 
 _ids = itertools.count()
 
 
-def run(
-    url: str, key: str, payments: int, clients: int, seconds: float
-) -> tuple[int, list[float], dict[int, int]]:
-    stop = time.monotonic() + seconds
-    latencies: list[float] = []
-    codes: dict[int, int] = {}
-    lock = threading.Lock()
+@dataclass(frozen=True)
+class Load:
+    events: int
+    seconds: float
+    latencies: list[float]
+    statuses: dict[int, int]
 
-    def client(_: int) -> None:
-        with httpx.Client(
-            base_url=url, headers={"Authorization": f"Bearer {key}"}, timeout=30
-        ) as http:
-            while time.monotonic() < stop:
+    @property
+    def per_second(self) -> float:
+        return self.events / self.seconds
+
+    def p(self, q: float) -> float:
+        return percentile(self.latencies, q) * 1000
+
+
+async def _load(url: str, key: str, payments: int, clients: int, seconds: float, tag: str) -> Load:
+    latencies: list[float] = []
+    statuses: dict[int, int] = {}
+    headers = {"Authorization": f"Bearer {key}"}
+    connector = aiohttp.TCPConnector(limit=clients)
+    async with aiohttp.ClientSession(url, headers=headers, connector=connector) as http:
+        start = time.perf_counter()
+        stop_at = start + seconds
+
+        async def client() -> None:
+            while time.perf_counter() < stop_at:
                 n = next(_ids)
                 body = {
-                    "event_id": f"ingest-{payments}-{n}",
+                    "event_id": f"{tag}-{payments}-{n}",
                     "sku": "SKU-1",
                     "payments": [
-                        {"imp_uid": f"imps_ing_{n}_{k}", "merchant_uid": f"o-{n}-{k}"}
+                        {"imp_uid": f"imps_{tag}_{n}_{k}", "merchant_uid": f"o-{n}-{k}"}
                         for k in range(payments)
                     ],
                 }
                 t = time.perf_counter()
-                status = http.post("/v1/stockout-events", json=body).status_code
-                dt = time.perf_counter() - t
-                with lock:
-                    latencies.append(dt)
-                    codes[status] = codes.get(status, 0) + 1
+                async with http.post("/v1/stockout-events", json=body) as r:
+                    await r.read()
+                    status = r.status
+                latencies.append(time.perf_counter() - t)
+                statuses[status] = statuses.get(status, 0) + 1
 
-    with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(client, range(clients)))
-    return len(latencies), latencies, codes
+        await asyncio.gather(*(client() for _ in range(clients)))
+        elapsed = time.perf_counter() - start
+    return Load(len(latencies), elapsed, latencies, statuses)
+
+
+def load(url: str, key: str, payments: int, clients: int, seconds: float, tag: str) -> Load:
+    """`clients` concurrent keep-alive clients posting events for `seconds`, one asyncio loop."""
+    return asyncio.run(_load(url, key, payments, clients, seconds, tag))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--seconds", type=float, default=10)
-    parser.add_argument("--api-workers", type=int, default=1, help="uvicorn processes")
+    parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
-    with running_stack(workers=0, LOG_LEVEL="WARNING") as stack:
+    with running_stack(LOG_LEVEL="WARNING") as stack:
         key = stack.key()
-        run(stack.api_url, key, 1, 4, 1.0)  # warm up
+        bare_url = stack.start_uvicorn("bare", "benchmarks.baselines.bare_ingest:app")
+        # Warm both (imports, pools, plans) so the figures are of steady state.
+        load(stack.api_url, key, 1, 4, 1.0, "warm")
+        load(bare_url, key, 1, 4, 1.0, "warm")
+        bare = load(bare_url, key, 1, args.clients, args.seconds, "bare")
+        one = load(stack.api_url, key, 1, args.clients, args.seconds, "one")
+        twenty = load(stack.api_url, key, 20, args.clients, args.seconds, "twenty")
+
+    rate_ratio = one.per_second / bare.per_second
+    p99_ratio = one.p(0.99) / bare.p(0.99)
+    jobs_ratio = twenty.per_second * 20 / one.per_second
+    figures = {
+        "clients": args.clients,
+        "seconds": args.seconds,
+        "bare": _figures(bare, 1),
+        "events_1": _figures(one, 1),
+        "events_20": _figures(twenty, 20),
+        "ratio_rate_1_vs_bare": round(rate_ratio, 3),
+        "ratio_p99_1_vs_bare": round(p99_ratio, 3),
+        "ratio_jobs_20_vs_events_1": round(jobs_ratio, 2),
+        "goals_met": rate_ratio >= 0.7 and p99_ratio <= 1.5 and jobs_ratio >= 10,
+    }
+    if not args.json:
         print(
-            f"\ningestion benchmark: {args.clients} concurrent clients, {args.seconds:.0f} s each, 1 uvicorn process"
+            f"\nintake benchmark: {args.clients} concurrent clients, {args.seconds:g} s each, "
+            "uvicorn 1 process, no worker"
         )
-        print(
-            f"  {'payments/event':>14} {'events/s':>9} {'jobs/s':>8} {'p50 ms':>7} {'p99 ms':>7}  statuses"
-        )
-        for payments in (1, 20):
-            n, lat, codes = run(stack.api_url, key, payments, args.clients, args.seconds)
-            eps = n / args.seconds
+        print(f"  {'':<36} {'events/s':>9} {'jobs/s':>8} {'p50 ms':>7} {'p99 ms':>7}  statuses")
+        for name, run, n in (
+            ("bare FastAPI, one INSERT (floor)", bare, 1),
+            ("POST /v1/stockout-events, 1 payment", one, 1),
+            ("POST /v1/stockout-events, 20 payments", twenty, 20),
+        ):
             print(
-                f"  {payments:>14} {eps:>9.0f} {eps * payments:>8.0f} {percentile(lat, 0.5) * 1000:>7.1f} "
-                f"{percentile(lat, 0.99) * 1000:>7.1f}  {codes}"
+                f"  {name:<36} {run.per_second:>9.0f} {run.per_second * n:>8.0f} "
+                f"{run.p(0.5):>7.1f} {run.p(0.99):>7.1f}  {run.statuses}"
             )
+    emit(
+        figures,
+        args.json,
+        [
+            ("events/s, 1 payment / floor", f"{rate_ratio:.2f}", "goal >= 0.70"),
+            ("p99, 1 payment / floor", f"{p99_ratio:.2f}", "goal <= 1.50"),
+            ("jobs/s at 20 payments / events/s at 1", f"{jobs_ratio:.1f}", "goal >= 10"),
+        ],
+    )
+
+
+def _figures(run: Load, payments: int) -> dict[str, object]:
+    return {
+        "events_per_second": round(run.per_second, 1),
+        "jobs_per_second": round(run.per_second * payments, 1),
+        "p50_ms": round(run.p(0.5), 1),
+        "p99_ms": round(run.p(0.99), 1),
+        "statuses": {str(k): v for k, v in run.statuses.items()},
+    }
 
 
 if __name__ == "__main__":

@@ -22,9 +22,11 @@ app.conf.update(
     # No results are read, so none are stored (no backend growth).
     task_ignore_result=True,
     task_store_errors_even_if_ignored=False,
-    # Many upstream calls in flight per node at low CPU: threads, not processes. A job spends
-    # almost all its time waiting on iamport (50 ms and more) and the CPU work per job is
-    # small, so 32 threads keep 32 calls in flight in one process.
+    # Many upstream calls in flight per node: a job spends almost all its time waiting on
+    # iamport (50 ms and more). Celery's threads only receive, hand over and acknowledge
+    # messages; the jobs run in one child process per usable core, each with its share of
+    # these 32 as threads (worker/tasks.py), so the cores are used without 32 processes.
+    # (Prefork alone would run one task per process; threads alone are held to one core.)
     worker_pool="threads",
     worker_concurrency=32,
     broker_transport_options=broker_options(),

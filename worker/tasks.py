@@ -1,14 +1,24 @@
-"""The tasks: thin wrappers that claim each job and hand it to its run (app/jobs/run.py)."""
+"""The tasks: thin wrappers that claim jobs and hand each to the runner."""
 
 from __future__ import annotations
 
+import contextlib
+import math
 import random
 import threading
 import uuid
 
 import structlog
-from celery.signals import beat_init, worker_init, worker_process_init, worker_process_shutdown
+from celery.exceptions import Reject
+from celery.signals import (
+    beat_init,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
 
+from app import metrics
 from app.config import get_settings
 from app.db import close_pool, pool
 from app.dispatch import CANCEL_TASK, SWEEP_TASK, PublishFailed, send_now
@@ -19,11 +29,13 @@ from app.logs import configure
 from app.redis_conn import get_redis
 from app.webhooks import outbox, wake
 from worker.celery_app import app
+from worker.process_pool import ChildLost, ThreadedProcessPool, usable_cores
 
 log = structlog.get_logger("worker")
 _client: IamportClient | None = None
 _client_lock = threading.Lock()
 _rng = threading.local()
+_children: ThreadedProcessPool | None = None
 SWEEP_MAX_ROUNDS = 20
 
 
@@ -66,6 +78,39 @@ def _close(**_: object) -> None:
     close_pool()
 
 
+@worker_init.connect
+def _start_children(sender: object, **_: object) -> None:
+    """One child process per usable core, the worker's concurrency spread over their threads.
+
+    Celery's own pool (threads) then only receives, hands over and acknowledges messages; the
+    jobs run in the children, beside each other on every core. On one core they run in here.
+    """
+    global _children
+    processes = usable_cores()
+    concurrency = int(getattr(sender, "concurrency", 0) or app.conf.worker_concurrency)
+    if processes > 1:
+        threads = math.ceil(concurrency / processes)
+        _children = ThreadedProcessPool(processes, threads, _child_started, _child_stopping)
+        log.info("job_processes_started", processes=processes, threads_each=threads)
+
+
+@worker_shutdown.connect
+def _stop_children(**_: object) -> None:
+    # After Celery's soft shutdown: every task it waited for has had its answer.
+    if _children is not None:
+        _children.shutdown(timeout=app.conf.worker_soft_shutdown_timeout)
+
+
+def _child_started() -> None:
+    _configure_logging()
+
+
+def _child_stopping() -> None:
+    close_pool()
+    with contextlib.suppress(Exception):
+        metrics.push()
+
+
 def _parse(ids: list[str]) -> list[uuid.UUID]:
     out = []
     for i in ids:
@@ -79,6 +124,18 @@ def _parse(ids: list[str]) -> list[uuid.UUID]:
 @app.task(name=CANCEL_TASK)
 def cancel_jobs(job_ids: list[str]) -> int:
     """Claim what is ready among `job_ids` and run each; returns how many were run."""
+    if _children is None:
+        return run_jobs(job_ids)
+    try:
+        return _children.submit(run_jobs, job_ids).result()
+    except ChildLost:
+        # As task_reject_on_worker_lost does for a prefork child: the message goes back to
+        # the queue. Jobs the child had claimed keep their lease and are swept when it ends.
+        raise Reject("child process lost", requeue=True) from None
+
+
+def run_jobs(job_ids: list[str]) -> int:
+    """The task's work, in whichever process runs it."""
     settings = get_settings()
     ids = _parse(job_ids)
     if not ids:
