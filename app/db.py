@@ -9,7 +9,9 @@ commit (the sweeps publish whatever a lost message leaves behind).
 from __future__ import annotations
 
 import threading
+import time
 import uuid
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -24,6 +26,19 @@ _pool_lock = threading.Lock()
 POOL_MAX_SIZE = 64
 # Wait this long for a free connection before answering 503: fail fast, never hang.
 POOL_WAIT_SECONDS = 5.0
+# A connection handed back this recently worked a moment ago: no round trip to check it.
+# Older ones are checked before use, so one that died with a Postgres restart is replaced.
+FRESH_SECONDS = 1.0
+_returned_at: weakref.WeakKeyDictionary[Connection[Any], float] = weakref.WeakKeyDictionary()
+
+
+def _note_return(conn: Connection[Any]) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+def _check(conn: Connection[Any]) -> None:
+    if time.monotonic() - _returned_at.get(conn, 0.0) > FRESH_SECONDS:
+        ConnectionPool.check_connection(conn)
 
 
 def pool() -> ConnectionPool:
@@ -40,7 +55,8 @@ def pool() -> ConnectionPool:
                 timeout=POOL_WAIT_SECONDS,
                 kwargs={"autocommit": True, "connect_timeout": 3},
                 # A connection that died with a Postgres restart is replaced, never handed out.
-                check=ConnectionPool.check_connection,
+                check=_check,
+                reset=_note_return,
                 open=True,
                 name="stockout",
             )

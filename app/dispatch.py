@@ -140,6 +140,14 @@ def _after_fork_in_child() -> None:
 os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
+def reset() -> None:
+    """A fresh publisher: no backlog, the breaker closed (tests, a reloaded configuration)."""
+    global _publisher
+    drain(1.0)
+    _publisher = _Publisher()
+    publisher.cache_clear()
+
+
 def publish_later(job_ids: Iterable[uuid.UUID]) -> bool:
     """Hand committed jobs to the publisher thread; never blocks. False if the backlog is full."""
     ids = list(job_ids)

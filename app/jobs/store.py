@@ -239,22 +239,22 @@ def _json(record: Any) -> Jsonb | None:
 
 # Records the run: completes the written-ahead rows and adds the other calls (they happened,
 # so they are kept even when the lease was lost), then moves the job on. Guard: the lease
-# token; a job someone else holds now is left as it is.
+# token; a job someone else holds now is left as it is. The calls travel as two JSON
+# documents: one parameter each, which costs the client far less than a dozen arrays.
 FINISH = """
 WITH done AS (
   UPDATE attempts a SET duration_ms = r.duration_ms, http_status = r.http_status, code = r.code,
       message = r.message, outcome = r.outcome
-  FROM unnest(%(w_ids)s::bigint[], %(w_ms)s::int[], %(w_http)s::int[], %(w_code)s::int[],
-              %(w_msg)s::text[], %(w_out)s::text[])
-       AS r(id, duration_ms, http_status, code, message, outcome)
+  FROM jsonb_to_recordset(%(written)s::jsonb)
+       AS r(id bigint, duration_ms int, http_status int, code int, message text, outcome text)
   WHERE a.id = r.id AND a.job_id = %(id)s
   RETURNING a.id
 ), added AS (
   INSERT INTO attempts (job_id, call, started_at, duration_ms, http_status, code, message, outcome)
   SELECT %(id)s, r.call, r.started_at, r.duration_ms, r.http_status, r.code, r.message, r.outcome
-  FROM unnest(%(i_call)s::text[], %(i_start)s::timestamptz[], %(i_ms)s::int[], %(i_http)s::int[],
-              %(i_code)s::int[], %(i_msg)s::text[], %(i_out)s::text[])
-       AS r(call, started_at, duration_ms, http_status, code, message, outcome)
+  FROM jsonb_to_recordset(%(others)s::jsonb)
+       AS r(call text, started_at timestamptz, duration_ms int, http_status int, code int,
+            message text, outcome text)
   RETURNING id
 )
 UPDATE jobs SET status = %(status)s,
@@ -276,6 +276,17 @@ RETURNING (SELECT count(*) FROM done) + (SELECT count(*) FROM added)
 """
 
 
+def _call(record: CallRecord, **extra: Any) -> dict[str, Any]:
+    return {
+        "duration_ms": record.duration_ms,
+        "http_status": record.http_status,
+        "code": record.code,
+        "message": record.message,
+        "outcome": record.outcome,
+        **extra,
+    }
+
+
 def finish(
     conn: Conn,
     job_id: uuid.UUID,
@@ -285,8 +296,6 @@ def finish(
     others: Sequence[CallRecord],
 ) -> bool:
     """Record the run; False when the lease was lost (the calls are recorded all the same)."""
-    w_ids = list(written)
-    w = [written[i] for i in w_ids]
     params = {
         "id": job_id,
         "token": token,
@@ -302,19 +311,10 @@ def finish(
         "error": _json(outcome.error),
         "terminal": outcome.terminal,
         "retry": outcome.status is JobStatus.RETRY_WAIT,
-        "w_ids": w_ids,
-        "w_ms": [r.duration_ms for r in w],
-        "w_http": [r.http_status for r in w],
-        "w_code": [r.code for r in w],
-        "w_msg": [r.message for r in w],
-        "w_out": [r.outcome for r in w],
-        "i_call": [r.call for r in others],
-        "i_start": [r.started_at for r in others],
-        "i_ms": [r.duration_ms for r in others],
-        "i_http": [r.http_status for r in others],
-        "i_code": [r.code for r in others],
-        "i_msg": [r.message for r in others],
-        "i_out": [r.outcome for r in others],
+        "written": Jsonb([_call(r, id=i) for i, r in written.items()]),
+        "others": Jsonb(
+            [_call(r, call=r.call, started_at=r.started_at.isoformat()) for r in others]
+        ),
     }
     return conn.execute(FINISH, params).fetchone() is not None
 

@@ -8,5 +8,5 @@ def reset_caches() -> None:
 
     config.get_settings.cache_clear()
     redis_conn.get_redis.cache_clear()
-    dispatch.publisher.cache_clear()
+    dispatch.reset()
     db.close_pool()
