@@ -464,4 +464,4 @@ def drive(
     retry = _retry(
         policy.backoff(state.attempts, rng), state, uncertain=state.uncertain, error=None
     )
-    return Run(replace(retry, payment_status=payment_status), state.attempts)
+    return Run(replace(retry, payment_status=payment_status, method=state.method), state.attempts)

@@ -453,12 +453,24 @@ def test_a_lookup_answered_ok_without_a_payment_is_idle() -> None:
 
 
 @pytest.mark.parametrize("uncertain", [None, Step.CANCEL, Step.REFUND])
+@pytest.mark.parametrize("settle_left", [0.0, 60.0])
 @pytest.mark.parametrize(("result_error", "error"), [(ERR, ERR), (None, OLD)])
 def test_lookup_not_found_fails(
-    uncertain: Step | None, result_error: UpstreamError | None, error: UpstreamError
+    uncertain: Step | None,
+    settle_left: float,
+    result_error: UpstreamError | None,
+    error: UpstreamError,
 ) -> None:
-    d = look(None, kind=Kind.NOT_FOUND, uncertain=uncertain, result_error=result_error)
-    assert d == Decision(status=JobStatus.FAILED, error=error)
+    d = look(
+        None,
+        kind=Kind.NOT_FOUND,
+        uncertain=uncertain,
+        settle_left=settle_left,
+        result_error=result_error,
+    )
+    # An unsettled call is kept: a retry a person asks for must still wait for it.
+    kept = uncertain if settle_left > 0 else None
+    assert d == Decision(status=JobStatus.FAILED, error=error, uncertain=kept)
 
 
 @pytest.mark.parametrize(
@@ -518,13 +530,25 @@ def test_lookup_cancelled(
 
 
 @pytest.mark.parametrize(
-    ("uncertain", "settle_left"),
-    [(None, 0.0), (None, 60.0), (Step.CANCEL, 0.0), (Step.REFUND, 0.0)],
+    ("uncertain", "settle_left", "kept"),
+    [
+        (None, 0.0, None),
+        (None, 60.0, None),
+        (Step.CANCEL, 0.0, None),
+        (Step.REFUND, 0.0, None),
+        # an unsettled call is kept, so a refund a person asks for later waits for it
+        (Step.CANCEL, 60.0, Step.CANCEL),
+        (Step.REFUND, 0.5, Step.REFUND),
+    ],
 )
 @pytest.mark.parametrize("refused", [None, Step.CANCEL])
 @pytest.mark.parametrize("attempts", [1, 3])
 def test_lookup_paid_without_refund_allowed_needs_refund(
-    uncertain: Step | None, settle_left: float, refused: Step | None, attempts: int
+    uncertain: Step | None,
+    settle_left: float,
+    kept: Step | None,
+    refused: Step | None,
+    attempts: int,
 ) -> None:
     d = look(
         pay("paid", "vbank"),
@@ -534,7 +558,11 @@ def test_lookup_paid_without_refund_allowed_needs_refund(
         attempts=attempts,
     )
     assert d == Decision(
-        status=JobStatus.NEEDS_REFUND, payment_status="paid", method=Method.VBANK, error=OLD
+        status=JobStatus.NEEDS_REFUND,
+        payment_status="paid",
+        method=Method.VBANK,
+        error=OLD,
+        uncertain=kept,
     )
 
 
@@ -558,8 +586,14 @@ def test_lookup_paid_does_not_forget_an_unsettled_call(
         refused=refused,
         attempts=attempts,
     )
-    assert d.payment_status == "paid"
-    assert d.uncertain is Step.CANCEL
+    assert d == Decision(
+        status=JobStatus.NEEDS_REFUND,
+        payment_status="paid",
+        method=Method.CVS,
+        error=OLD,
+        uncertain=Step.CANCEL,
+    )
+    assert d.terminal
 
 
 @pytest.mark.parametrize("uncertain", [None, Step.CANCEL, Step.REFUND])
@@ -577,7 +611,11 @@ def test_a_refused_refund_then_paid_needs_refund_with_the_refusal_in_error(
         error=REFUSAL,
     )
     assert d == Decision(
-        status=JobStatus.NEEDS_REFUND, payment_status="paid", method=Method.CVS, error=REFUSAL
+        status=JobStatus.NEEDS_REFUND,
+        payment_status="paid",
+        method=Method.CVS,
+        error=REFUSAL,
+        uncertain=uncertain if settle_left > 0 else None,
     )
 
 
@@ -599,6 +637,7 @@ def test_lookup_paid_unsettled_waits_for_the_settle_time(
         delay=until_settled(attempts, settle_left),
         uncertain=uncertain,
         payment_status="paid",
+        method=Method.CVS,
         error=OLD,
     )
     assert d.delay <= settle_left + 0.05
@@ -661,7 +700,11 @@ def test_lookup_failed_fails(
 ) -> None:
     d = look(pay("failed"), uncertain=uncertain, settle_left=settle_left, error=error)
     assert d == Decision(
-        status=JobStatus.FAILED, payment_status="failed", method=Method.CVS, error=expected
+        status=JobStatus.FAILED,
+        payment_status="failed",
+        method=Method.CVS,
+        error=expected,
+        uncertain=uncertain if settle_left > 0 else None,
     )
 
 
@@ -679,6 +722,7 @@ def test_an_undocumented_status_is_not_guessed(
         error=OLD,
         idle=True,
         payment_status=status,
+        method=Method.CVS,
     )
 
 
@@ -694,6 +738,7 @@ def test_ready_proves_nothing_until_settled(
         delay=until_settled(attempts, settle_left),
         uncertain=uncertain,
         payment_status="ready",
+        method=Method.CVS,
         error=OLD,
     )
 
@@ -746,11 +791,49 @@ def test_ready_and_settled_cancels_by_iamports_method(
 ) -> None:
     d = look(pay("ready", pay_method), method=state_method, refused=refused, uncertain=uncertain)
     if expected is None:
+        # the retry still carries the method iamport's record gives, if it gives one
         assert d == Decision(
-            status=JobStatus.RETRY_WAIT, delay=backoff(1), payment_status="ready", error=OLD
+            status=JobStatus.RETRY_WAIT,
+            delay=backoff(1),
+            payment_status="ready",
+            method=method_of(pay("ready", pay_method)),
+            error=OLD,
         )
     else:
         assert d == replace(expected, payment_status="ready", error=OLD)
+
+
+@pytest.mark.parametrize(
+    ("status", "uncertain", "settle_left", "refund_allowed"),
+    [
+        ("pending", None, 0.0, False),  # undocumented: look again later
+        ("pending", Step.CANCEL, 30.0, False),
+        ("ready", Step.CANCEL, 30.0, False),  # ready proves nothing until settled
+        ("paid", Step.CANCEL, 30.0, True),  # wait for the settle time before a refund
+    ],
+)
+@pytest.mark.parametrize("pay_method", ["cvs", "vbank", "card", None])
+@pytest.mark.parametrize("state_method", [Method.CVS, Method.VBANK])
+def test_a_retry_after_a_lookup_carries_iamports_method(
+    status: str,
+    uncertain: Step | None,
+    settle_left: float,
+    refund_allowed: bool,
+    pay_method: str | None,
+    state_method: Method,
+) -> None:
+    # The method iamport's record gives is kept even when nothing is sent; a method it does
+    # not name leaves the decision's method unset (the job's stored one stands).
+    d = look(
+        pay(status, pay_method),
+        uncertain=uncertain,
+        settle_left=settle_left,
+        refund_allowed=refund_allowed,
+        method=state_method,
+    )
+    assert d.status is JobStatus.RETRY_WAIT
+    assert d.next_step is None
+    assert d.method is method_of(pay(status, pay_method))
 
 
 # -- the idle bound ---------------------------------------------------------------------------
@@ -873,6 +956,7 @@ def test_drive_wrong_method_hint_cancels_by_iamports_then_retries_instead_of_loo
         status=JobStatus.RETRY_WAIT,
         delay=backoff(2),
         payment_status="ready",
+        method=Method.VBANK,
         error=REFUSAL,
     )
 
@@ -1000,6 +1084,65 @@ def test_drive_unsettled_lookup_sends_nothing() -> None:
     assert ran.decision.delay == min(max(backoff(1), 10.0), 45.0) + 0.05
 
 
+def test_drive_keeps_the_method_a_lookup_learnt_while_it_waits() -> None:
+    # The hint said cvs, iamport says vbank; an unsettled cancel makes the run wait.
+    clock = iter([0.0, 5.0])
+    script = Script(Result(Kind.OK, pay("ready", "vbank")))
+    state = JobState(attempts=1, uncertain=Step.CANCEL, settle_left=50.0, method=Method.CVS)
+    ran = drive_it(state, script, lambda: next(clock))
+    assert script.calls == [(Step.LOOKUP, Method.CVS, None)]
+    assert ran.decision == Decision(
+        status=JobStatus.RETRY_WAIT,
+        delay=min(max(backoff(1), 10.0), 45.0) + 0.05,
+        uncertain=Step.CANCEL,
+        payment_status="ready",
+        method=Method.VBANK,
+    )
+
+
+@pytest.mark.parametrize(
+    ("result", "status"),
+    [
+        (Result(Kind.UNKNOWN, error=ERR), JobStatus.RETRY_WAIT),
+        (Result(Kind.NOT_FOUND, error=ERR), JobStatus.FAILED),
+        (Result(Kind.OK, pay("pending", "card")), JobStatus.RETRY_WAIT),
+    ],
+)
+def test_drive_returns_the_jobs_method_when_the_run_learnt_none(
+    result: Result, status: JobStatus
+) -> None:
+    ran = drive_it(JobState(method=Method.VBANK, look_first=True), Script(result))
+    assert ran.decision.status is status
+    assert ran.decision.method is Method.VBANK
+
+
+def test_drive_held_and_paid_keeps_the_unsettled_cancel_so_a_refund_request_waits() -> None:
+    # The cancel's answer was lost 10 s before this run; the customer has paid meanwhile.
+    clock = iter([0.0, 1.0])
+    script = Script(Result(Kind.OK, pay("paid")))
+    held = JobState(attempts=1, uncertain=Step.CANCEL, settle_left=110.0)
+    ran = drive_it(held, script, lambda: next(clock))
+    assert ran.decision == Decision(
+        status=JobStatus.NEEDS_REFUND,
+        payment_status="paid",
+        method=Method.CVS,
+        uncertain=Step.CANCEL,
+    )
+    # A person asks for the refund at once: the next run looks, and waits instead of refunding.
+    clock = iter([0.0, 1.0])
+    script = Script(Result(Kind.OK, pay("paid")))
+    asked = replace(held, attempts=0, refund_allowed=True, look_first=True, settle_left=100.0)
+    ran = drive_it(asked, script, lambda: next(clock))
+    assert script.calls == [(Step.LOOKUP, Method.CVS, None)]
+    assert ran.decision == Decision(
+        status=JobStatus.RETRY_WAIT,
+        delay=min(max(backoff(1), 10.0), 99.0) + 0.05,
+        uncertain=Step.CANCEL,
+        payment_status="paid",
+        method=Method.CVS,
+    )
+
+
 def test_drive_gives_up_a_run_after_max_steps() -> None:
     # Each call takes 100 s, so every done-but-ready cancel has settled by the next lookup.
     ticks = iter(range(0, 10_000, 100))
@@ -1009,5 +1152,5 @@ def test_drive_gives_up_a_run_after_max_steps() -> None:
     assert [c[0] for c in script.calls] == [Step.CANCEL, Step.LOOKUP] * (MAX_STEPS // 2)
     assert ran.attempts == 3
     assert ran.decision == Decision(
-        status=JobStatus.RETRY_WAIT, delay=backoff(3), payment_status="ready"
+        status=JobStatus.RETRY_WAIT, delay=backoff(3), payment_status="ready", method=Method.CVS
     )

@@ -531,12 +531,13 @@ TestJobMachine.settings = settings(
 
 
 def test_replay_a_refund_request_while_an_unanswered_cancel_can_still_apply() -> None:
-    """The minimal case Hypothesis finds: the refund goes out inside the cancel's settle time.
+    """The minimal case Hypothesis found: a refund sent inside the cancel's settle time.
 
-    t=0 the cancel times out (unknown outcome; it settles at t=30). The customer pays. t~10 the
-    next run looks up: paid, on_paid hold -> needs_refund, and the decision drops `uncertain`.
-    A person asks for the refund at once; the run looks up (paid), and with no uncertain call
-    left it sends POST /payments/cancel at t~10, before t=30.
+    t=0 the cancel times out (unknown outcome; it settles at t=SETTLE). The customer pays. t~10
+    the next run looks up: paid, on_paid hold -> needs_refund. The decision used to drop
+    `uncertain` there, so when a person asked for the refund at once the run looked up (paid)
+    and, with no uncertain call left, sent POST /payments/cancel at t~10, before t=SETTLE.
+    needs_refund now keeps the unsettled cancel, and the refund waits for it to settle.
     """
     m = JobMachine()
     m.start(pay_method="cvs", hint=Method.CVS, on_paid=OnPaid.HOLD, initial="ready", seed=0)
@@ -545,7 +546,10 @@ def test_replay_a_refund_request_while_an_unanswered_cancel_can_still_apply() ->
     m.customer_pays(gap=0.0)
     m.worker_runs(mutating=[], lookups=[], meanwhile=[], late=0.0)
     assert m.status is JobStatus.NEEDS_REFUND
+    assert m.uncertain is Step.CANCEL  # kept: the cancel can still apply
     assert m.now < SETTLE
     m.a_person_requests_the_refund()
     m.worker_runs(mutating=[], lookups=[], meanwhile=[], late=0.0)
+    assert (m.status, m.uncertain) == (JobStatus.RETRY_WAIT, Step.CANCEL)
+    assert not any(c.step is Step.REFUND for c in m.iamport.ours)
     m.teardown()
