@@ -37,7 +37,7 @@ class Settings(BaseSettings):
 
     iamport_webhook_token: SecretStr | None = None
 
-    # Signed webhooks to the order services (CONTRACT section 8).
+    # Signed webhooks to the order services.
     webhook_max_attempts: int = Field(default=12, ge=1)
     webhook_retry_base_seconds: float = Field(default=5.0, ge=0)
     webhook_retry_max_seconds: float = Field(default=36000.0, ge=0)

@@ -80,7 +80,7 @@ def seed(url: str, jobs: int) -> float:
     started = time.perf_counter()
     with psycopg.connect(url, autocommit=True) as conn:
         for sql in SEED_SQL:
-            conn.execute(sql, {"jobs": jobs, "events": (jobs + 49) // 50})  # type: ignore[arg-type]
+            conn.execute(sql, {"jobs": jobs, "events": (jobs + 49) // 50})
         conn.execute("VACUUM ANALYZE")
     return time.perf_counter() - started
 

@@ -201,7 +201,7 @@ def run_ours(stack: Stack, sandbox: SandboxControl, args: argparse.Namespace) ->
                 "WHERE imp_uid LIKE 'imps_bench_%'"
             )
         ]
-        statuses = dict(
+        statuses: dict[str, int] = dict(
             conn.execute(
                 "SELECT status, count(*) FROM jobs WHERE imp_uid LIKE 'imps_bench_%' GROUP BY status"
             ).fetchall()

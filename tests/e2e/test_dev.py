@@ -128,7 +128,8 @@ def test_a_newcomers_first_hour(dev: Dev) -> None:
 
     def cancelled() -> bool:
         r = httpx.get(f"{settings['API_URL']}/v1/stockout-events/demo-1", headers=headers)
-        return r.json()["jobs"][0]["status"] == "cancelled"
+        status: str = r.json()["jobs"][0]["status"]
+        return status == "cancelled"
 
     wait_until(cancelled, 60, "the README's job to be cancelled (by the sandbox)")
     truth = httpx.get(f"{settings['SANDBOX']}/__control/payments/imps_demo_1").json()

@@ -110,7 +110,7 @@ def test_each_payment_state(
     drain(db)
     assert_clean(check(db, sandbox))
     with psycopg.connect(db) as conn:
-        rows = dict(
+        rows: dict[str, str] = dict(
             conn.execute(
                 "SELECT imp_uid, status || ':' || coalesce(cancellation->>'cancelled_by', '') FROM jobs"
             ).fetchall()

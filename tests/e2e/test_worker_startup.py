@@ -5,7 +5,8 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from tests.support.processes import ROOT, service_env
+from app.launch import ROOT
+from tests.support.processes import service_env
 
 
 def test_worker_without_credentials_exits_with_a_clear_message(

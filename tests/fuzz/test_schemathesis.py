@@ -91,7 +91,7 @@ def test_no_server_errors_and_documented_shapes(
         suppress_health_check=list(HealthCheck),
         database=None,
     )
-    def fuzz(case: schemathesis.Case) -> None:
+    def fuzz(case: schemathesis.Case[Any]) -> None:
         if case.path.startswith("/v1/iamport/"):
             case.query = {**(case.query or {}), "token": HOOK_TOKEN}
         response = case.call(headers=auth(key))

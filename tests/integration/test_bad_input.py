@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -101,7 +102,7 @@ def test_oversized_body_is_413(api: TestClient, key: str, service_env: dict[str,
 def test_oversized_chunked_body_is_413(
     api: TestClient, key: str, service_env: dict[str, str]
 ) -> None:
-    def chunks():  # type: ignore[no-untyped-def]
+    def chunks() -> Iterator[bytes]:
         for _ in range(20):
             yield b" " * (100 * 1024)
 

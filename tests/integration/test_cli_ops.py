@@ -119,7 +119,7 @@ def test_configuration_and_connection_problems_are_one_line(tmp_path: Path) -> N
 
 def test_tables_never_cut_an_imp_uid() -> None:
     uid = "imps_" + "9" * 59  # the longest imp_uid the API accepts
-    job = {
+    job: dict[str, Any] = {
         "id": "3f1c9a52-8d4e-4b7a-9c1e-2a6f0d5b7e93",
         "imp_uid": uid,
         "status": "needs_refund",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import redis
 
@@ -125,7 +125,7 @@ def test_token_is_shared_through_redis_under_a_hashed_key(clean_redis: str) -> N
     a, b = provider(r, fetch), provider(r, fetch)
     assert a.get() == "tok1" and b.get() == "tok1" and a.get() == "tok1"
     assert fetch.calls == 1
-    keys = [k.decode() for k in r.keys("*")]
+    keys = [k.decode() for k in cast(list[bytes], r.keys("*"))]
     assert keys == [f"iamport:token:{key_id(IMP_KEY)}"] and IMP_KEY not in keys[0]
     assert 1790 <= r.ttl(keys[0]) <= 1800  # the lock was released, the token expires with iamport's
 

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 import redis
 from fastapi.testclient import TestClient
+from psycopg.types.json import Jsonb
 
 from app import dispatch
 from app.listing import encode_cursor
@@ -270,7 +271,7 @@ def test_retry_failed_job_requeues_and_publishes(
         "failed",
         attempts=8,
         finished_at="2026-11-25T07:00:00Z",
-        error=psycopg.types.json.Jsonb({"http_status": 400, "code": -1, "message": "no"}),
+        error=Jsonb({"http_status": 400, "code": -1, "message": "no"}),
         uncertain_call="cancel",
     )
     redis.Redis.from_url(rurl).delete("stockout")

@@ -38,7 +38,7 @@ def row(job_id: uuid.UUID) -> dict[str, Any]:
 
 def set_row(job_id: uuid.UUID, sql: str) -> None:
     with pool().connection() as conn:
-        conn.execute(f"UPDATE jobs SET {sql} WHERE id = %s", (job_id,))  # type: ignore[arg-type]
+        conn.execute(f"UPDATE jobs SET {sql} WHERE id = %s", (job_id,))
 
 
 def claim(job_id: uuid.UUID) -> store.Claimed | None:
@@ -179,7 +179,7 @@ def test_take_due_is_safe_on_two_nodes_at_once() -> None:
     ids = make_jobs(60)
     set_row_all = "UPDATE jobs SET due_at = now() - interval '1 second'"
     with pool().connection() as conn:
-        conn.execute(set_row_all)  # type: ignore[arg-type]
+        conn.execute(set_row_all)
     taken: list[list[uuid.UUID]] = [[], []]
     barrier = threading.Barrier(2)
 

@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import cast
 
 import pytest
 import redis
@@ -109,7 +110,10 @@ def test_worker_snapshots_are_merged(api: TestClient, service_env: dict[str, str
     assert delta("stockout_upstream_call_duration_seconds_bucket", call="cancel", le="0.25") == 4
     assert delta("stockout_upstream_call_duration_seconds_bucket", call="cancel", le="+Inf") == 6
     assert delta("stockout_jobs_finished_total", status="cancelled") == 2
-    keys = redis.Redis.from_url(service_env["REDIS_URL"]).zrange(metrics.PROCS_KEY, 0, -1)
+    # Without decode_responses, redis-py answers bytes (its stubs say bytes | str).
+    keys = cast(
+        list[bytes], redis.Redis.from_url(service_env["REDIS_URL"]).zrange(metrics.PROCS_KEY, 0, -1)
+    )
     workers = [k for k in keys if k.decode() != metrics.process_key()]  # this process pushes too
     assert len(workers) == 2
     assert all(redis.Redis.from_url(service_env["REDIS_URL"]).ttl(k) > 0 for k in keys)
@@ -118,7 +122,7 @@ def test_worker_snapshots_are_merged(api: TestClient, service_env: dict[str, str
 def test_expired_snapshots_drop_out(api: TestClient, service_env: dict[str, str]) -> None:
     run_worker(service_env)
     client = redis.Redis.from_url(service_env["REDIS_URL"])
-    for k in client.zrange(metrics.PROCS_KEY, 0, -1):
+    for k in cast(list[bytes], client.zrange(metrics.PROCS_KEY, 0, -1)):
         client.zadd(metrics.PROCS_KEY, {k: 1.0})  # pushed long ago
     assert metrics.live_snapshots(client) == []
     assert client.zcard(metrics.PROCS_KEY) == 0

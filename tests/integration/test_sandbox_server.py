@@ -321,7 +321,8 @@ def test_timeout_after_apply_and_disconnect_ends_in_flight(
     wait_until(lambda: sandbox.stats()["in_flight"] == 0)
     entry = sandbox.calls()[-1]
     assert (entry["status_code"], entry["applied"], entry["fault"]) == (499, True, "timeout_after")
-    assert entry["ended_at"] - entry["started_at"] < 5
+    ended_at = entry["ended_at"]
+    assert ended_at is not None and ended_at - entry["started_at"] < 5
     sandbox.clear_faults()
     with pytest.raises(Refused):
         client.cancel_cvs(uid)  # a careless second cancel: counted, not overlapping

@@ -129,9 +129,12 @@ def test_second_transaction_waits_and_sends_when_the_first_commits(
     t1.execute(FINISH, {"status": "cancelled", "id": first["id"]})
     record_terminal(t1, uuid.UUID(first["id"]))  # sees the second job running: not complete
     done = threading.Event()
-    worker = threading.Thread(
-        target=lambda: (finish_job(clean_db, second["id"], "needs_refund"), done.set())
-    )
+
+    def finish_second() -> None:
+        finish_job(clean_db, second["id"], "needs_refund")
+        done.set()
+
+    worker = threading.Thread(target=finish_second)
     worker.start()
     assert not done.wait(0.5)  # blocked on the event row
     t1.commit()

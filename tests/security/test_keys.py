@@ -12,8 +12,8 @@ from fastapi.testclient import TestClient
 
 from app.auth import revoke_key
 from app.db import unit_of_work
+from app.launch import ROOT
 from tests.support.factories import api_key, auth
-from tests.support.processes import ROOT
 
 
 def stockout(*args: str) -> subprocess.CompletedProcess[str]:

@@ -12,10 +12,11 @@ import psycopg
 import pytest
 
 from app.embedded import free_port, wait_for_port
+from app.launch import ROOT
 from app.sandbox.control import SandboxControl
 from tests.support.factories import auth
-from tests.support.processes import ROOT, start_worker, stop, wait_until
 from tests.support.processes import service_env as process_env
+from tests.support.processes import start_worker, stop, wait_until
 from tests.support.webhook_receiver import running_receiver
 from tests.support.webhooks import hooks_key
 
@@ -72,7 +73,11 @@ def test_webhook_secrets_never_leak(
                     http.post("/v1/stockout-events", json=body, headers=auth(key)).status_code
                     == 202
                 )
-                wait_until(lambda n=n: len(receiver.accepted()) == 3 * (n + 1), 60, "the messages")
+
+                def delivered(n: int = n) -> bool:
+                    return len(receiver.accepted()) == 3 * (n + 1)
+
+                wait_until(delivered, 60, "the messages")
                 if n == 0:
                     rotated = http.post(
                         f"/v1/webhook-endpoints/{endpoint}/rotate-secret", headers=auth(key)

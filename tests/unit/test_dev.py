@@ -28,9 +28,10 @@ def test_a_taken_port_names_the_option_that_moves_it() -> None:
         holder.bind(("127.0.0.1", 0))
         holder.listen()
         taken = holder.getsockname()[1]
-        free = [free_port() for _ in range(3)]
+        api, sandbox, postgres = (free_port() for _ in range(3))
+        ports = dev.Ports(api=api, sandbox=sandbox, postgres=postgres, redis=taken)
         with pytest.raises(dev.DevError, match=f"port {taken} .*Redis.*--redis-port N"):
-            dev.check_ports(dev.Ports(*free, redis=taken), "127.0.0.1")
+            dev.check_ports(ports, "127.0.0.1")
     dev.check_ports(dev.Ports(*[free_port() for _ in range(4)]), "127.0.0.1")
 
 

@@ -572,7 +572,7 @@ def test_lookup_paid_without_refund_allowed_needs_refund(
 def test_lookup_paid_does_not_forget_an_unsettled_call(
     refused: Step | None, attempts: int, settle_left: float
 ) -> None:
-    """CONTRACT 6: no cancel or refund before the unanswered call's start plus the settle time.
+    """No cancel or refund before the unanswered call's start plus the settle time.
 
     `Decision.uncertain` is what the store keeps (`uncertain_call`) and what the next run's
     `settle_left` is computed from. A held job that ends needs_refund while a cancel of ours is
