@@ -20,7 +20,7 @@ import httpcore
 import httpx
 
 _deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
-    "iamport_deadline", default=None
+    "exchange_deadline", default=None
 )
 
 

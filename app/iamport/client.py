@@ -24,7 +24,7 @@ import httpx
 import redis
 from pydantic import ValidationError
 
-from app.iamport.deadline import deadline_scope, deadline_transport
+from app.deadline import deadline_scope, deadline_transport
 from app.iamport.errors import (
     IamportError,
     NotFound,

@@ -19,6 +19,7 @@ from typing import Any
 
 import httpcore
 
+from app.deadline import DeadlineBackend, deadline_scope
 from app.webhooks import urls
 
 MAX_ANSWER_BYTES = 64 * 1024
@@ -45,46 +46,12 @@ class AttemptResult:
         return self.outcome == "delivered"
 
 
-class _DeadlineStream(httpcore.NetworkStream):
-    """A socket stream whose every operation ends by the deadline."""
+class _CheckedBackend(DeadlineBackend):
+    """Resolves, checks every address against the URL rules, connects to an allowed one; every
+    operation ends by the exchange's deadline (app/deadline.py)."""
 
-    def __init__(self, inner: httpcore.NetworkStream, deadline: float) -> None:
-        self._inner = inner
-        self._deadline = deadline
-
-    def _left(self, timeout: float | None, error: type[Exception]) -> float:
-        left = self._deadline - time.monotonic()
-        if left <= 0:
-            raise error("the delivery deadline passed")
-        return left if timeout is None else min(timeout, left)
-
-    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
-        return self._inner.read(max_bytes, self._left(timeout, httpcore.ReadTimeout))
-
-    def write(self, buffer: bytes, timeout: float | None = None) -> None:
-        self._inner.write(buffer, self._left(timeout, httpcore.WriteTimeout))
-
-    def close(self) -> None:
-        self._inner.close()
-
-    def start_tls(
-        self, ssl_context: Any, server_hostname: str | None = None, timeout: float | None = None
-    ) -> httpcore.NetworkStream:
-        left = self._left(timeout, httpcore.ConnectTimeout)
-        return _DeadlineStream(
-            self._inner.start_tls(ssl_context, server_hostname, left), self._deadline
-        )
-
-    def get_extra_info(self, info: str) -> Any:
-        return self._inner.get_extra_info(info)
-
-
-class _CheckedBackend(httpcore.NetworkBackend):
-    """Resolves, checks every address against the URL rules, connects to an allowed one."""
-
-    def __init__(self, deadline: float, allow_private: bool) -> None:
-        self._inner = httpcore.SyncBackend()
-        self._deadline = deadline
+    def __init__(self, allow_private: bool) -> None:
+        super().__init__()
         self._allow_private = allow_private
 
     def connect_tcp(
@@ -98,21 +65,13 @@ class _CheckedBackend(httpcore.NetworkBackend):
         addresses = urls.resolve(host, port, self._allow_private)
         error: Exception = httpcore.ConnectError("no address to connect to")
         for address in addresses:
-            left = self._deadline - time.monotonic()
-            if left <= 0:
-                raise httpcore.ConnectTimeout("the delivery deadline passed")
             try:
-                stream = self._inner.connect_tcp(
-                    str(address), port, min(timeout or left, left), local_address, socket_options
+                return super().connect_tcp(
+                    str(address), port, timeout, local_address, socket_options
                 )
             except (httpcore.ConnectError, httpcore.ConnectTimeout) as exc:
                 error = exc
-                continue
-            return _DeadlineStream(stream, self._deadline)
         raise error
-
-    def sleep(self, seconds: float) -> None:
-        time.sleep(seconds)
 
 
 def _host_header(url: str) -> str:
@@ -143,8 +102,9 @@ def send(
         ]
         per_phase = {"connect": timeout, "read": timeout, "write": timeout, "pool": timeout}
         with (
+            deadline_scope(deadline),
             httpcore.ConnectionPool(
-                network_backend=_CheckedBackend(deadline, allow_private), retries=0
+                network_backend=_CheckedBackend(allow_private), retries=0
             ) as pool,
             pool.stream(
                 "POST",
