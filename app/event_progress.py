@@ -2,20 +2,16 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
-from datetime import datetime
 from typing import Any
 
 from psycopg import Connection
 
-from app.errors import InvalidCursor
+from app import cursors
 from app.jobs.status import WAITING_SQL
 from app.reads import rows
 from app.schemas import EventPage, EventSummary
 
-MAX_CURSOR_CHARS = 256
+CURSOR_KIND = "events"
 
 # One page of events, then each event's job counts by status (a LATERAL aggregate per row,
 # so the cost follows the page, not the table).
@@ -38,34 +34,12 @@ ORDER BY e.received_at DESC, e.event_id DESC LIMIT %(limit)s
 """  # noqa: S608
 
 
-def encode_cursor(received_at: datetime, event_id: str) -> str:
-    """An opaque cursor pointing just after the event (received_at, event_id)."""
-    raw = json.dumps([received_at.isoformat(), event_id]).encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    """The position a cursor names; InvalidCursor for anything else."""
-    bad = InvalidCursor("the cursor is not one this API returned; start again without it")
-    if not cursor or len(cursor) > MAX_CURSOR_CHARS or not cursor.isascii():
-        raise bad
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        at, event_id = json.loads(raw)
-        received_at = datetime.fromisoformat(at)
-    except (binascii.Error, UnicodeDecodeError, ValueError, TypeError):
-        raise bad from None
-    if received_at.tzinfo is None or not isinstance(event_id, str):
-        raise bad
-    return received_at, event_id
-
-
 def list_events(conn: Connection[Any], limit: int, cursor: str | None = None) -> EventPage:
     """One page of events, newest first by (received_at, event_id)."""
     where = "TRUE"
     params: dict[str, Any] = {"limit": limit + 1}
     if cursor is not None:
-        params["c_at"], params["c_id"] = decode_cursor(cursor)
+        params["c_at"], params["c_id"] = cursors.decode(CURSOR_KIND, cursor, str)
         where = "(e.received_at, e.event_id) < (%(c_at)s, %(c_id)s)"
     found = rows(conn, PAGE.replace("__WHERE__", where), params)
     items = [
@@ -84,5 +58,5 @@ def list_events(conn: Connection[Any], limit: int, cursor: str | None = None) ->
     next_cursor = None
     if len(found) > limit:
         last = items[-1]
-        next_cursor = encode_cursor(last.received_at, last.event_id)
+        next_cursor = cursors.encode(CURSOR_KIND, last.received_at, last.event_id)
     return EventPage(items=items, next_cursor=next_cursor)

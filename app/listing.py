@@ -5,24 +5,21 @@ Plain functions on the caller's connection (a unit of work's), shared by the API
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
 from typing import Any
 
 from psycopg import Connection
 
-from app.errors import InvalidCursor, NotFound
+from app import cursors
+from app.errors import NotFound
 from app.jobs.status import ALL, TERMINAL, WAITING_SQL
 from app.reads import get_job, load_jobs, rows
 from app.schemas import AttemptPublic, JobPage, JobPublic, Stats
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-CURSOR_VERSION = "1"
-MAX_CURSOR_CHARS = 128
+CURSOR_KIND = "jobs"
 ATTEMPT_CALLS = ("cancel", "refund", "lookup", "token")
 
 
@@ -33,38 +30,6 @@ class JobFilters:
     merchant_uid: str | None = None
     sku: str | None = None
     event_id: str | None = None
-
-
-# -- cursors ---------------------------------------------------------------------------------
-# A cursor is the position of the last job shown, (created_at, id), the very key the list is
-# ordered by: the next page starts strictly after it, so rows inserted meanwhile (newer, hence
-# before the cursor) neither shift the pages nor show up twice. Opaque to callers, strictly
-# parsed here: anything that is not a cursor we made is a 400, never a 500.
-
-
-def encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
-    """An opaque cursor pointing just after the job (created_at, id)."""
-    raw = f"{CURSOR_VERSION}|{created_at.isoformat()}|{job_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
-    """The position a cursor names; InvalidCursor for anything else."""
-    bad = InvalidCursor("the cursor is not one this API returned; start again without it")
-    if not cursor or len(cursor) > MAX_CURSOR_CHARS or not cursor.isascii():
-        raise bad
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        version, at, ident = raw.decode("ascii").split("|")
-        if version != CURSOR_VERSION:
-            raise ValueError(version)
-        created_at = datetime.fromisoformat(at)
-        job_id = uuid.UUID(ident)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise bad from None
-    if created_at.tzinfo is None:
-        raise bad
-    return created_at, job_id
 
 
 # -- reads -----------------------------------------------------------------------------------
@@ -101,7 +66,7 @@ def list_jobs(
         )
         params["sku"] = filters.sku
     if cursor is not None:
-        params["c_at"], params["c_id"] = decode_cursor(cursor)
+        params["c_at"], params["c_id"] = cursors.decode(CURSOR_KIND, cursor, uuid.UUID)
         where.append("(j.created_at, j.id) < (%(c_at)s, %(c_id)s)")
     jobs = load_jobs(
         conn,
@@ -113,7 +78,7 @@ def list_jobs(
     if len(jobs) > limit:
         jobs = jobs[:limit]
         last = jobs[-1]
-        next_cursor = encode_cursor(last.created_at, last.id)
+        next_cursor = cursors.encode(CURSOR_KIND, last.created_at, last.id)
     return JobPage(items=jobs, next_cursor=next_cursor)
 
 

@@ -153,9 +153,9 @@ def main() -> None:
                     "SELECT created_at, id FROM jobs WHERE status = 'failed' "
                     "ORDER BY random() LIMIT 500"
                 ).fetchall()
-            from app.listing import encode_cursor
+            from app.cursors import encode
 
-            cursors = [encode_cursor(at, job_id) for at, job_id in failed]
+            cursors = [encode("jobs", at, job_id) for at, job_id in failed]
             headers = {"Authorization": f"Bearer {key}"}
             n = args.requests
             rows: list[tuple[str, list[float], bool]] = []

@@ -2,50 +2,31 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import uuid
 from datetime import datetime
 from typing import Any
 
 from psycopg import Connection
 
-from app.errors import InvalidCursor
+from app import cursors
 from app.reads import rows
 from app.webhooks.endpoints import get_endpoint
 from app.webhooks.schemas import Delivery, DeliveryPage
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
-CURSOR_VERSION = "w1"
-MAX_CURSOR_CHARS = 160
+CURSOR_KIND = "deliveries"
 COLUMNS = (
     "id AS message_id, event_type, job_id, event_id, status, attempts, last_http_status, "
     "last_error, CASE WHEN status = 'pending' THEN next_attempt_at END AS next_attempt_at, "
     "created_at, delivered_at"
 )
 
-# A cursor is the (created_at, id) of the last delivery shown, like the jobs list's.
 
-
-def encode_cursor(created_at: datetime, message_id: str) -> str:
-    raw = f"{CURSOR_VERSION}|{created_at.isoformat()}|{message_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[datetime, str]:
-    bad = InvalidCursor("the cursor is not one this API returned; start again without it")
-    if not cursor or len(cursor) > MAX_CURSOR_CHARS or not cursor.isascii():
-        raise bad
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        version, at, message_id = raw.decode("ascii").split("|")
-        created_at = datetime.fromisoformat(at)
-    except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise bad from None
-    if version != CURSOR_VERSION or created_at.tzinfo is None or not message_id.startswith("msg_"):
-        raise bad
-    return created_at, message_id
+def _message_id(key: str) -> str:
+    if not key.startswith("msg_"):
+        raise ValueError(key)
+    return key
 
 
 def list_deliveries(
@@ -64,7 +45,7 @@ def list_deliveries(
         where.append("status = %(status)s")
         params["status"] = status
     if cursor is not None:
-        params["c_at"], params["c_id"] = decode_cursor(cursor)
+        params["c_at"], params["c_id"] = cursors.decode(CURSOR_KIND, cursor, _message_id)
         where.append("(created_at, id) < (%(c_at)s, %(c_id)s)")
     found = rows(
         conn,
@@ -75,7 +56,7 @@ def list_deliveries(
     items = [Delivery.model_validate(r._asdict()) for r in found[:limit]]
     next_cursor = None
     if len(found) > limit:
-        next_cursor = encode_cursor(items[-1].created_at, items[-1].message_id)
+        next_cursor = cursors.encode(CURSOR_KIND, items[-1].created_at, items[-1].message_id)
     return DeliveryPage(items=items, next_cursor=next_cursor)
 
 

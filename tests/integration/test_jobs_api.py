@@ -13,8 +13,7 @@ import redis
 from fastapi.testclient import TestClient
 from psycopg.types.json import Jsonb
 
-from app import dispatch
-from app.listing import encode_cursor
+from app import cursors, dispatch
 from tests.support.factories import api_key, auth, event
 
 
@@ -166,7 +165,7 @@ def test_extreme_but_valid_cursor_is_empty_page(api: TestClient, key: str) -> No
     from datetime import UTC, datetime
 
     post_event(api, key, event(1))
-    old = encode_cursor(datetime(1970, 1, 1, tzinfo=UTC), uuid.uuid4())
+    old = cursors.encode("jobs", datetime(1970, 1, 1, tzinfo=UTC), uuid.uuid4())
     r = api.get("/v1/jobs", params={"cursor": old}, headers=auth(key))
     assert r.status_code == 200
     assert r.json() == {"items": [], "next_cursor": None}
