@@ -32,12 +32,12 @@ import psycopg
 
 from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
 from app.jobs.status import WAITING_SQL
-from app.launch import api_command, beat_command, create_key, sandbox_command
+from app.launch import ROOT, api_command, beat_command, create_key, sandbox_command
 from app.sandbox.control import SandboxControl
 from tests.chaos.nemesis import Nemesis
 from tests.chaos.workload import Judgement, Workload, create_at_sandbox, judge, make_plan
 from tests.support.checker import Report, check
-from tests.support.processes import ROOT, service_env, start_worker, stop, wait_until
+from tests.support.processes import service_env, start_worker, stop, wait_until
 from tests.support.stack import migrate
 
 IMP_KEY = "chaos_imp_key"
@@ -281,7 +281,7 @@ def find_lost(db: str, workload: Workload, j: Judgement, f: Findings) -> None:
     """Every accepted event and imp_uid in Postgres; conflicting bodies left no trace."""
     with psycopg.connect(db) as conn:
         jobs = {r[0] for r in conn.execute("SELECT imp_uid FROM jobs")}
-        events = dict(conn.execute("SELECT event_id, sku FROM events").fetchall())
+        events: dict[str, str] = dict(conn.execute("SELECT event_id, sku FROM events").fetchall())
         links: dict[str, set[str]] = {}
         for event_id, imp_uid in conn.execute(
             "SELECT ej.event_id, j.imp_uid FROM event_jobs ej JOIN jobs j ON j.id = ej.job_id"
@@ -305,7 +305,7 @@ def find_unrecorded(db: str, sandbox: SandboxControl) -> list[str]:
         if call["call"] in ("cancel", "cancel_vbank", "refund") and call["imp_uid"]:
             seen[call["imp_uid"]] = seen.get(call["imp_uid"], 0) + 1
     with psycopg.connect(db) as conn:
-        recorded = dict(
+        recorded: dict[str, int] = dict(
             conn.execute(
                 "SELECT j.imp_uid, count(*) FROM attempts a JOIN jobs j ON j.id = a.job_id "
                 "WHERE a.call IN ('cancel', 'refund') AND a.outcome IS DISTINCT FROM 'not_sent' "

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.processes import ROOT
+from app.launch import ROOT
 
 pytestmark = pytest.mark.slow
 
