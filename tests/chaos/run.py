@@ -31,9 +31,11 @@ import httpx
 import psycopg
 
 from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
-from app.jobs.status import WAITING_SQL
+from app.jobs.status import TERMINAL_SQL, WAITING_SQL
 from app.launch import ROOT, api_command, beat_command, create_key, sandbox_command
 from app.sandbox.control import SandboxControl
+from tests.chaos.hooks import ENV as HOOKS_ENV
+from tests.chaos.hooks import HookReport, Hooks
 from tests.chaos.nemesis import Nemesis
 from tests.chaos.workload import Judgement, Workload, create_at_sandbox, judge, make_plan
 from tests.support.checker import Report, check
@@ -70,6 +72,8 @@ class Stack:
         self.redis = EmbeddedRedis(self.base / "redis")
         self.api_port = free_port()
         self.sandbox_port = free_port()
+        self.hooks = Hooks(self.seed)  # the webhook receivers, listening already
+        self.hooks_key = ""
 
     @property
     def api_url(self) -> str:
@@ -93,6 +97,7 @@ class Stack:
             CANCEL_SETTLE_SECONDS="6",
             LOG_LEVEL="INFO",  # so the logs scanned for secrets hold something
             LOG_JSON="true",
+            **HOOKS_ENV,
         )
 
     def hook_url(self, name: str) -> str:
@@ -143,6 +148,11 @@ class Stack:
     def create_key(self) -> str:
         """`stockout keys create`, as an operator does."""
         return create_key(self.env, "chaos", ("events:write", "jobs:read"))
+
+    def register_hooks(self) -> None:
+        """An order service's key and its two webhook endpoints, before any job ends."""
+        self.hooks_key = create_key(self.env, "chaos-hooks", ("webhooks:write",))
+        self.hooks.register(self.api_url, self.hooks_key)
 
     # -- what the nemesis breaks ---------------------------------------------------------------
 
@@ -205,15 +215,19 @@ class Stack:
         return [n for n in sorted(live) if self.procs[n].poll() is not None]
 
     def shutdown(self) -> None:
-        for name in ["beat", *self.workers, "api", "sandbox"]:
-            proc = self.procs.get(name)
-            if proc is not None:
-                stop(proc, signal.SIGTERM, timeout=15)
-        self.redis.stop()
         try:
-            self.pg.stop("immediate")
-        except Exception as exc:
-            _say(f"postgres stop: {exc}")
+            for name in ["beat", *self.workers, "api", "sandbox"]:
+                proc = self.procs.get(name)
+                if proc is not None:
+                    stop(proc, signal.SIGTERM, timeout=15)
+            self.redis.stop()
+            try:
+                self.pg.stop("immediate")
+            except Exception as exc:
+                _say(f"postgres stop: {exc}")
+        finally:
+            # Always: a receiver left to the interpreter's exit would hang it.
+            self.hooks.close()
 
 
 def _last_line(path: Path, marks: tuple[str, ...]) -> str:
@@ -239,8 +253,7 @@ def job_counts(db: str) -> tuple[int, int] | None:
     try:
         with psycopg.connect(db, connect_timeout=2) as conn:
             row = conn.execute(
-                "SELECT count(*), count(*) FILTER (WHERE status IN "
-                "('cancelled','needs_refund','failed')) FROM jobs"
+                f"SELECT count(*), count(*) FILTER (WHERE {TERMINAL_SQL}) FROM jobs"
             ).fetchone()
         return (int(row[0]), int(row[1])) if row else None
     except psycopg.Error:
@@ -339,6 +352,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--drain-limit", type=float, default=180, help="seconds to drain")
     parser.add_argument(
+        "--webhook-limit",
+        type=float,
+        default=45,
+        help="seconds, after the drain, for every webhook message to be sent",
+    )
+    parser.add_argument(
         "--duration-limit", type=float, default=540, help="wall seconds for the whole run"
     )
     parser.add_argument("--nemesis-interval", type=float, default=None)
@@ -357,7 +376,16 @@ def main(argv: list[str] | None = None) -> int:
     drain = max(30.0, min(args.drain_limit, args.duration_limit - duration - 60))
     global TOLERATE_WORKER_CRASHES
     TOLERATE_WORKER_CRASHES = args.tolerate_worker_crashes
-    return run(args.seed, args.payments, duration, interval, drain, args.keep, args.json)
+    return run(
+        args.seed,
+        args.payments,
+        duration,
+        interval,
+        drain,
+        args.keep,
+        args.json,
+        args.webhook_limit,
+    )
 
 
 def run(
@@ -368,6 +396,7 @@ def run(
     drain_limit: float,
     keep: bool = False,
     json_out: Path | None = None,
+    webhook_limit: float = 45,
 ) -> int:
     os.environ.setdefault("XDG_RUNTIME_DIR", tempfile.gettempdir())
     t0 = time.monotonic()
@@ -379,6 +408,7 @@ def run(
     try:
         stack.start()
         key = stack.create_key()
+        stack.register_hooks()
         plan = make_plan(seed, payments, duration)
         with SandboxControl(stack.sandbox_url) as sandbox:
             create_at_sandbox(
@@ -388,7 +418,9 @@ def run(
             f"stack up in {time.monotonic() - t0:.1f}s: api {stack.api_url}, "
             f"{len(plan.actions)} posts, {len(plan.pays)} customers paying"
         )
-        ok = _exercise(stack, plan, key, seed, interval, drain_limit, duration, json_out)
+        ok = _exercise(
+            stack, plan, key, seed, interval, drain_limit, duration, json_out, webhook_limit
+        )
         return 0 if ok else 1
     finally:
         stack.shutdown()
@@ -407,6 +439,7 @@ def _exercise(
     drain_limit: float,
     duration: float,
     json_out: Path | None,
+    webhook_limit: float = 45,
 ) -> bool:
     db = stack.pg.url
     workload = Workload(plan, stack.api_url, key, stack.sandbox_url)
@@ -464,6 +497,8 @@ def _exercise(
         report = check(db, sandbox)
         sandbox_stats = sandbox.stats()
         unrecorded = find_unrecorded(db, sandbox)
+    stack.hooks.wait_settled(db, webhook_limit, _say)
+    hook_report = stack.hooks.check(db)
     j = judge(workload)
     f = Findings(
         dead_processes=stack.dead(),
@@ -474,6 +509,8 @@ def _exercise(
     find_lost(db, workload, j, f)
     needles = {"imp_secret": stack.imp_secret, "webhook token": stack.webhook_token}
     needles["api key"] = key.rsplit("_", 1)[-1]
+    needles["webhooks api key"] = stack.hooks_key.rsplit("_", 1)[-1]
+    needles.update(stack.hooks.secrets())
     needles.update({f"iamport token {t[:6]}…": t for t in tokens})
     f.secrets_in_logs = scan_logs(stack.logs, needles)
     return _print_report(
@@ -488,6 +525,7 @@ def _exercise(
         workload_seconds,
         len(tokens),
         json_out,
+        hook_report,
     )
 
 
@@ -503,6 +541,7 @@ def _print_report(
     workload_seconds: float,
     n_tokens: int,
     json_out: Path | None,
+    hooks: HookReport | None = None,
 ) -> bool:
     pays_allowed = sum(1 for p in workload.pays if p.allowed)
     figures: dict[str, Any] = {
@@ -522,6 +561,7 @@ def _print_report(
         "workload seconds": round(workload_seconds, 1),
         "time to drain seconds": round(drain_seconds, 1),
         "drained": drained,
+        **(hooks.figures if hooks else {}),
     }
     violations: dict[str, Any] = {
         "not drained (non-terminal jobs)": report.non_terminal,
@@ -544,6 +584,7 @@ def _print_report(
         "dead processes": f.dead_processes,
         "workers that died on their own": [] if TOLERATE_WORKER_CRASHES else f.worker_crashes,
         "nemesis errors": f.nemesis_errors,
+        **(hooks.violations if hooks else {}),
     }
     _say("")
     _say("== chaos figures ==")
