@@ -23,7 +23,12 @@ The same document is served at `/openapi.json`, with Swagger UI at `/docs` and R
 """
 
 
-def _type(schema: dict[str, Any]) -> str:
+def _type(schema: dict[str, Any] | bool) -> str:
+    # JSON Schema allows a boolean for a schema: `true` takes anything, `false` nothing.
+    if schema is True:
+        return "any"
+    if schema is False:
+        return "nothing"
     if "$ref" in schema:
         name = schema["$ref"].rsplit("/", 1)[-1]
         return f"[{name}](#{name.lower()})"
@@ -36,7 +41,7 @@ def _type(schema: dict[str, Any]) -> str:
     kind = schema.get("type", "any")
     if kind == "array":
         return f"list of {_type(schema.get('items', {}))}"
-    if kind == "object" and "additionalProperties" in schema:
+    if kind == "object" and schema.get("additionalProperties", False) is not False:
         return f"map of {_type(schema['additionalProperties'])}"
     fmt = schema.get("format")
     return f"{kind} ({fmt})" if fmt else str(kind)

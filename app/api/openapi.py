@@ -109,6 +109,82 @@ _ATTEMPT = {
     "message": None,
     "outcome": "cancelled",
 }
+_REFUND = {
+    "pg_tid": "StdpayCARDINIpayTest20261125160512654321",
+    "amount": 12000,
+    "cancelled_at": "2026-11-25T07:05:12Z",
+    "reason": "out of stock",
+    "receipt_url": "https://iniweb.inicis.com/receipt/StdpayCARDINIpayTest20261125160512654321",
+}
+# A payment that was paid before we got to it: held for a person, who asked for the refund.
+_REFUNDED_JOB = {
+    **_JOB,
+    "id": "8b2e4d17-5c3a-4f6e-b1d9-7a0c2e9f4b68",
+    "imp_uid": "imps_410124208173",
+    "merchant_uid": "order-1002",
+    "status": JobStatus.REFUNDED.value,
+    "attempts": 3,
+    "payment_status": "cancelled",
+    "cancellation": None,
+    "refund": _REFUND,
+    "updated_at": "2026-11-25T07:05:12Z",
+    "finished_at": "2026-11-25T07:05:12Z",
+}
+_KEY_ID = "d9d7c115-1449-4a8d-af1e-8ff00d1e03ce"
+_ACTION = {
+    "at": "2026-11-25T07:05:11Z",
+    "action": "refund",
+    "key_id": _KEY_ID,
+    "key_name": "ops-console",
+    "job_id": "8b2e4d17-5c3a-4f6e-b1d9-7a0c2e9f4b68",
+    "endpoint_id": None,
+    "detail": {"from": JobStatus.NEEDS_REFUND.value},
+}
+_EVENT_SUMMARY = {
+    "event_id": "inv-2026-11-25-0001",
+    "sku": "SKU-123",
+    "reason": "out of stock",
+    "occurred_at": "2026-11-25T06:00:00Z",
+    "received_at": "2026-11-25T06:00:01Z",
+    "jobs_total": 2,
+    "jobs_terminal": 1,
+    "counts": {JobStatus.CANCELLED.value: 1, JobStatus.NEEDS_REFUND.value: 1},
+}
+_MINUTE = {
+    "minute": "2026-11-25T06:00:00Z",
+    "counts": {JobStatus.CANCELLED.value: 12, JobStatus.NEEDS_REFUND.value: 1},
+}
+_CALLS = {"call": "cancel", "outcome": "ok", "count": 12}
+_LATENCY = {
+    "call": "cancel",
+    "count": 13,
+    "p50_ms": 178.0,
+    "p95_ms": 412.5,
+    "p99_ms": 688.1,
+    "max_ms": 702.0,
+}
+_ENDPOINT_ID = "61822c39-60ed-4c13-acc2-371b98073593"
+_ENDPOINT = {
+    "id": _ENDPOINT_ID,
+    "url": "https://orders.example.com/hooks/stockout",
+    "event_types": ["job.cancelled", "job.needs_refund", "job.refunded", "job.failed"],
+    "description": "order service: release or refund the order",
+    "enabled": True,
+    "created_at": "2026-11-20T09:30:00Z",
+}
+_DELIVERY = {
+    "message_id": "msg_06611389bd405fa339f7c64effd6533f",
+    "event_type": "job.cancelled",
+    "job_id": _JOB_ID,
+    "event_id": None,
+    "status": "delivered",
+    "attempts": 1,
+    "last_http_status": 204,
+    "last_error": None,
+    "next_attempt_at": None,
+    "created_at": "2026-11-25T06:00:03Z",
+    "delivered_at": "2026-11-25T06:00:03Z",
+}
 # One realistic example per schema: Swagger UI and ReDoc show them, docs/api.md prints them.
 EXAMPLES: dict[str, Any] = {
     "PaymentRef": {"imp_uid": "imps_410124208172", "merchant_uid": "order-1001"},
@@ -121,13 +197,7 @@ EXAMPLES: dict[str, Any] = {
         "on_paid": "hold",
     },
     "Cancellation": _CANCELLATION,
-    "Refund": {
-        "pg_tid": "StdpayCARDINIpayTest20261125160512654321",
-        "amount": 12000,
-        "cancelled_at": "2026-11-25T07:05:12Z",
-        "reason": "out of stock",
-        "receipt_url": "https://iniweb.inicis.com/receipt/StdpayCARDINIpayTest20261125160512654321",
-    },
+    "Refund": _REFUND,
     "JobStatus": JobStatus.NEEDS_REFUND.value,
     "UpstreamError": _ERROR,
     "JobPublic": _JOB,
@@ -139,7 +209,7 @@ EXAMPLES: dict[str, Any] = {
         "received_at": "2026-11-25T06:00:01Z",
         "jobs": [_JOB],
     },
-    "JobPage": {"items": [_JOB], "next_cursor": None},
+    "JobPage": {"items": [_REFUNDED_JOB, _JOB], "next_cursor": None},
     "AttemptPublic": _ATTEMPT,
     "AttemptList": {
         "items": [
@@ -158,6 +228,100 @@ EXAMPLES: dict[str, Any] = {
         "finished_last_minute": {"cancelled": 12},
         "finished_last_hour": {JobStatus.CANCELLED.value: 640, JobStatus.NEEDS_REFUND.value: 1},
     },
+    "ActionPublic": _ACTION,
+    "ActionList": {
+        "items": [
+            {
+                **_ACTION,
+                "at": "2026-11-25T06:40:27Z",
+                "action": "retry",
+                "detail": {"from": JobStatus.FAILED.value},
+            },
+            _ACTION,
+        ]
+    },
+    "CallerPublic": {
+        "id": _KEY_ID,
+        "name": "ops-console",
+        "scopes": ["jobs:read", "jobs:write", "webhooks:write"],
+    },
+    "EventSummary": _EVENT_SUMMARY,
+    "EventPage": {
+        "items": [_EVENT_SUMMARY],
+        "next_cursor": "ZXZlbnRzfDIwMjYtMTEtMjVUMDY6MDA6MDEuMjA0NTE4KzAwOjAwfGludi0yMDI2LTExLTI1LTAwMDE",
+    },
+    "MinuteCounts": _MINUTE,
+    "UpstreamCalls": _CALLS,
+    "UpstreamLatency": _LATENCY,
+    "Activity": {
+        "window_minutes": 3,
+        "finished_per_minute": [
+            {"minute": "2026-11-25T05:58:00Z", "counts": {}},
+            {"minute": "2026-11-25T05:59:00Z", "counts": {JobStatus.CANCELLED.value: 4}},
+            _MINUTE,
+        ],
+        "upstream_calls": [
+            {"call": "cancel", "outcome": "ok", "count": 16},
+            {"call": "cancel", "outcome": "timeout", "count": 1},
+            {"call": "lookup", "outcome": "ok", "count": 17},
+            {"call": "token", "outcome": "ok", "count": 1},
+        ],
+        "upstream_latency": [
+            {**_LATENCY, "count": 17},
+            {
+                "call": "lookup",
+                "count": 17,
+                "p50_ms": 64.0,
+                "p95_ms": 131.2,
+                "p99_ms": 158.4,
+                "max_ms": 163.0,
+            },
+            {
+                "call": "token",
+                "count": 1,
+                "p50_ms": 41.0,
+                "p95_ms": 41.0,
+                "p99_ms": 41.0,
+                "max_ms": 41.0,
+            },
+        ],
+        "upstream_sample_size": 35,
+        "upstream_sample_capped": False,
+        "upstream_since": "2026-11-25T05:58:02Z",
+    },
+    "EndpointCreate": {
+        "url": "https://orders.example.com/hooks/stockout",
+        "event_types": ["job.cancelled", "job.needs_refund", "job.refunded", "job.failed"],
+        "description": "order service: release or refund the order",
+    },
+    "EndpointPublic": _ENDPOINT,
+    "EndpointWithSecret": {
+        **_ENDPOINT,
+        "secret": "whsec_3hTCQEFYDDvFTpZp81IPT54km2+WaeNjphUApRLMTbw=",
+    },
+    "EndpointList": {"items": [_ENDPOINT]},
+    "Delivery": _DELIVERY,
+    "DeliveryPage": {
+        "items": [
+            {
+                **_DELIVERY,
+                "message_id": "msg_06611472bad97218289bc0a7c536067d",
+                "event_type": "job.refunded",
+                "job_id": _REFUNDED_JOB["id"],
+                "status": "pending",
+                "attempts": 2,
+                "last_http_status": 503,
+                "last_error": "HTTP 503",
+                "next_attempt_at": "2026-11-25T07:05:20Z",
+                "created_at": "2026-11-25T07:05:12Z",
+                "delivered_at": None,
+            },
+            _DELIVERY,
+        ],
+        "next_cursor": None,
+    },
+    "ReplayRequest": {"since": "2026-11-25T06:00:00Z"},
+    "Replayed": {"messages": 2},
     "Problem": {
         "type": "about:blank",
         "title": "Conflict",
