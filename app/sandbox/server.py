@@ -176,6 +176,7 @@ def create_app(sandbox: Sandbox) -> Starlette:
             return error(entry, decision, None)
         if auth and not sandbox.authorized(_bearer(request)):
             return done(entry, 401, UNAUTHORIZED, None, fault)
+        sandbox.admit(entry)
         if fault == "timeout_before":
             if not await _pause(request, sandbox.faults.hang_seconds, watch):
                 return gone(entry, fault)

@@ -567,9 +567,6 @@ class Sandbox:
         if call == "refund":
             tally.refund_calls += 1
             totals.refund_calls += 1
-            if not tally.looked_up:
-                tally.refunds_without_lookup += 1
-                totals.refunds_without_lookup += 1
         else:
             tally.cancel_calls += 1
             totals.cancel_calls += 1
@@ -579,11 +576,21 @@ class Sandbox:
         if tally.mutating_applied > 0:
             tally.calls_after_applied += 1
             totals.calls_after_applied += 1
-        tally.looked_up = False
         tally.working += 1
         entry.working = True
         entry.applied = False
         return entry
+
+    def admit(self, entry: CallEntry) -> None:
+        """A mutating call passed the token check and reaches the application: a refund must
+        have a lookup after the previous call that did (a 401 or 429 never got this far)."""
+        if entry.imp_uid is None or entry.call not in MUTATING:
+            return
+        tally = self.tally(entry.imp_uid)
+        if entry.call == "refund" and not tally.looked_up:
+            tally.refunds_without_lookup += 1
+            self.totals.refunds_without_lookup += 1
+        tally.looked_up = False
 
     def finish_work(self, entry: CallEntry, applied: bool | None = None) -> None:
         """The sandbox is done with a mutating call: applied, refused, or given up."""

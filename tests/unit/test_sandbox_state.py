@@ -326,11 +326,19 @@ def test_overlap_lasts_until_applied_not_until_answered(sb: Sandbox) -> None:
 
 def test_refunds_without_lookup(sb: Sandbox) -> None:
     p = sb.add_payment({"status": "paid"})
-    sb.end_call(sb.begin_call("refund", p.imp_uid), 200)  # never looked up
+
+    def refund(imp_uid: str, admitted: bool = True) -> None:
+        entry = sb.begin_call("refund", imp_uid)
+        if admitted:  # past the token check, as the server does
+            sb.admit(entry)
+        sb.end_call(entry, 200 if admitted else 401)
+
+    refund(p.imp_uid)  # never looked up
     sb.end_call(sb.begin_call("lookup", p.imp_uid), 200)
-    sb.end_call(sb.begin_call("refund", p.imp_uid), 200)  # looked up first: fine
-    sb.end_call(sb.begin_call("refund", p.imp_uid), 200)  # no lookup since the previous
-    sb.end_call(sb.begin_call("refund", "imps_unknown"), 200)
+    refund(p.imp_uid, admitted=False)  # a 401 never reaches the application
+    refund(p.imp_uid)  # looked up first: fine, the 401 in between does not count
+    refund(p.imp_uid)  # no lookup since the previous
+    refund("imps_unknown")
     assert sb.tally(p.imp_uid).refunds_without_lookup == 2
     assert sb.stats()["refunds_without_lookup"] == 3
     assert sb.tally("imps_unknown").refund_calls == 1
