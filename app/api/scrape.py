@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from typing import Generic, TypeVar
 
 import structlog
 from fastapi import APIRouter
@@ -28,21 +30,45 @@ router = APIRouter(tags=["health"])
 log = structlog.get_logger(__name__)
 
 CACHE_SECONDS = 5.0
+T = TypeVar("T")
 STATEMENT_TIMEOUT_MS = 2000
 
 
-class JobsCollector(Collector):
-    """Jobs by status and the oldest waiting job's age, from Postgres."""
+class CachedRead(ABC, Generic[T]):
+    """Figures read from Postgres at scrape time, kept CACHE_SECONDS; None while it is down."""
 
-    def __init__(self) -> None:
+    def __init__(self, what: str) -> None:
+        self._what = what
         self._lock = threading.Lock()
         self._at = 0.0
-        self._cached: tuple[dict[str, int], float | None] | None = None
+        self._cached: T | None = None
 
     def clear(self) -> None:
         """Forget the cached figures (tests)."""
         with self._lock:
             self._cached = None
+
+    @abstractmethod
+    def _read(self) -> T:
+        """The figures, read now."""
+
+    def cached(self) -> T | None:
+        with self._lock:
+            if self._cached is None or time.monotonic() - self._at > CACHE_SECONDS:
+                try:
+                    self._cached = self._read()
+                    self._at = time.monotonic()
+                except Exception as exc:  # the scrape must answer during an outage
+                    log.warning(f"metrics_{self._what}_unavailable", error=type(exc).__name__)
+                    self._cached = None
+            return self._cached
+
+
+class JobsCollector(CachedRead[tuple[dict[str, int], float | None]], Collector):
+    """Jobs by status and the oldest waiting job's age, from Postgres."""
+
+    def __init__(self) -> None:
+        super().__init__("jobs")
 
     def _read(self) -> tuple[dict[str, int], float | None]:
         with pool().connection() as conn, conn.transaction(force_rollback=True):
@@ -53,15 +79,7 @@ class JobsCollector(Collector):
         up = GaugeMetricFamily(
             "stockout_database_up", "1 when this scrape could read the jobs table, else 0."
         )
-        with self._lock:
-            if self._cached is None or time.monotonic() - self._at > CACHE_SECONDS:
-                try:
-                    self._cached = self._read()
-                    self._at = time.monotonic()
-                except Exception as exc:  # the scrape must answer during an outage
-                    log.warning("metrics_jobs_unavailable", error=type(exc).__name__)
-                    self._cached = None
-            cached = self._cached
+        cached = self.cached()
         up.add_metric([], 1.0 if cached is not None else 0.0)
         yield up
         if cached is None:
@@ -79,13 +97,11 @@ class JobsCollector(Collector):
         yield age
 
 
-class WebhooksCollector(Collector):
+class WebhooksCollector(CachedRead[list[tuple[str, float]]], Collector):
     """The oldest pending webhook message's age per endpoint, from Postgres (cached briefly)."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._at = 0.0
-        self._cached: list[tuple[str, float]] | None = None
+        super().__init__("webhooks")
 
     def _read(self) -> list[tuple[str, float]]:
         with pool().connection() as conn, conn.transaction(force_rollback=True):
@@ -93,21 +109,8 @@ class WebhooksCollector(Collector):
             found = conn.execute(OLDEST_PENDING).fetchall()
         return [(str(endpoint_id), max(float(age), 0.0)) for endpoint_id, age in found]
 
-    def clear(self) -> None:
-        """Forget the cached figures (tests)."""
-        with self._lock:
-            self._cached = None
-
     def collect(self) -> Iterator[Metric]:
-        with self._lock:
-            if self._cached is None or time.monotonic() - self._at > CACHE_SECONDS:
-                try:
-                    self._cached = self._read()
-                    self._at = time.monotonic()
-                except Exception as exc:  # the scrape must answer during an outage
-                    log.warning("metrics_webhooks_unavailable", error=type(exc).__name__)
-                    self._cached = None
-            cached = self._cached
+        cached = self.cached()
         if cached is None:
             return
         age = GaugeMetricFamily(
