@@ -97,7 +97,6 @@ class JobRun:
     sent: bool = False  # the current step's mutating call left our side
     answered: bool = False  # this run's last mutating call had a definite answer
     last_sent: Step | None = None  # the last cancel or refund this run sent
-    step: Step = Step.LOOKUP
 
     def before_send(self, call: str) -> None:
         if call not in (Step.CANCEL, Step.REFUND):
@@ -227,7 +226,6 @@ def run_job(
     started = time.monotonic()
 
     def call(step: Step, method: Method, checksum: float | None) -> Result:
-        observer.step = step
         return call_step(client, observer, step, method, checksum)
 
     try:
