@@ -39,6 +39,7 @@ from benchmarks.common import (
     running_stack,
 )
 from tests.support.processes import stop
+from tests.support.webhook_receiver import Receiver, running_receiver
 
 TERMINAL = "('cancelled','needs_refund','failed')"
 
@@ -67,6 +68,12 @@ class Naive:
     cpu_per_1000: float
 
 
+# 1 once every webhook message written so far has been delivered or given up.
+NO_PENDING_HOOKS = (
+    "SELECT CASE WHEN count(*) = 0 THEN 1 ELSE 0 END FROM webhook_messages WHERE status = 'pending'"
+)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--payments", type=int, default=2000)
@@ -80,13 +87,22 @@ def main() -> None:
         "--log-level", default="INFO", help="the worker's LOG_LEVEL (INFO: one line per job run)"
     )
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
+    parser.add_argument(
+        "--webhooks",
+        action="store_true",
+        help="run the worker again with a webhook endpoint (receiver answering in 10 ms)",
+    )
     args = parser.parse_args()
 
     with running_stack(
-        IAMPORT_MAX_RPS="100000", IAMPORT_TIMEOUT_SECONDS="10", LOG_LEVEL=args.log_level
+        IAMPORT_MAX_RPS="100000",
+        IAMPORT_TIMEOUT_SECONDS="10",
+        LOG_LEVEL=args.log_level,
+        WEBHOOK_ALLOW_PRIVATE_URLS="true",
     ) as stack:
         with SandboxControl(stack.sandbox_url) as sandbox:
             ours = run_ours(stack, sandbox, args)
+            hooked = run_with_webhooks(stack, sandbox, args) if args.webhooks else None
             limits: dict[int, float] = {}
             for in_flight in sorted({32, 64, ours.in_flight}):
                 uids = _payments(sandbox, f"bare{in_flight}", args.payments, args.latency_ms)
@@ -109,6 +125,7 @@ def main() -> None:
         "worker": ours.__dict__,
         "bare_loop_cancels_per_second": {str(k): round(v, 1) for k, v in limits.items()},
         "naive_peer": naive.__dict__ if naive else None,
+        "worker_with_webhooks": hooked.__dict__ if hooked else None,
         "ratio_jobs_vs_bare_at_own_in_flight": round(rate_ratio, 3),
         "ratio_cpu_vs_naive": round(cpu_ratio, 3) if cpu_ratio is not None else None,
         "goals_met": rate_ratio >= 0.5 and (cpu_ratio is None or cpu_ratio <= 0.35),
@@ -132,6 +149,12 @@ def main() -> None:
         )
         for k, v in limits.items():
             print(f"  {'bare asyncio loop (aiohttp)':<36} {v:>7.0f} {1:>9.3f} {'':>10}  {k}")
+        if hooked:
+            print(
+                f"  {'the worker, webhooks on (1 endpoint)':<36} {hooked.jobs_per_second:>7.0f} "
+                f"{hooked.calls_per_job:>9.3f} {hooked.cpu_per_1000:>10.2f}  {hooked.in_flight} "
+                "(every message delivered before the clock stops)"
+            )
         if naive:
             print(
                 f"  {'naive Celery peer (prefork, requests)':<36} {naive.jobs_per_second:>7.0f} "
@@ -151,28 +174,49 @@ def main() -> None:
     )
 
 
-def run_ours(stack: Stack, sandbox: SandboxControl, args: argparse.Namespace) -> Ours:
+def run_with_webhooks(stack: Stack, sandbox: SandboxControl, args: argparse.Namespace) -> Ours:
+    """The same run with one endpoint taking every message, its receiver answering in 10 ms."""
+
+    def ten_ms(_: Receiver, webhook_id: str, n: int) -> tuple[int, float, dict[str, str]]:
+        return 200, 0.01, {}
+
+    with running_receiver(ten_ms) as receiver:
+        headers = {"Authorization": f"Bearer {stack.key()}"}
+        with httpx.Client(base_url=stack.api_url, headers=headers, timeout=30) as http:
+            http.post("/v1/webhook-endpoints", json={"url": receiver.url}).raise_for_status()
+        return run_ours(stack, sandbox, args, tag="hooked", webhooks=True)
+
+
+def run_ours(
+    stack: Stack,
+    sandbox: SandboxControl,
+    args: argparse.Namespace,
+    tag: str = "bench",
+    webhooks: bool = False,
+) -> Ours:
     db = stack.env["DATABASE_URL"]
     sandbox.reset()
     worker = stack.start("worker", [*WORKER, *shlex.split(args.worker_args)])
     beat = stack.start_beat()
-    uids = _payments(sandbox, "bench", args.payments, args.latency_ms)
-    warm = [f"imps_warm_{i}" for i in range(64)]
+    uids = _payments(sandbox, tag, args.payments, args.latency_ms)
+    warm = [f"imps_warm{tag}_{i}" for i in range(64)]
     sandbox.create_payments([{"imp_uid": u} for u in warm])
     per_event = args.payments // args.events
     headers = {"Authorization": f"Bearer {stack.key()}"}
     with httpx.Client(base_url=stack.api_url, headers=headers, timeout=30) as http:
         # Warm the worker (imports, token, pools) so the figures are of steady state.
         for i in range(0, len(warm), 8):
-            body = {"event_id": f"warm-{i}", "sku": "W", "payments": _p(warm[i : i + 8])}
+            body = {"event_id": f"warm{tag}-{i}", "sku": "W", "payments": _p(warm[i : i + 8])}
             http.post("/v1/stockout-events", json=body).raise_for_status()
-        _wait_terminal(db, "imps_warm_%", len(warm))
+        _wait_terminal(db, f"imps_warm{tag}_%", len(warm))
+        if webhooks:
+            _wait_count(db, NO_PENDING_HOOKS, (), 1, timeout=120)
         calls_before = sandbox.stats()["calls_total"]
         cpu_before = cpu_seconds(worker)
         main_before = cpu_seconds(worker, children=False)
         bodies = [
             {
-                "event_id": f"bench-{e}",
+                "event_id": f"{tag}-{e}",
                 "sku": f"SKU-{e % 7}",
                 "payments": _p(uids[e * per_event : (e + 1) * per_event]),
             }
@@ -184,7 +228,9 @@ def run_ours(stack: Stack, sandbox: SandboxControl, args: argparse.Namespace) ->
                 pool.map(lambda b: http.post("/v1/stockout-events", json=b).status_code, bodies)
             )
         assert codes.count(202) == args.events, codes
-        _wait_terminal(db, "imps_bench_%", args.payments)
+        _wait_terminal(db, f"imps_{tag}_%", args.payments)
+        if webhooks:
+            _wait_count(db, NO_PENDING_HOOKS, (), 1, timeout=300)
         elapsed = time.monotonic() - start
     cpu = cpu_seconds(worker) - cpu_before
     main_cpu = cpu_seconds(worker, children=False) - main_before
@@ -198,12 +244,14 @@ def run_ours(stack: Stack, sandbox: SandboxControl, args: argparse.Namespace) ->
             float(r[0])
             for r in conn.execute(
                 "SELECT extract(epoch FROM finished_at - created_at) FROM jobs "
-                "WHERE imp_uid LIKE 'imps_bench_%'"
+                "WHERE imp_uid LIKE %s",
+                (f"imps_{tag}_%",),
             )
         ]
         statuses: dict[str, int] = dict(
             conn.execute(
-                "SELECT status, count(*) FROM jobs WHERE imp_uid LIKE 'imps_bench_%' GROUP BY status"
+                "SELECT status, count(*) FROM jobs WHERE imp_uid LIKE %s GROUP BY status",
+                (f"imps_{tag}_%",),
             ).fetchall()
         )
     n = args.payments
