@@ -6,8 +6,9 @@ import uuid
 
 from app.config import Settings
 from app.db import UnitOfWork
-from app.errors import NotFound, NotRefundable, NotRetryable
+from app.errors import NotFound, NotRefundable, NotRetryable, ProblemError
 from app.jobs import store
+from app.jobs.status import JobStatus
 from app.listing import require_job
 from app.schemas import JobPublic
 
@@ -18,21 +19,30 @@ def retry_job(uow: UnitOfWork, job_id: uuid.UUID, settings: Settings) -> JobPubl
     The error stays as a record of why it failed, and so does a call that may have applied:
     the run then looks the payment up before it sends anything.
     """
-    if not store.retry(uow.conn, job_id, settings.dispatch_grace_seconds):
-        current = store.status_of(uow.conn, job_id)
-        if current is None:
-            raise NotFound(f"no job {job_id}")
-        raise NotRetryable(f"only a failed job can be retried; this one is {current.value}")
-    uow.publish([job_id])
-    return require_job(uow.conn, job_id)
+    moved = store.retry(uow.conn, job_id, settings.dispatch_grace_seconds)
+    why = f"only a {JobStatus.FAILED} job can be retried"
+    return _requeued(uow, job_id, moved, NotRetryable, why)
 
 
 def refund_job(uow: UnitOfWork, job_id: uuid.UUID, settings: Settings) -> JobPublic:
     """A person decided to give the money back: the job refunds the payment, then ends refunded."""
-    if not store.request_refund(uow.conn, job_id, settings.dispatch_grace_seconds):
+    moved = store.request_refund(uow.conn, job_id, settings.dispatch_grace_seconds)
+    why = f"only a {JobStatus.NEEDS_REFUND} job can be refunded"
+    return _requeued(uow, job_id, moved, NotRefundable, why)
+
+
+def _requeued(
+    uow: UnitOfWork,
+    job_id: uuid.UUID,
+    moved: bool,
+    refusal: type[ProblemError],
+    why: str,
+) -> JobPublic:
+    """The job once back in the queue (published after the commit), or why it is not."""
+    if not moved:
         current = store.status_of(uow.conn, job_id)
         if current is None:
             raise NotFound(f"no job {job_id}")
-        raise NotRefundable(f"only a needs_refund job can be refunded; this one is {current.value}")
+        raise refusal(f"{why}; this one is {current.value}")
     uow.publish([job_id])
     return require_job(uow.conn, job_id)
