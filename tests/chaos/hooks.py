@@ -196,13 +196,14 @@ def _check(db: str, hooks: Hooks) -> HookReport:
     wrong_event: list[str] = []  # an event.completed for an event not complete, or mismatched
     unknown: list[str] = []  # at a receiver, not in the outbox (or for another endpoint)
     unseen: list[str] = []  # delivered in the outbox, never answered 2xx by the receiver
-    delivered = duplicates = requests = 0
+    delivered = duplicates = requests = cut_off = 0
     for ep in hooks.endpoints.values():
         r = ep.receiver
         with r.lock:
             copies = list(r.received)
             invalid += [f"{ep.name} {wid}" for wid in r.unverified]
             requests += sum(r.seen.values())
+            cut_off += len(r.incomplete)
         got = {m.webhook_id: m for m in copies}
         delivered += len(got)
         duplicates += len(copies) - len(got)
@@ -254,6 +255,7 @@ def _check(db: str, hooks: Hooks) -> HookReport:
         "webhook messages delivered (unique at receivers)": delivered,
         "webhook duplicates seen": duplicates,
         "webhook requests": requests,
+        "webhook requests cut off by the sender (deadline or kill)": cut_off,
         "webhook 500s served": sum(e.behaviour.served_500 for e in hooks.endpoints.values()),
         "webhook timeouts served": sum(e.behaviour.served_slow for e in hooks.endpoints.values()),
         "webhook attempts per message (max)": max((row[6] for row in outbox), default=0),

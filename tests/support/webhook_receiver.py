@@ -39,6 +39,9 @@ class Receiver:
     behaviour: Behaviour = always_ok
     received: list[Received] = field(default_factory=list)  # every verified request
     unverified: list[str] = field(default_factory=list)  # anything that failed verification
+    # Requests whose body ended before its content-length: the sender hung up mid-request (its
+    # deadline passed, or it was killed). A server never hands such a request to its app.
+    incomplete: list[str] = field(default_factory=list)
     hits: dict[str, int] = field(default_factory=dict)  # requests per path
     seen: dict[str, int] = field(default_factory=dict)  # requests per webhook-id
     in_flight: int = 0
@@ -63,9 +66,16 @@ def _handler(receiver: Receiver) -> type[BaseHTTPRequestHandler]:
             return None
 
         def do_POST(self) -> None:
-            raw = self.rfile.read(int(self.headers.get("content-length", "0"))).decode()
+            length = int(self.headers.get("content-length", "0"))
+            data = self.rfile.read(length)
             headers = {k.lower(): v for k, v in self.headers.items()}
             webhook_id = headers.get("webhook-id", "")
+            if len(data) < length:
+                with receiver.lock:
+                    receiver.incomplete.append(webhook_id)
+                self.close_connection = True
+                return
+            raw = data.decode()
             with receiver.lock:
                 receiver.in_flight += 1
                 receiver.max_in_flight = max(receiver.max_in_flight, receiver.in_flight)
