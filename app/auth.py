@@ -13,8 +13,9 @@ from typing import Annotated, Any
 from fastapi import Depends, Request
 from psycopg import Connection
 from psycopg.rows import dict_row
+from psycopg_pool import AsyncConnectionPool
 
-from app.db import pool
+from app.db import loop_conns
 from app.errors import Forbidden, Unauthenticated
 
 KEY_PREFIX = "sk"
@@ -94,24 +95,22 @@ def revoke_key(conn: Connection[Any], key_id_or_prefix: str) -> bool:
     return row is not None
 
 
-def authenticate(header: str | None) -> Caller:
-    """The caller behind an `Authorization: Bearer` header, or 401."""
+KEY_ROW = "SELECT id, name, secret_hash, scopes, revoked_at FROM api_keys WHERE prefix = %s"
+
+
+def _key_of(header: str | None) -> tuple[str, str]:
+    """The (prefix, secret) an `Authorization: Bearer` header carries, or 401."""
     if not header:
         raise Unauthenticated("an API key is required: Authorization: Bearer <key>")
     scheme, _, key = header.partition(" ")
     parts = _split(key.strip()) if scheme.lower() == "bearer" else None
     if parts is None:
         raise Unauthenticated("the API key is malformed or unknown")
-    prefix, secret = parts
-    with pool().connection() as conn:
-        row: Any = (
-            conn.cursor(row_factory=dict_row)
-            .execute(
-                "SELECT id, name, secret_hash, scopes, revoked_at FROM api_keys WHERE prefix = %s",
-                (prefix,),
-            )
-            .fetchone()
-        )
+    return parts
+
+
+def _caller(row: Any, secret: str) -> Caller:
+    """The caller whose key row this is, if the secret matches and the key stands; or 401."""
     # Compare even when the prefix is unknown, so timing tells nothing.
     expected = row["secret_hash"] if row is not None else _hash("")
     ok = hmac.compare_digest(expected, _hash(secret))
@@ -120,11 +119,21 @@ def authenticate(header: str | None) -> Caller:
     return Caller(key_id=row["id"], name=row["name"], scopes=frozenset(row["scopes"]))
 
 
+async def authenticate(conns: AsyncConnectionPool[Any], header: str | None) -> Caller:
+    """The caller behind an `Authorization: Bearer` header, or 401. Read on every request (a
+    revoked key stops working at once), on the event loop: no worker thread is taken."""
+    prefix, secret = _key_of(header)
+    async with conns.connection() as conn:
+        cur = conn.cursor(row_factory=dict_row)
+        row = await (await cur.execute(KEY_ROW, (prefix,))).fetchone()
+    return _caller(row, secret)
+
+
 def require(scope: Scope) -> object:
     """A dependency that admits callers holding `scope`."""
 
-    def dependency(request: Request) -> Caller:
-        caller = authenticate(request.headers.get("authorization"))
+    async def dependency(request: Request) -> Caller:
+        caller = await authenticate(loop_conns(request), request.headers.get("authorization"))
         if scope.value not in caller.scopes:
             raise Forbidden(f"this key lacks the scope {scope.value}")
         request.state.caller = caller
@@ -133,8 +142,8 @@ def require(scope: Scope) -> object:
     return Depends(dependency)
 
 
-def _any_key(request: Request) -> Caller:
-    caller = authenticate(request.headers.get("authorization"))
+async def _any_key(request: Request) -> Caller:
+    caller = await authenticate(loop_conns(request), request.headers.get("authorization"))
     request.state.caller = caller
     return caller
 

@@ -12,12 +12,12 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Iterable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-from psycopg import Connection
-from psycopg_pool import ConnectionPool
+from psycopg import AsyncConnection, Connection
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from app.config import get_settings
 
@@ -29,7 +29,9 @@ POOL_WAIT_SECONDS = 5.0
 # A connection handed back this recently worked a moment ago: no round trip to check it.
 # Older ones are checked before use, so one that died with a Postgres restart is replaced.
 FRESH_SECONDS = 1.0
-_returned_at: weakref.WeakKeyDictionary[Connection[Any], float] = weakref.WeakKeyDictionary()
+_returned_at: weakref.WeakKeyDictionary[Connection[Any] | AsyncConnection[Any], float] = (
+    weakref.WeakKeyDictionary()
+)
 
 
 def _note_return(conn: Connection[Any]) -> None:
@@ -39,6 +41,15 @@ def _note_return(conn: Connection[Any]) -> None:
 def _check(conn: Connection[Any]) -> None:
     if time.monotonic() - _returned_at.get(conn, 0.0) > FRESH_SECONDS:
         ConnectionPool.check_connection(conn)
+
+
+async def _note_return_async(conn: AsyncConnection[Any]) -> None:
+    _returned_at[conn] = time.monotonic()
+
+
+async def _check_async(conn: AsyncConnection[Any]) -> None:
+    if time.monotonic() - _returned_at.get(conn, 0.0) > FRESH_SECONDS:
+        await AsyncConnectionPool.check_connection(conn)
 
 
 def pool() -> ConnectionPool:
@@ -95,3 +106,63 @@ def unit_of_work() -> Iterator[UnitOfWork]:
             yield uow
     if uow.to_publish:
         publish_later(uow.to_publish)
+
+
+# -- on the event loop -------------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def loop_pool(
+    name: str, max_size: int, wait_seconds: float, **connect: Any
+) -> AsyncIterator[AsyncConnectionPool[Any]]:
+    """A pool of async connections for work done on the API's event loop, without a worker
+    thread (the API key check, the common intake, iamport's confirm hook); open while the
+    block runs. Connections are checked as the thread pool's are."""
+    settings = get_settings()
+    loop_conns: AsyncConnectionPool[Any] = AsyncConnectionPool(
+        settings.libpq_url,
+        min_size=1,
+        max_size=max_size,
+        timeout=wait_seconds,
+        kwargs={"autocommit": True, "connect_timeout": 3, **connect},
+        check=_check_async,
+        reset=_note_return_async,
+        open=False,
+        name=name,
+    )
+    # Not waiting: the API starts while Postgres is still coming up (requests answer 503).
+    await loop_conns.open(wait=False)
+    try:
+        yield loop_conns
+    finally:
+        await loop_conns.close()
+
+
+class AsyncUnitOfWork:
+    """UnitOfWork on an async connection."""
+
+    def __init__(self, conn: AsyncConnection[Any]) -> None:
+        self.conn = conn
+        self.to_publish: list[uuid.UUID] = []
+
+    def publish(self, job_ids: Iterable[uuid.UUID]) -> None:
+        self.to_publish.extend(job_ids)
+
+
+@asynccontextmanager
+async def async_unit_of_work(conns: AsyncConnectionPool[Any]) -> AsyncIterator[AsyncUnitOfWork]:
+    """unit_of_work() on the event loop: commit, then publish (publish_later never blocks)."""
+    from app.dispatch import publish_later
+
+    async with conns.connection() as conn:
+        uow = AsyncUnitOfWork(conn)
+        async with conn.transaction():
+            yield uow
+    if uow.to_publish:
+        publish_later(uow.to_publish)
+
+
+def loop_conns(request: Any) -> AsyncConnectionPool[Any]:
+    """The API's event-loop pool, opened by its lifespan (app/main.py)."""
+    conns: AsyncConnectionPool[Any] = request.app.state.loop_conns
+    return conns

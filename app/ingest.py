@@ -6,20 +6,25 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC
+from typing import Any
+
+from psycopg import Rollback
+from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
-from app.db import UnitOfWork
+from app.db import UnitOfWork, async_unit_of_work
 from app.errors import EventConflict
 from app.jobs import store
 from app.jobs.decide import Method, OnPaid
-from app.reads import event_job_ids
-from app.schemas import EventCreate
+from app.reads import event_job_ids, get_event
+from app.schemas import EventCreate, EventPublic, job_public
 from app.webhooks import outbox
 
 
 @dataclass(frozen=True)
 class Accepted:
     created: bool  # False for a replay of a known event
+    event: EventPublic  # the event and its jobs, as GET /v1/stockout-events/{id} shows them
 
 
 def content_hash(event: EventCreate) -> str:
@@ -34,6 +39,21 @@ def content_hash(event: EventCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+@dataclass(frozen=True)
+class _Plan:
+    digest: str
+    jobs: list[store.NewJob]
+    on_paid: OnPaid
+
+
+def _plan(event: EventCreate, settings: Settings) -> _Plan:
+    jobs = [
+        store.NewJob(p.imp_uid, p.merchant_uid, Method(p.pay_method))
+        for p in event.unique_payments()
+    ]
+    return _Plan(content_hash(event), jobs, OnPaid(event.on_paid or settings.on_paid))
+
+
 def accept_event(uow: UnitOfWork, event: EventCreate, settings: Settings) -> Accepted:
     """Record the event and its jobs in the unit of work; the new jobs are published after it.
 
@@ -41,25 +61,77 @@ def accept_event(uow: UnitOfWork, event: EventCreate, settings: Settings) -> Acc
     for the winner's commit, then see its row); concurrent events naming one imp_uid by the
     unique constraint on jobs.imp_uid.
     """
-    digest = content_hash(event)
-    received = store.insert_event(
-        uow.conn, event.event_id, event.sku, event.reason, event.occurred_at, digest
+    plan = _plan(event, settings)
+    intake = store.accept_event(
+        uow.conn,
+        event.event_id,
+        event.sku,
+        event.reason,
+        event.occurred_at,
+        plan.digest,
+        plan.jobs,
+        plan.on_paid,
+        settings.dispatch_grace_seconds,
     )
-    if received is None:
-        if store.event_hash(uow.conn, event.event_id) != digest:
+    if intake.received_at is None:
+        if store.event_hash(uow.conn, event.event_id) != plan.digest:
             raise EventConflict(f"event {event.event_id} is known with different content")
-        return Accepted(created=False)
-    jobs = [
-        store.NewJob(p.imp_uid, p.merchant_uid, Method(p.pay_method))
-        for p in event.unique_payments()
-    ]
-    on_paid = OnPaid(event.on_paid or settings.on_paid)
-    created = store.insert_jobs(
-        uow.conn, event.event_id, jobs, on_paid, event.reason, settings.dispatch_grace_seconds
-    )
-    uow.publish(created)
-    if not created:
+        return Accepted(created=False, event=_read_back(uow, event.event_id))
+    uow.publish(job.id for job in intake.made)
+    if not intake.made:
         # Every payment had a job already: the event may be complete the moment it exists.
         linked = event_job_ids(uow.conn, event.event_id)
         outbox.record_linked(uow.conn, event.event_id, linked)
-    return Accepted(created=True)
+    if intake.linked_existing:
+        # Jobs that another event made are shown as they stand, with all their events.
+        return Accepted(created=True, event=_read_back(uow, event.event_id))
+    return Accepted(created=True, event=_new_event(event, intake))
+
+
+async def accept_new_event(
+    conns: AsyncConnectionPool[Any], event: EventCreate, settings: Settings
+) -> EventPublic | None:
+    """The common case on the event loop: a new event whose payments no other event named.
+    One statement, and the answer built from what it returned.
+
+    Anything else (a replay, a conflict, a payment that has a job already) is rolled back
+    and answered None: nothing was written, and accept_event decides it in a worker thread.
+    """
+    plan = _plan(event, settings)
+    public: EventPublic | None = None
+    async with async_unit_of_work(conns) as uow:
+        intake = await store.accept_new_event(
+            uow.conn,
+            event.event_id,
+            event.sku,
+            event.reason,
+            event.occurred_at,
+            plan.digest,
+            plan.jobs,
+            plan.on_paid,
+            settings.dispatch_grace_seconds,
+        )
+        if intake.received_at is None or intake.linked_existing or not intake.made:
+            raise Rollback
+        uow.publish(job.id for job in intake.made)
+        public = _new_event(event, intake)
+    return public
+
+
+def _new_event(event: EventCreate, intake: store.Intake) -> EventPublic:
+    """A new event whose jobs are all new, as a read would show it."""
+    assert intake.received_at is not None
+    return EventPublic(
+        event_id=event.event_id,
+        sku=event.sku,
+        reason=event.reason,
+        occurred_at=intake.occurred_at,
+        received_at=intake.received_at,
+        jobs=[job_public(job, [event.event_id]) for job in intake.made],
+    )
+
+
+def _read_back(uow: UnitOfWork, event_id: str) -> EventPublic:
+    public = get_event(uow.conn, event_id)
+    assert public is not None  # written or found in this transaction
+    return public

@@ -24,10 +24,13 @@ from app.api import (
 )
 from app.api.limits import BodyLimit
 from app.config import get_settings
+from app.db import POOL_WAIT_SECONDS, loop_pool
 from app.errors import install_handlers, problem
 from app.logs import configure
 
 log = structlog.get_logger(__name__)
+# The key check of every request and the common intake: short, no thread each.
+LOOP_POOL_SIZE = 32
 
 
 @asynccontextmanager
@@ -50,8 +53,14 @@ async def startup_checks(_: FastAPI) -> AsyncIterator[None]:
 
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    """Checks first, then the confirm hook's own connections."""
-    async with startup_checks(app), iamport_hooks.confirm_pool(app):
+    """Checks first, then the connections used on the event loop: the confirm hook's own, and
+    those of the key check and the intake."""
+    async with (
+        startup_checks(app),
+        iamport_hooks.confirm_pool(app),
+        loop_pool("stockout-loop", LOOP_POOL_SIZE, POOL_WAIT_SECONDS) as conns,
+    ):
+        app.state.loop_conns = conns
         yield
 
 

@@ -9,13 +9,10 @@ from typing import Any, LiteralString
 from psycopg import Connection
 from psycopg.rows import namedtuple_row
 
+from app.jobs.store import PUBLIC_COLUMNS
 from app.schemas import EventPublic, JobPublic, job_public
 
-JOB_COLUMNS = (
-    "j.id, j.imp_uid, j.merchant_uid, j.status, j.pay_method, j.on_paid, j.attempts, "
-    "j.next_attempt_at, j.payment_status, j.cancellation, j.refund, j.error, j.created_at, "
-    "j.updated_at, j.finished_at"
-)
+JOB_COLUMNS = ", ".join(f"j.{c.strip()}" for c in PUBLIC_COLUMNS.split(","))
 # The events that name a job, oldest first.
 EVENT_IDS = (
     "(SELECT array_agg(l.event_id ORDER BY e.received_at, l.event_id) FROM event_jobs l "

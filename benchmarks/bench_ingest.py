@@ -5,6 +5,10 @@ events, against uvicorn (1 process) with real Postgres and Redis and no worker, 
 intake floor measured in the same run with the same load: a bare FastAPI endpoint storing the
 event with one INSERT (benchmarks/baselines/bare_ingest.py), same Postgres, same uvicorn flags.
 
+The three loads take turns in short rounds (bare, 1 payment, 20 payments, then again), each
+figure summed over its rounds: a shared machine that speeds up or slows down mid-run then
+moves all three alike instead of skewing their ratios.
+
 Goals: 1-payment events/s >= 0.7 of the floor's and p99 <= 1.5x its p99; with 20 payments per
 event, jobs accepted/s >= 10x the 1-payment event rate.
 """
@@ -30,6 +34,17 @@ class Load:
     seconds: float
     latencies: list[float]
     statuses: dict[int, int]
+
+    def __add__(self, other: Load) -> Load:
+        statuses = dict(self.statuses)
+        for k, v in other.statuses.items():
+            statuses[k] = statuses.get(k, 0) + v
+        return Load(
+            self.events + other.events,
+            self.seconds + other.seconds,
+            self.latencies + other.latencies,
+            statuses,
+        )
 
     @property
     def per_second(self) -> float:
@@ -79,7 +94,8 @@ def load(url: str, key: str, payments: int, clients: int, seconds: float, tag: s
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--clients", type=int, default=32)
-    parser.add_argument("--seconds", type=float, default=10)
+    parser.add_argument("--seconds", type=float, default=10, help="per load, over all rounds")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--json", action="store_true", help="print the figures as JSON")
     args = parser.parse_args()
     with running_stack(LOG_LEVEL="WARNING") as stack:
@@ -88,9 +104,12 @@ def main() -> None:
         # Warm both (imports, pools, plans) so the figures are of steady state.
         load(stack.api_url, key, 1, 4, 1.0, "warm")
         load(bare_url, key, 1, 4, 1.0, "warm")
-        bare = load(bare_url, key, 1, args.clients, args.seconds, "bare")
-        one = load(stack.api_url, key, 1, args.clients, args.seconds, "one")
-        twenty = load(stack.api_url, key, 20, args.clients, args.seconds, "twenty")
+        each = args.seconds / args.rounds
+        bare = one = twenty = Load(0, 0.0, [], {})
+        for r in range(args.rounds):
+            bare += load(bare_url, key, 1, args.clients, each, f"bare{r}")
+            one += load(stack.api_url, key, 1, args.clients, each, f"one{r}")
+            twenty += load(stack.api_url, key, 20, args.clients, each, f"twenty{r}")
 
     rate_ratio = one.per_second / bare.per_second
     p99_ratio = one.p(0.99) / bare.p(0.99)
@@ -98,6 +117,7 @@ def main() -> None:
     figures = {
         "clients": args.clients,
         "seconds": args.seconds,
+        "rounds": args.rounds,
         "bare": _figures(bare, 1),
         "events_1": _figures(one, 1),
         "events_20": _figures(twenty, 20),
@@ -108,8 +128,8 @@ def main() -> None:
     }
     if not args.json:
         print(
-            f"\nintake benchmark: {args.clients} concurrent clients, {args.seconds:g} s each, "
-            "uvicorn 1 process, no worker"
+            f"\nintake benchmark: {args.clients} concurrent clients, {args.seconds:g} s each "
+            f"in {args.rounds} rounds, uvicorn 1 process, no worker"
         )
         print(f"  {'':<36} {'events/s':>9} {'jobs/s':>8} {'p50 ms':>7} {'p99 ms':>7}  statuses")
         for name, run, n in (

@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
+from starlette.concurrency import run_in_threadpool
 
 from app.auth import EventsWriter, JobsReader
-from app.config import get_settings
-from app.db import unit_of_work
+from app.config import Settings, get_settings
+from app.db import loop_conns, unit_of_work
 from app.errors import NotFound
 from app.event_progress import list_events
-from app.ingest import accept_event
+from app.ingest import Accepted, accept_event, accept_new_event
 from app.listing import DEFAULT_LIMIT, MAX_LIMIT
 from app.reads import get_event
 from app.schemas import EventCreate, EventId, EventPage, EventPublic
@@ -30,16 +31,28 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
     response_model=EventPublic,
     responses={200: {"model": EventPublic, "description": "a replay of a known event"}, **PROBLEMS},
 )
-def post_event(event: EventCreate, response: Response, _: EventsWriter) -> EventPublic:
+async def post_event(
+    event: EventCreate, request: Request, _: EventsWriter
+) -> EventPublic | Response:
     """Accept an out-of-stock event: its jobs are committed before the answer."""
     # The new jobs are handed to the publisher thread after the commit: Redis being down or
     # frozen delays the work (the sweeps pick it up) but never the 202.
+    settings = get_settings()
+    public = await accept_new_event(loop_conns(request), event, settings)
+    if public is not None:
+        return _answer(public, 202)
+    accepted = await run_in_threadpool(_accept_in_thread, event, settings)
+    return _answer(accepted.event, 202 if accepted.created else 200)
+
+
+def _answer(public: EventPublic, status: int) -> Response:
+    # Built from typed rows just now: FastAPI's second validation of it would only cost time.
+    return Response(public.model_dump_json(), status, media_type="application/json")
+
+
+def _accept_in_thread(event: EventCreate, settings: Settings) -> Accepted:
     with unit_of_work() as uow:
-        accepted = accept_event(uow, event, get_settings())
-        public = get_event(uow.conn, event.event_id)
-    assert public is not None
-    response.status_code = 202 if accepted.created else 200
-    return public
+        return accept_event(uow, event, settings)
 
 
 @router.get("", response_model=EventPage, responses={400: {"description": "invalid_cursor"}})

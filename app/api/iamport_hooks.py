@@ -21,7 +21,7 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
 from app.config import get_settings
-from app.db import unit_of_work
+from app.db import loop_pool, unit_of_work
 from app.errors import DB_RETRY_AFTER_SECONDS, NotFound, ProblemError, Unauthenticated, problem
 from app.notifications import (
     CONFIRM_STATEMENT_TIMEOUT_MS,
@@ -44,27 +44,15 @@ async def confirm_pool(app: FastAPI) -> AsyncIterator[None]:
     A customer waits at the till while iamport asks us, so the answer must not queue behind
     slow requests for a worker thread or a pooled connection: it has its own of both.
     """
-    settings = get_settings()
-    pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        settings.libpq_url,
-        min_size=1,
-        max_size=CONFIRM_POOL_SIZE,
-        timeout=CONFIRM_STATEMENT_TIMEOUT_MS / 1000,
-        kwargs={
-            "autocommit": True,
-            "connect_timeout": 2,
-            "options": f"-c statement_timeout={CONFIRM_STATEMENT_TIMEOUT_MS}",
-        },
-        check=AsyncConnectionPool.check_connection,
-        open=False,
-        name="stockout-confirm",
-    )
-    await pool.open(wait=False)
-    app.state.confirm_pool = pool
-    try:
+    async with loop_pool(
+        "stockout-confirm",
+        CONFIRM_POOL_SIZE,
+        CONFIRM_STATEMENT_TIMEOUT_MS / 1000,
+        connect_timeout=2,
+        options=f"-c statement_timeout={CONFIRM_STATEMENT_TIMEOUT_MS}",
+    ) as conns:
+        app.state.confirm_pool = conns
         yield
-    finally:
-        await pool.close()
 
 
 class BadHookPayload(ProblemError):

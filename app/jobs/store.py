@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from psycopg import Connection
-from psycopg.rows import class_row
+from psycopg import AsyncConnection, Connection
+from psycopg.rows import class_row, namedtuple_row
 from psycopg.types.json import Jsonb
 
 from app.iamport.client import CallRecord
@@ -24,6 +24,7 @@ from app.jobs.records import Cancellation, Refund, UpstreamError
 from app.jobs.status import TERMINAL, WAITING_SQL, JobStatus
 
 Conn = Connection[Any]
+AsyncConn = AsyncConnection[Any]
 
 # Cancel and refund calls sent since the job was last put back by a person, as the attempt
 # rows show them: the one definition of a job's `attempts`. A call that was answered 429, or
@@ -39,37 +40,55 @@ SETTLE_LEFT_SQL = """CASE WHEN jobs.uncertain_call IS NULL THEN 0.0 ELSE GREATES
 
 # -- intake ----------------------------------------------------------------------------------
 
-# Guard: the primary key on event_id. Concurrent duplicates wait for the winner's commit and
-# then insert nothing; the caller compares content hashes.
-INSERT_EVENT = """
-INSERT INTO events (event_id, sku, reason, occurred_at, content_hash)
-VALUES (%(event_id)s, %(sku)s, %(reason)s, %(occurred_at)s, %(hash)s)
-ON CONFLICT (event_id) DO NOTHING
-RETURNING received_at
+# The columns a job is shown with (app/reads.py reads them; ACCEPT_EVENT returns them).
+PUBLIC_COLUMNS = (
+    "id, imp_uid, merchant_uid, status, pay_method, on_paid, attempts, next_attempt_at, "
+    "payment_status, cancellation, refund, error, created_at, updated_at, finished_at"
+)
+# A new event, its jobs and their links in one statement, for the common case where no other
+# event names its payments. Guards: the primary key on event_id (a concurrent duplicate waits
+# for the winner's commit and inserts nothing: no row comes back, the caller compares content
+# hashes) and the unique constraint on jobs.imp_uid, one job per payment ever. Jobs go in
+# sorted by imp_uid so two events naming the same payments lock them in one order (no
+# deadlock). The links can only join the jobs made here (a statement does not see its own
+# inserts elsewhere, nor what another transaction committed while it waited): payments whose
+# job already existed are linked by LINK_JOBS, a statement of its own, after this one.
+ACCEPT_EVENT = f"""
+WITH event AS (
+  INSERT INTO events (event_id, sku, reason, occurred_at, content_hash)
+  VALUES (%(event_id)s, %(sku)s, %(reason)s, %(occurred_at)s, %(hash)s)
+  ON CONFLICT (event_id) DO NOTHING
+  RETURNING received_at, occurred_at AS event_occurred_at
+), wanted AS (
+  SELECT w.imp_uid, w.merchant_uid, w.pay_method, w.position
+  FROM unnest(%(imp_uids)s::text[], %(merchant_uids)s::text[], %(methods)s::text[])
+       WITH ORDINALITY AS w(imp_uid, merchant_uid, pay_method, position)
+), made AS (
+  INSERT INTO jobs (imp_uid, merchant_uid, pay_method, on_paid, reason, due_at)
+  SELECT w.imp_uid, w.merchant_uid, w.pay_method, %(on_paid)s, %(reason)s,
+         now() + make_interval(secs => %(grace)s)
+  FROM wanted w WHERE EXISTS (SELECT FROM event)
+  ORDER BY w.imp_uid
+  ON CONFLICT (imp_uid) DO NOTHING
+  RETURNING {PUBLIC_COLUMNS}
+), linked AS (
+  INSERT INTO event_jobs (event_id, job_id, position)
+  SELECT %(event_id)s, m.id, w.position FROM made m JOIN wanted w USING (imp_uid)
+)
+SELECT event.received_at, event.event_occurred_at, m.*
+FROM event LEFT JOIN (made m JOIN wanted w USING (imp_uid)) ON true
+ORDER BY w.position
+"""  # noqa: S608 (a constant column list)
+# Guard: the primary key on (event_id, job_id): links made above stay as they are. It sees the
+# jobs another event made meanwhile (the insert above waited for them), so every payment links
+# to its one job, in the event's order.
+LINK_JOBS = """
+INSERT INTO event_jobs (event_id, job_id, position)
+SELECT %(event_id)s, j.id, w.position
+FROM unnest(%(imp_uids)s::text[]) WITH ORDINALITY AS w(imp_uid, position)
+JOIN jobs j ON j.imp_uid = w.imp_uid
+ON CONFLICT (event_id, job_id) DO NOTHING
 """
-
-
-def insert_event(
-    conn: Conn, event_id: str, sku: str, reason: str, occurred_at: datetime | None, digest: str
-) -> datetime | None:
-    """The new event's received_at, or None when the event_id is known already."""
-    params = {
-        "event_id": event_id,
-        "sku": sku,
-        "reason": reason,
-        "occurred_at": occurred_at,
-        "hash": digest,
-    }
-    row = conn.execute(INSERT_EVENT, params).fetchone()
-    return row[0] if row else None
-
-
-def event_hash(conn: Conn, event_id: str) -> str | None:
-    """The content hash a known event was accepted with."""
-    row = conn.execute(
-        "SELECT content_hash FROM events WHERE event_id = %s", (event_id,)
-    ).fetchone()
-    return str(row[0]) if row else None
 
 
 @dataclass(frozen=True)
@@ -79,52 +98,98 @@ class NewJob:
     pay_method: Method
 
 
-# Guard: the unique constraint on imp_uid, one job per payment ever. Rows go in sorted by
-# imp_uid so two events naming the same payments lock them in one order (no deadlock).
-INSERT_JOBS = """
-INSERT INTO jobs (imp_uid, merchant_uid, pay_method, on_paid, reason, due_at)
-SELECT w.imp_uid, w.merchant_uid, w.pay_method, %(on_paid)s, %(reason)s,
-       now() + make_interval(secs => %(grace)s)
-FROM unnest(%(imp_uids)s::text[], %(merchant_uids)s::text[], %(methods)s::text[])
-     AS w(imp_uid, merchant_uid, pay_method)
-ORDER BY w.imp_uid
-ON CONFLICT (imp_uid) DO NOTHING
-RETURNING id
-"""
-# A statement of its own, after the insert: it sees the jobs another event made meanwhile (the
-# insert above waited for them), so every payment links to its one job, in the event's order.
-LINK_JOBS = """
-INSERT INTO event_jobs (event_id, job_id, position)
-SELECT %(event_id)s, j.id, w.position
-FROM unnest(%(imp_uids)s::text[]) WITH ORDINALITY AS w(imp_uid, position)
-JOIN jobs j ON j.imp_uid = w.imp_uid
-"""
+@dataclass(frozen=True)
+class Intake:
+    """What accepting an event did."""
+
+    received_at: datetime | None  # None: the event_id was known already, nothing was written
+    occurred_at: datetime | None  # as stored (and so as a read shows it)
+    made: list[Any]  # the jobs made now (rows of PUBLIC_COLUMNS), in the event's order
+    linked_existing: bool  # some payments had a job already: linked to it, made none
 
 
-def insert_jobs(
+def accept_event(
     conn: Conn,
     event_id: str,
+    sku: str,
+    reason: str,
+    occurred_at: datetime | None,
+    digest: str,
     jobs: Sequence[NewJob],
     on_paid: OnPaid,
-    reason: str,
     grace_seconds: float,
-) -> list[uuid.UUID]:
-    """Make a job for each payment that has none and link all of them to the event, in order.
+) -> Intake:
+    """Insert the event, a job for each payment that has none, and every link, in the event's
+    order. Run it in a transaction: a second statement may be needed for the links."""
+    params = _accept_params(
+        event_id, sku, reason, occurred_at, digest, jobs, on_paid, grace_seconds
+    )
+    found = conn.cursor(row_factory=namedtuple_row).execute(ACCEPT_EVENT, params).fetchall()
+    intake = _intake(found, len(jobs))
+    if intake.linked_existing:
+        conn.execute(LINK_JOBS, {"event_id": event_id, "imp_uids": params["imp_uids"]})
+    return intake
 
-    Returns the ids of the jobs made now: those are published after the commit.
-    """
-    imp_uids = [j.imp_uid for j in jobs]
-    params = {
-        "imp_uids": imp_uids,
+
+async def accept_new_event(
+    conn: AsyncConn,
+    event_id: str,
+    sku: str,
+    reason: str,
+    occurred_at: datetime | None,
+    digest: str,
+    jobs: Sequence[NewJob],
+    on_paid: OnPaid,
+    grace_seconds: float,
+) -> Intake:
+    """ACCEPT_EVENT alone, on the event loop. Unless the event and all its jobs are new, what
+    it wrote is incomplete (links are missing): the caller then rolls back."""
+    params = _accept_params(
+        event_id, sku, reason, occurred_at, digest, jobs, on_paid, grace_seconds
+    )
+    cur = conn.cursor(row_factory=namedtuple_row)
+    found = await (await cur.execute(ACCEPT_EVENT, params)).fetchall()
+    return _intake(found, len(jobs))
+
+
+def _accept_params(
+    event_id: str,
+    sku: str,
+    reason: str,
+    occurred_at: datetime | None,
+    digest: str,
+    jobs: Sequence[NewJob],
+    on_paid: OnPaid,
+    grace_seconds: float,
+) -> dict[str, Any]:
+    return {
+        "event_id": event_id,
+        "sku": sku,
+        "reason": reason,
+        "occurred_at": occurred_at,
+        "hash": digest,
+        "imp_uids": [j.imp_uid for j in jobs],
         "merchant_uids": [j.merchant_uid for j in jobs],
         "methods": [j.pay_method.value for j in jobs],
         "on_paid": on_paid.value,
-        "reason": reason,
         "grace": grace_seconds,
     }
-    created = [r[0] for r in conn.execute(INSERT_JOBS, params).fetchall()]
-    conn.execute(LINK_JOBS, {"event_id": event_id, "imp_uids": imp_uids})
-    return created
+
+
+def _intake(found: list[Any], wanted: int) -> Intake:
+    if not found:
+        return Intake(None, None, [], False)
+    made = [r for r in found if r.id is not None]
+    first = found[0]
+    return Intake(first.received_at, first.event_occurred_at, made, len(made) < wanted)
+
+
+def event_hash(conn: Conn, event_id: str) -> str | None:
+    """The content hash a known event was accepted with."""
+    row = conn.execute(
+        "SELECT content_hash FROM events WHERE event_id = %s", (event_id,)
+    ).fetchone()
+    return str(row[0]) if row else None
 
 
 # -- the run ---------------------------------------------------------------------------------

@@ -54,6 +54,20 @@ def test_replay_answers_200_with_identical_jobs(
     assert queue_length(service_env["REDIS_URL"]) == 1  # no new work
 
 
+def test_the_first_answer_is_what_a_read_shows(api: TestClient, key: str) -> None:
+    """The 202 is built from what the insert returned; a replay and a GET read the rows back.
+    All three say the same, to the byte (a time zone given by the caller included)."""
+    body = {**event(3), "occurred_at": "2026-11-25T18:30:00.123456+09:00", "on_paid": "refund"}
+    body["payments"][1]["merchant_uid"] = None
+    body["payments"][2]["pay_method"] = "vbank"
+    first = api.post("/v1/stockout-events", json=body, headers=auth(key))
+    again = api.post("/v1/stockout-events", json=body, headers=auth(key))
+    read = api.get(f"/v1/stockout-events/{body['event_id']}", headers=auth(key))
+    assert (first.status_code, again.status_code, read.status_code) == (202, 200, 200)
+    assert first.json() == again.json() == read.json()
+    assert first.json()["occurred_at"] == read.json()["occurred_at"]
+
+
 def test_replay_ignores_payment_order(api: TestClient, key: str) -> None:
     body = event(3)
     assert api.post("/v1/stockout-events", json=body, headers=auth(key)).status_code == 202
@@ -130,7 +144,7 @@ def test_concurrent_overlapping_events_share_jobs(
 ) -> None:
     """Events naming the same imp_uids in different orders neither deadlock nor duplicate."""
     uids = [f"imps_overlap_{k}" for k in range(30)]
-    bodies = []
+    bodies: list[dict[str, Any]] = []
     for n in range(8):
         order = uids[n:] + uids[:n]
         bodies.append(
@@ -138,10 +152,13 @@ def test_concurrent_overlapping_events_share_jobs(
         )
     barrier = threading.Barrier(len(bodies))
     codes: list[int] = []
+    answers: dict[str, list[str]] = {}
 
     def post(b: dict[str, Any]) -> None:
         barrier.wait()
-        codes.append(api.post("/v1/stockout-events", json=b, headers=auth(key)).status_code)
+        r = api.post("/v1/stockout-events", json=b, headers=auth(key))
+        codes.append(r.status_code)
+        answers[b["event_id"]] = [j["imp_uid"] for j in r.json()["jobs"]]
 
     threads = [threading.Thread(target=post, args=(b,)) for b in bodies]
     for t in threads:
@@ -150,6 +167,18 @@ def test_concurrent_overlapping_events_share_jobs(
         t.join()
     assert codes == [202] * 8
     assert count(service_env["DATABASE_URL"], "jobs") == 30
+    # Every event links every payment to its one job, in the event's own order, whichever
+    # event made the job; and its answer lists them so.
+    with psycopg.connect(service_env["DATABASE_URL"]) as conn:
+        for b in bodies:
+            linked = conn.execute(
+                "SELECT j.imp_uid FROM event_jobs l JOIN jobs j ON j.id = l.job_id "
+                "WHERE l.event_id = %s ORDER BY l.position",
+                (b["event_id"],),
+            ).fetchall()
+            wanted = [p["imp_uid"] for p in b["payments"]]
+            assert [r[0] for r in linked] == wanted
+            assert answers[b["event_id"]] == wanted
 
 
 def test_redis_down_at_publish_still_202(

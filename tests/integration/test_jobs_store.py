@@ -22,10 +22,14 @@ LEASE, SETTLE = 30.0, 60.0
 
 def make_jobs(n: int, *, event_id: str | None = None) -> list[uuid.UUID]:
     event_id = event_id or f"evt-{uuid.uuid4().hex[:8]}"
+    jobs = [store.NewJob(f"imps_{event_id}_{i}", None, Method.CVS) for i in range(n)]
     with unit_of_work() as uow:
-        store.insert_event(uow.conn, event_id, "SKU", "out of stock", None, "h")
-        jobs = [store.NewJob(f"imps_{event_id}_{i}", None, Method.CVS) for i in range(n)]
-        return store.insert_jobs(uow.conn, event_id, jobs, OnPaid.HOLD, "out of stock", 0)
+        intake = accept(uow.conn, event_id, jobs, OnPaid.HOLD)
+    return [job.id for job in intake.made]
+
+
+def accept(conn: Any, event_id: str, jobs: list[store.NewJob], on_paid: OnPaid) -> store.Intake:
+    return store.accept_event(conn, event_id, "SKU", "out of stock", None, "h", jobs, on_paid, 0)
 
 
 def row(job_id: uuid.UUID) -> dict[str, Any]:
@@ -75,18 +79,43 @@ def _env(service_env: dict[str, str]) -> None:
 
 def test_insert_links_each_payment_once_and_reuses_existing_jobs() -> None:
     first = make_jobs(2, event_id="e1")
+    again = [
+        store.NewJob("imps_e1_1", None, Method.VBANK),
+        store.NewJob("new_1", None, Method.CVS),
+    ]
     with unit_of_work() as uow:
-        store.insert_event(uow.conn, "e2", "SKU", "r", None, "h2")
-        again = [
-            store.NewJob("imps_e1_1", None, Method.VBANK),
-            store.NewJob("new_1", None, Method.CVS),
-        ]
-        created = store.insert_jobs(uow.conn, "e2", again, OnPaid.REFUND, "r", 0)
-    assert len(created) == 1 and created[0] not in first
+        intake = accept(uow.conn, "e2", again, OnPaid.REFUND)
+    assert [job.imp_uid for job in intake.made] == ["new_1"] and intake.linked_existing
+    assert intake.made[0].id not in first and intake.made[0].status == "queued"
     assert row(first[1])["pay_method"] == "cvs"  # the first event's hint stays
     with pool().connection() as conn:
-        links = conn.execute("SELECT count(*) FROM event_jobs WHERE event_id = 'e2'").fetchone()
-    assert links == (2,)
+        links = conn.execute(
+            "SELECT job_id, position FROM event_jobs WHERE event_id = 'e2' ORDER BY position"
+        ).fetchall()
+    assert links == [(first[1], 1), (intake.made[0].id, 2)]
+
+
+def test_a_known_event_id_writes_nothing() -> None:
+    make_jobs(1, event_id="e3")
+    with unit_of_work() as uow:
+        intake = accept(uow.conn, "e3", [store.NewJob("other", None, Method.CVS)], OnPaid.HOLD)
+    assert intake.received_at is None and intake.made == []
+    with pool().connection() as conn:
+        assert conn.execute("SELECT count(*) FROM jobs WHERE imp_uid = 'other'").fetchone() == (0,)
+
+
+def test_new_jobs_come_back_in_the_event_order_with_their_links() -> None:
+    jobs = [store.NewJob(f"z_{9 - i}", f"o{i}", Method.CVS) for i in range(10)]
+    with unit_of_work() as uow:
+        intake = accept(uow.conn, "e4", jobs, OnPaid.HOLD)
+    assert [job.imp_uid for job in intake.made] == [j.imp_uid for j in jobs]
+    assert not intake.linked_existing and intake.received_at is not None
+    with pool().connection() as conn:
+        links = conn.execute(
+            "SELECT j.imp_uid FROM event_jobs l JOIN jobs j ON j.id = l.job_id "
+            "WHERE l.event_id = 'e4' ORDER BY l.position"
+        ).fetchall()
+    assert [r[0] for r in links] == [j.imp_uid for j in jobs]
 
 
 def test_claim_takes_only_what_is_ready() -> None:
