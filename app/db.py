@@ -26,30 +26,29 @@ _pool_lock = threading.Lock()
 POOL_MAX_SIZE = 64
 # Wait this long for a free connection before answering 503: fail fast, never hang.
 POOL_WAIT_SECONDS = 5.0
-# A connection handed back this recently worked a moment ago: no round trip to check it.
-# Older ones are checked before use, so one that died with a Postgres restart is replaced.
+# A connection handed out this recently worked a moment ago (its last user would have met a
+# broken one, and the pool drops a broken connection when it comes back): no round trip to
+# check it. Older ones are checked before use, so one that died with a Postgres restart is
+# replaced. Noted at hand-out, not at return: a pool `reset` hook would send every return
+# through the pool's maintenance worker, a thread hop (or task) per use.
 FRESH_SECONDS = 1.0
-_returned_at: weakref.WeakKeyDictionary[Connection[Any] | AsyncConnection[Any], float] = (
+_handed_out_at: weakref.WeakKeyDictionary[Connection[Any] | AsyncConnection[Any], float] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def _note_return(conn: Connection[Any]) -> None:
-    _returned_at[conn] = time.monotonic()
-
-
 def _check(conn: Connection[Any]) -> None:
-    if time.monotonic() - _returned_at.get(conn, 0.0) > FRESH_SECONDS:
+    now = time.monotonic()
+    if now - _handed_out_at.get(conn, 0.0) > FRESH_SECONDS:
         ConnectionPool.check_connection(conn)
-
-
-async def _note_return_async(conn: AsyncConnection[Any]) -> None:
-    _returned_at[conn] = time.monotonic()
+    _handed_out_at[conn] = now
 
 
 async def _check_async(conn: AsyncConnection[Any]) -> None:
-    if time.monotonic() - _returned_at.get(conn, 0.0) > FRESH_SECONDS:
+    now = time.monotonic()
+    if now - _handed_out_at.get(conn, 0.0) > FRESH_SECONDS:
         await AsyncConnectionPool.check_connection(conn)
+    _handed_out_at[conn] = now
 
 
 def pool() -> ConnectionPool:
@@ -67,7 +66,6 @@ def pool() -> ConnectionPool:
                 kwargs={"autocommit": True, "connect_timeout": 3},
                 # A connection that died with a Postgres restart is replaced, never handed out.
                 check=_check,
-                reset=_note_return,
                 open=True,
                 name="stockout",
             )
@@ -126,7 +124,6 @@ async def loop_pool(
         timeout=wait_seconds,
         kwargs={"autocommit": True, "connect_timeout": 3, **connect},
         check=_check_async,
-        reset=_note_return_async,
         open=False,
         name=name,
     )
@@ -136,30 +133,6 @@ async def loop_pool(
         yield loop_conns
     finally:
         await loop_conns.close()
-
-
-class AsyncUnitOfWork:
-    """UnitOfWork on an async connection."""
-
-    def __init__(self, conn: AsyncConnection[Any]) -> None:
-        self.conn = conn
-        self.to_publish: list[uuid.UUID] = []
-
-    def publish(self, job_ids: Iterable[uuid.UUID]) -> None:
-        self.to_publish.extend(job_ids)
-
-
-@asynccontextmanager
-async def async_unit_of_work(conns: AsyncConnectionPool[Any]) -> AsyncIterator[AsyncUnitOfWork]:
-    """unit_of_work() on the event loop: commit, then publish (publish_later never blocks)."""
-    from app.dispatch import publish_later
-
-    async with conns.connection() as conn:
-        uow = AsyncUnitOfWork(conn)
-        async with conn.transaction():
-            yield uow
-    if uow.to_publish:
-        publish_later(uow.to_publish)
 
 
 def loop_conns(request: Any) -> AsyncConnectionPool[Any]:

@@ -8,11 +8,12 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
-from psycopg import Rollback
+from psycopg.errors import UniqueViolation
 from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
-from app.db import UnitOfWork, async_unit_of_work
+from app.db import UnitOfWork
+from app.dispatch import publish_later
 from app.errors import EventConflict
 from app.jobs import store
 from app.jobs.decide import Method, OnPaid
@@ -92,30 +93,31 @@ async def accept_new_event(
     conns: AsyncConnectionPool[Any], event: EventCreate, settings: Settings
 ) -> EventPublic | None:
     """The common case on the event loop: a new event whose payments no other event named.
-    One statement, and the answer built from what it returned.
+    One statement in autocommit, and the answer built from what it returned.
 
-    Anything else (a replay, a conflict, a payment that has a job already) is rolled back
-    and answered None: nothing was written, and accept_event decides it in a worker thread.
+    Anything else (a replay, a conflict, a payment that has a job already) writes nothing and
+    is answered None: accept_event then decides it, in a worker thread.
     """
     plan = _plan(event, settings)
-    public: EventPublic | None = None
-    async with async_unit_of_work(conns) as uow:
-        intake = await store.accept_new_event(
-            uow.conn,
-            event.event_id,
-            event.sku,
-            event.reason,
-            event.occurred_at,
-            plan.digest,
-            plan.jobs,
-            plan.on_paid,
-            settings.dispatch_grace_seconds,
-        )
-        if intake.received_at is None or intake.linked_existing or not intake.made:
-            raise Rollback
-        uow.publish(job.id for job in intake.made)
-        public = _new_event(event, intake)
-    return public
+    try:
+        async with conns.connection() as conn:
+            intake = await store.accept_new_event(
+                conn,
+                event.event_id,
+                event.sku,
+                event.reason,
+                event.occurred_at,
+                plan.digest,
+                plan.jobs,
+                plan.on_paid,
+                settings.dispatch_grace_seconds,
+            )
+    except UniqueViolation:
+        return None
+    if intake.received_at is None:
+        return None
+    publish_later(job.id for job in intake.made)
+    return _new_event(event, intake)
 
 
 def _new_event(event: EventCreate, intake: store.Intake) -> EventPublic:

@@ -7,6 +7,7 @@ import math
 import random
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import structlog
 from celery.exceptions import Reject
@@ -21,7 +22,7 @@ from celery.signals import (
 from app import metrics
 from app.config import get_settings
 from app.db import close_pool, pool
-from app.dispatch import CANCEL_TASK, SWEEP_TASK, PublishFailed, send_now
+from app.dispatch import CANCEL_TASK, SWEEP_TASK, PublishFailed, chunks, send_now
 from app.iamport.client import IamportClient
 from app.jobs import store
 from app.jobs.run import run_job
@@ -36,7 +37,10 @@ _client: IamportClient | None = None
 _client_lock = threading.Lock()
 _rng = threading.local()
 _children: ThreadedProcessPool | None = None
+_local: ThreadPoolExecutor | None = None
 SWEEP_MAX_ROUNDS = 20
+# Jobs of one message run one after the other on a job thread, in groups of this many.
+JOBS_PER_THREAD = 5
 
 
 def client() -> IamportClient:
@@ -79,7 +83,7 @@ def _close(**_: object) -> None:
 
 
 @worker_init.connect
-def _start_children(sender: object, **_: object) -> None:
+def _start_job_threads(sender: object, **_: object) -> None:
     """One child process per usable core, the worker's concurrency spread over their threads.
 
     Celery's own pool (threads) then only receives, hands over and acknowledges messages; the
@@ -92,6 +96,8 @@ def _start_children(sender: object, **_: object) -> None:
         threads = math.ceil(concurrency / processes)
         _children = ThreadedProcessPool(processes, threads, _child_started, _child_stopping)
         log.info("job_processes_started", processes=processes, threads_each=threads)
+    else:
+        _local_threads(concurrency)
 
 
 @worker_shutdown.connect
@@ -99,6 +105,8 @@ def _stop_children(**_: object) -> None:
     # After Celery's soft shutdown: every task it waited for has had its answer.
     if _children is not None:
         _children.shutdown(timeout=app.conf.worker_soft_shutdown_timeout)
+    if _local is not None:
+        _local.shutdown(wait=True)
 
 
 def _child_started() -> None:
@@ -123,15 +131,39 @@ def _parse(ids: list[str]) -> list[uuid.UUID]:
 
 @app.task(name=CANCEL_TASK)
 def cancel_jobs(job_ids: list[str]) -> int:
-    """Claim what is ready among `job_ids` and run each; returns how many were run."""
-    if _children is None:
-        return run_jobs(job_ids)
-    try:
-        return _children.submit(run_jobs, job_ids).result()
-    except ChildLost:
+    """Claim what is ready among `job_ids` and run each; returns how many were run.
+
+    A message is a wake-up for up to DISPATCH_BATCH_SIZE jobs: they go to the job threads in
+    small groups, so a full message keeps several calls in flight, not one, while each group
+    shares one hand-over and one database connection.
+    """
+    runner = _runner()
+    futures = [runner.submit(run_jobs, group) for group in chunks(job_ids, JOBS_PER_THREAD)]
+    ran, lost = 0, False
+    for future in futures:
+        try:
+            ran += future.result()
+        except ChildLost:
+            lost = True
+    if lost:
         # As task_reject_on_worker_lost does for a prefork child: the message goes back to
-        # the queue. Jobs the child had claimed keep their lease and are swept when it ends.
-        raise Reject("child process lost", requeue=True) from None
+        # the queue. Jobs the child had claimed keep their lease and are swept when it ends;
+        # the others are terminal or leased, so running the message again costs a claim each.
+        raise Reject("child process lost", requeue=True)
+    return ran
+
+
+def _runner() -> ThreadedProcessPool | ThreadPoolExecutor:
+    """The job threads: in the child processes, or (on one core) in this process."""
+    return _children if _children is not None else _local_threads(app.conf.worker_concurrency)
+
+
+def _local_threads(concurrency: int) -> ThreadPoolExecutor:
+    global _local
+    with _client_lock:
+        if _local is None:
+            _local = ThreadPoolExecutor(concurrency, thread_name_prefix="job")
+        return _local
 
 
 def run_jobs(job_ids: list[str]) -> int:

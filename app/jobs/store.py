@@ -45,15 +45,13 @@ PUBLIC_COLUMNS = (
     "id, imp_uid, merchant_uid, status, pay_method, on_paid, attempts, next_attempt_at, "
     "payment_status, cancellation, refund, error, created_at, updated_at, finished_at"
 )
-# A new event, its jobs and their links in one statement, for the common case where no other
-# event names its payments. Guards: the primary key on event_id (a concurrent duplicate waits
-# for the winner's commit and inserts nothing: no row comes back, the caller compares content
-# hashes) and the unique constraint on jobs.imp_uid, one job per payment ever. Jobs go in
-# sorted by imp_uid so two events naming the same payments lock them in one order (no
-# deadlock). The links can only join the jobs made here (a statement does not see its own
-# inserts elsewhere, nor what another transaction committed while it waited): payments whose
-# job already existed are linked by LINK_JOBS, a statement of its own, after this one.
-ACCEPT_EVENT = f"""
+# A new event, its jobs and their links in one statement. Guards: the primary key on event_id
+# (a concurrent duplicate waits for the winner's commit and inserts nothing: no row comes back,
+# the caller compares content hashes) and the unique constraint on jobs.imp_uid, one job per
+# payment ever. Jobs go in sorted by imp_uid so two events naming the same payments lock them
+# in one order (no deadlock). The links can only join the jobs made here (a statement does not
+# see its own inserts elsewhere, nor what another transaction committed while it waited).
+_ACCEPT = """
 WITH event AS (
   INSERT INTO events (event_id, sku, reason, occurred_at, content_hash)
   VALUES (%(event_id)s, %(sku)s, %(reason)s, %(occurred_at)s, %(hash)s)
@@ -69,8 +67,8 @@ WITH event AS (
          now() + make_interval(secs => %(grace)s)
   FROM wanted w WHERE EXISTS (SELECT FROM event)
   ORDER BY w.imp_uid
-  ON CONFLICT (imp_uid) DO NOTHING
-  RETURNING {PUBLIC_COLUMNS}
+  {on_conflict}
+  RETURNING {columns}
 ), linked AS (
   INSERT INTO event_jobs (event_id, job_id, position)
   SELECT %(event_id)s, m.id, w.position FROM made m JOIN wanted w USING (imp_uid)
@@ -78,7 +76,15 @@ WITH event AS (
 SELECT event.received_at, event.event_occurred_at, m.*
 FROM event LEFT JOIN (made m JOIN wanted w USING (imp_uid)) ON true
 ORDER BY w.position
-"""  # noqa: S608 (a constant column list)
+"""
+# In a transaction: payments whose job already existed are skipped here and linked by
+# LINK_JOBS, a statement of its own, after this one.
+ACCEPT_EVENT = _ACCEPT.format(
+    on_conflict="ON CONFLICT (imp_uid) DO NOTHING", columns=PUBLIC_COLUMNS
+)
+# On its own, in autocommit: all or nothing. A payment that has a job already fails the whole
+# statement with a unique violation (nothing is written), so what commits is always complete.
+ACCEPT_NEW_EVENT = _ACCEPT.format(on_conflict="", columns=PUBLIC_COLUMNS)
 # Guard: the primary key on (event_id, job_id): links made above stay as they are. It sees the
 # jobs another event made meanwhile (the insert above waited for them), so every payment links
 # to its one job, in the event's order.
@@ -142,13 +148,14 @@ async def accept_new_event(
     on_paid: OnPaid,
     grace_seconds: float,
 ) -> Intake:
-    """ACCEPT_EVENT alone, on the event loop. Unless the event and all its jobs are new, what
-    it wrote is incomplete (links are missing): the caller then rolls back."""
+    """ACCEPT_NEW_EVENT on its own (autocommit), on the event loop: the event with all its jobs
+    and links, or nothing. Nothing when the event_id is known (received_at None); raises
+    psycopg.errors.UniqueViolation, nothing written, when a payment has a job already."""
     params = _accept_params(
         event_id, sku, reason, occurred_at, digest, jobs, on_paid, grace_seconds
     )
     cur = conn.cursor(row_factory=namedtuple_row)
-    found = await (await cur.execute(ACCEPT_EVENT, params)).fetchall()
+    found = await (await cur.execute(ACCEPT_NEW_EVENT, params)).fetchall()
     return _intake(found, len(jobs))
 
 

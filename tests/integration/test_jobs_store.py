@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 import threading
 import uuid
 from datetime import UTC, datetime
@@ -250,3 +252,47 @@ def test_a_notification_never_touches_a_finished_job() -> None:
         assert store.note_news(uow.conn, row(waiting)["imp_uid"]) == (waiting, JobStatus.QUEUED)
         assert store.note_news(uow.conn, row(done)["imp_uid"]) is None
     assert row(done)["look_first"] is False and row(waiting)["look_first"] is True
+
+
+def accept_new(event_id: str, jobs: list[store.NewJob]) -> store.Intake:
+    """The event loop's one-statement intake, on an autocommit connection of its own."""
+
+    async def run() -> store.Intake:
+        async with await psycopg.AsyncConnection.connect(db_url(), autocommit=True) as conn:
+            return await store.accept_new_event(
+                conn, event_id, "SKU", "out of stock", None, "h", jobs, OnPaid.HOLD, 0
+            )
+
+    return asyncio.run(run())
+
+
+def db_url() -> str:
+    return os.environ["DATABASE_URL"]
+
+
+def counts(event_id: str) -> tuple[int, int]:
+    with pool().connection() as conn:
+        found = conn.execute(
+            "SELECT (SELECT count(*) FROM events WHERE event_id = %(e)s), "
+            "(SELECT count(*) FROM event_jobs WHERE event_id = %(e)s)",
+            {"e": event_id},
+        ).fetchone()
+    assert found is not None
+    return int(found[0]), int(found[1])
+
+
+def test_the_one_statement_intake_writes_all_or_nothing() -> None:
+    fresh = [store.NewJob(f"n_{i}", None, Method.CVS) for i in range(3)]
+    intake = accept_new("n1", fresh)
+    assert [j.imp_uid for j in intake.made] == ["n_0", "n_1", "n_2"]
+    assert counts("n1") == (1, 3)
+    # One payment has a job already: the statement fails whole, nothing of "n2" is written.
+    with pytest.raises(psycopg.errors.UniqueViolation):
+        accept_new("n2", [store.NewJob("new_a", None, Method.CVS), fresh[1]])
+    assert counts("n2") == (0, 0)
+    with pool().connection() as conn:
+        assert conn.execute("SELECT count(*) FROM jobs WHERE imp_uid = 'new_a'").fetchone() == (0,)
+    # A known event_id writes nothing and says so.
+    again = accept_new("n1", [store.NewJob("new_b", None, Method.CVS)])
+    assert again.received_at is None and again.made == []
+    assert counts("n1") == (1, 3)
