@@ -6,14 +6,14 @@ import hashlib
 import hmac
 import secrets
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
 from fastapi import Depends, Request
-from psycopg import Connection
+from psycopg import AsyncConnection, Connection
 from psycopg.rows import dict_row
-from psycopg_pool import AsyncConnectionPool
 
 from app.db import loop_conns
 from app.errors import Forbidden, Unauthenticated
@@ -119,38 +119,50 @@ def _caller(row: Any, secret: str) -> Caller:
     return Caller(key_id=row["id"], name=row["name"], scopes=frozenset(row["scopes"]))
 
 
-async def authenticate(conns: AsyncConnectionPool[Any], header: str | None) -> Caller:
+async def authenticate(conn: AsyncConnection[Any], header: str | None) -> Caller:
     """The caller behind an `Authorization: Bearer` header, or 401. Read on every request (a
     revoked key stops working at once), on the event loop: no worker thread is taken."""
     prefix, secret = _key_of(header)
-    async with conns.connection() as conn:
-        cur = conn.cursor(row_factory=dict_row)
-        row = await (await cur.execute(KEY_ROW, (prefix,))).fetchone()
+    cur = conn.cursor(row_factory=dict_row)
+    row = await (await cur.execute(KEY_ROW, (prefix,))).fetchone()
     return _caller(row, secret)
 
 
-def require(scope: Scope) -> object:
-    """A dependency that admits callers holding `scope`."""
-
-    async def dependency(request: Request) -> Caller:
-        caller = await authenticate(loop_conns(request), request.headers.get("authorization"))
-        if scope.value not in caller.scopes:
-            raise Forbidden(f"this key lacks the scope {scope.value}")
-        request.state.caller = caller
-        return caller
-
-    return Depends(dependency)
-
-
-async def _any_key(request: Request) -> Caller:
-    caller = await authenticate(loop_conns(request), request.headers.get("authorization"))
+def _admit(request: Request, caller: Caller, scope: Scope | None) -> Caller:
+    if scope is not None and scope.value not in caller.scopes:
+        raise Forbidden(f"this key lacks the scope {scope.value}")
     request.state.caller = caller
     return caller
 
 
+def require(scope: Scope | None) -> object:
+    """A dependency that admits callers holding `scope` (None: any valid key)."""
+
+    async def dependency(request: Request) -> Caller:
+        async with loop_conns(request).connection() as conn:
+            caller = await authenticate(conn, request.headers.get("authorization"))
+        return _admit(request, caller, scope)
+
+    return Depends(dependency)
+
+
+@dataclass(frozen=True)
+class WriterOnLoop:
+    caller: Caller
+    conn: AsyncConnection[Any]  # the connection the key was read on, the request's to use
+
+
+async def _events_writer_on_loop(request: Request) -> AsyncIterator[WriterOnLoop]:
+    # The intake's common case then takes one connection for the request, not two.
+    async with loop_conns(request).connection() as conn:
+        caller = await authenticate(conn, request.headers.get("authorization"))
+        yield WriterOnLoop(_admit(request, caller, Scope.EVENTS_WRITE), conn)
+
+
 # Any valid key, whatever its scopes (GET /v1/me).
-KeyHolder = Annotated[Caller, Depends(_any_key)]
-EventsWriter = Annotated[Caller, require(Scope.EVENTS_WRITE)]
+KeyHolder = Annotated[Caller, require(None)]
+# events:write, with the event-loop connection the key was read on, kept for the request.
+EventsWriterOnLoop = Annotated[WriterOnLoop, Depends(_events_writer_on_loop)]
 JobsReader = Annotated[Caller, require(Scope.JOBS_READ)]
 JobsWriter = Annotated[Caller, require(Scope.JOBS_WRITE)]
 WebhooksWriter = Annotated[Caller, require(Scope.WEBHOOKS_WRITE)]

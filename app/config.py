@@ -48,7 +48,7 @@ class Settings(BaseSettings):
     # message lost with Redis or a publish that failed after the commit.
     dispatch_grace_seconds: float = Field(default=15.0, gt=0)
     # Job ids per Celery message: amortises the broker's per-message cost over several jobs.
-    dispatch_batch_size: int = Field(default=20, ge=1, le=100)
+    dispatch_batch_size: int = Field(default=50, ge=1, le=100)
     sweep_batch_size: int = Field(default=500, ge=1)
     # Seconds a Celery message may wait for the rate limiter before the job is re-scheduled.
     rate_limit_max_wait_seconds: float = Field(default=5.0, ge=0)

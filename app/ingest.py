@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
 
+from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
-from psycopg_pool import AsyncConnectionPool
 
 from app.config import Settings
 from app.db import UnitOfWork
@@ -18,7 +18,7 @@ from app.errors import EventConflict
 from app.jobs import store
 from app.jobs.decide import Method, OnPaid
 from app.reads import event_job_ids, get_event
-from app.schemas import EventCreate, EventPublic, job_public
+from app.schemas import EventCreate, EventPublic, new_job_public
 from app.webhooks import outbox
 
 
@@ -90,7 +90,7 @@ def accept_event(uow: UnitOfWork, event: EventCreate, settings: Settings) -> Acc
 
 
 async def accept_new_event(
-    conns: AsyncConnectionPool[Any], event: EventCreate, settings: Settings
+    conn: AsyncConnection[Any], event: EventCreate, settings: Settings
 ) -> EventPublic | None:
     """The common case on the event loop: a new event whose payments no other event named.
     One statement in autocommit, and the answer built from what it returned.
@@ -100,18 +100,17 @@ async def accept_new_event(
     """
     plan = _plan(event, settings)
     try:
-        async with conns.connection() as conn:
-            intake = await store.accept_new_event(
-                conn,
-                event.event_id,
-                event.sku,
-                event.reason,
-                event.occurred_at,
-                plan.digest,
-                plan.jobs,
-                plan.on_paid,
-                settings.dispatch_grace_seconds,
-            )
+        intake = await store.accept_new_event(
+            conn,
+            event.event_id,
+            event.sku,
+            event.reason,
+            event.occurred_at,
+            plan.digest,
+            plan.jobs,
+            plan.on_paid,
+            settings.dispatch_grace_seconds,
+        )
     except UniqueViolation:
         return None
     if intake.received_at is None:
@@ -123,13 +122,13 @@ async def accept_new_event(
 def _new_event(event: EventCreate, intake: store.Intake) -> EventPublic:
     """A new event whose jobs are all new, as a read would show it."""
     assert intake.received_at is not None
-    return EventPublic(
+    return EventPublic.model_construct(
         event_id=event.event_id,
         sku=event.sku,
         reason=event.reason,
         occurred_at=intake.occurred_at,
         received_at=intake.received_at,
-        jobs=[job_public(job, [event.event_id]) for job in intake.made],
+        jobs=[new_job_public(job, event.event_id) for job in intake.made],
     )
 
 

@@ -101,9 +101,10 @@ def main() -> None:
     with running_stack(LOG_LEVEL="WARNING") as stack:
         key = stack.key()
         bare_url = stack.start_uvicorn("bare", "benchmarks.baselines.bare_ingest:app")
-        # Warm both (imports, pools, plans) so the figures are of steady state.
-        load(stack.api_url, key, 1, 4, 1.0, "warm")
-        load(bare_url, key, 1, 4, 1.0, "warm")
+        # Warm both at the measured concurrency (imports, pools grown, plans prepared) so the
+        # figures are of steady state.
+        load(stack.api_url, key, 1, args.clients, 2.0, "warm")
+        load(bare_url, key, 1, args.clients, 2.0, "warm")
         each = args.seconds / args.rounds
         bare = one = twenty = Load(0, 0.0, [], {})
         for r in range(args.rounds):

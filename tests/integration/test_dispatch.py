@@ -1,0 +1,58 @@
+"""The publisher thread against real Redis: a lone commit goes out at once, a burst of commits
+rides in few messages, and every id arrives."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+import uuid
+
+import pytest
+import redis
+
+from app import dispatch
+
+
+@pytest.fixture
+def broker(service_env: dict[str, str]) -> redis.Redis:
+    dispatch.reset()
+    client = redis.Redis.from_url(service_env["REDIS_URL"])
+    client.delete(dispatch.QUEUE)
+    return client
+
+
+def ids_in(client: redis.Redis) -> list[list[str]]:
+    """The job ids of each message in the queue (Celery's JSON body, base64 in the envelope)."""
+    out = []
+    for raw in client.lrange(dispatch.QUEUE, 0, -1):
+        envelope = json.loads(raw)
+        args, _, _ = json.loads(base64.b64decode(envelope["body"]))
+        out.append(list(args[0]))
+    return out
+
+
+def test_a_lone_commit_is_sent_at_once(broker: redis.Redis) -> None:
+    dispatch.publish_later([uuid.uuid4()])  # the thread started, the broker connected
+    assert dispatch.drain()
+    broker.delete(dispatch.QUEUE)
+    time.sleep(dispatch.SEND_INTERVAL_SECONDS)  # idle: no send in the last interval
+    job = uuid.uuid4()
+    started = time.monotonic()
+    dispatch.publish_later([job])
+    while not broker.llen(dispatch.QUEUE) and time.monotonic() - started < 5:
+        time.sleep(0.001)
+    assert time.monotonic() - started < dispatch.SEND_INTERVAL_SECONDS
+    assert ids_in(broker) == [[str(job)]]
+
+
+def test_a_burst_rides_in_few_full_messages(broker: redis.Redis) -> None:
+    jobs = [uuid.uuid4() for _ in range(300)]
+    for job in jobs:
+        dispatch.publish_later([job])
+    assert dispatch.drain()
+    messages = ids_in(broker)
+    # The first commit may go alone; the rest waited for the next send and share messages.
+    assert len(messages) <= 2 + len(jobs) // dispatch.get_settings().dispatch_batch_size
+    assert all(len(m) <= dispatch.get_settings().dispatch_batch_size for m in messages)
+    assert sorted(i for m in messages for i in m) == sorted(str(j) for j in jobs)
