@@ -12,6 +12,7 @@ import pytest
 import redis
 
 from app import dispatch
+from app.config import get_settings
 
 
 @pytest.fixture
@@ -53,6 +54,6 @@ def test_a_burst_rides_in_few_full_messages(broker: redis.Redis) -> None:
     assert dispatch.drain()
     messages = ids_in(broker)
     # The first commit may go alone; the rest waited for the next send and share messages.
-    assert len(messages) <= 2 + len(jobs) // dispatch.get_settings().dispatch_batch_size
-    assert all(len(m) <= dispatch.get_settings().dispatch_batch_size for m in messages)
+    assert len(messages) <= 2 + len(jobs) // get_settings().dispatch_batch_size
+    assert all(len(m) <= get_settings().dispatch_batch_size for m in messages)
     assert sorted(i for m in messages for i in m) == sorted(str(j) for j in jobs)
