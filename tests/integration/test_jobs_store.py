@@ -6,6 +6,7 @@ import asyncio
 import os
 import threading
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -263,7 +264,10 @@ def accept_new(event_id: str, jobs: list[store.NewJob]) -> store.Intake:
                 conn, event_id, "SKU", "out of stock", None, "h", jobs, OnPaid.HOLD, 0
             )
 
-    return asyncio.run(run())
+    # A thread of its own: an earlier test in this process (the console's Playwright) may
+    # have left an event loop running in the main thread.
+    with ThreadPoolExecutor(1) as thread:
+        return thread.submit(asyncio.run, run()).result()
 
 
 def db_url() -> str:
