@@ -223,29 +223,3 @@ class Activity(BaseModel):
     upstream_sample_size: int
     upstream_sample_capped: bool
     upstream_since: datetime | None
-
-
-def new_job_public(row: Any, event_id: str) -> JobPublic:
-    """A job made just now, from the row its insert returned, as job_public would show it.
-
-    Not validated again: every value is the database's own, typed by the driver, and a new
-    job has no record, error or retry time yet (tests compare it with a read, byte for byte).
-    """
-    return JobPublic.model_construct(
-        id=row.id,
-        imp_uid=row.imp_uid,
-        merchant_uid=row.merchant_uid,
-        status=JobStatus(row.status),
-        pay_method=row.pay_method,
-        on_paid=row.on_paid,
-        attempts=row.attempts,
-        next_attempt_at=None,
-        payment_status=row.payment_status,
-        cancellation=None,
-        refund=None,
-        error=None,
-        event_ids=[event_id],
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        finished_at=row.finished_at,
-    )

@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import AsyncConnection, Connection
-from psycopg.rows import class_row, namedtuple_row
+from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
 from app.iamport.client import CallRecord
@@ -110,7 +110,7 @@ class Intake:
 
     received_at: datetime | None  # None: the event_id was known already, nothing was written
     occurred_at: datetime | None  # as stored (and so as a read shows it)
-    made: list[Any]  # the jobs made now (rows of PUBLIC_COLUMNS), in the event's order
+    made: list[dict[str, Any]]  # the jobs made now (PUBLIC_COLUMNS), in the event's order
     linked_existing: bool  # some payments had a job already: linked to it, made none
 
 
@@ -130,7 +130,7 @@ def accept_event(
     params = _accept_params(
         event_id, sku, reason, occurred_at, digest, jobs, on_paid, grace_seconds
     )
-    found = conn.cursor(row_factory=namedtuple_row).execute(ACCEPT_EVENT, params).fetchall()
+    found = conn.cursor(row_factory=dict_row).execute(ACCEPT_EVENT, params).fetchall()
     intake = _intake(found, len(jobs))
     if intake.linked_existing:
         conn.execute(LINK_JOBS, {"event_id": event_id, "imp_uids": params["imp_uids"]})
@@ -154,7 +154,7 @@ async def accept_new_event(
     params = _accept_params(
         event_id, sku, reason, occurred_at, digest, jobs, on_paid, grace_seconds
     )
-    cur = conn.cursor(row_factory=namedtuple_row)
+    cur = conn.cursor(row_factory=dict_row)
     found = await (await cur.execute(ACCEPT_NEW_EVENT, params)).fetchall()
     return _intake(found, len(jobs))
 
@@ -183,12 +183,12 @@ def _accept_params(
     }
 
 
-def _intake(found: list[Any], wanted: int) -> Intake:
+def _intake(found: list[dict[str, Any]], wanted: int) -> Intake:
     if not found:
         return Intake(None, None, [], False)
-    made = [r for r in found if r.id is not None]
+    made = [r for r in found if r["id"] is not None]
     first = found[0]
-    return Intake(first.received_at, first.event_occurred_at, made, len(made) < wanted)
+    return Intake(first["received_at"], first["event_occurred_at"], made, len(made) < wanted)
 
 
 def event_hash(conn: Conn, event_id: str) -> str | None:

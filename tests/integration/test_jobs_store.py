@@ -28,7 +28,7 @@ def make_jobs(n: int, *, event_id: str | None = None) -> list[uuid.UUID]:
     jobs = [store.NewJob(f"imps_{event_id}_{i}", None, Method.CVS) for i in range(n)]
     with unit_of_work() as uow:
         intake = accept(uow.conn, event_id, jobs, OnPaid.HOLD)
-    return [job.id for job in intake.made]
+    return [job["id"] for job in intake.made]
 
 
 def accept(conn: Any, event_id: str, jobs: list[store.NewJob], on_paid: OnPaid) -> store.Intake:
@@ -88,14 +88,14 @@ def test_insert_links_each_payment_once_and_reuses_existing_jobs() -> None:
     ]
     with unit_of_work() as uow:
         intake = accept(uow.conn, "e2", again, OnPaid.REFUND)
-    assert [job.imp_uid for job in intake.made] == ["new_1"] and intake.linked_existing
-    assert intake.made[0].id not in first and intake.made[0].status == "queued"
+    assert [job["imp_uid"] for job in intake.made] == ["new_1"] and intake.linked_existing
+    assert intake.made[0]["id"] not in first and intake.made[0]["status"] == "queued"
     assert row(first[1])["pay_method"] == "cvs"  # the first event's hint stays
     with pool().connection() as conn:
         links = conn.execute(
             "SELECT job_id, position FROM event_jobs WHERE event_id = 'e2' ORDER BY position"
         ).fetchall()
-    assert links == [(first[1], 1), (intake.made[0].id, 2)]
+    assert links == [(first[1], 1), (intake.made[0]["id"], 2)]
 
 
 def test_a_known_event_id_writes_nothing() -> None:
@@ -111,7 +111,7 @@ def test_new_jobs_come_back_in_the_event_order_with_their_links() -> None:
     jobs = [store.NewJob(f"z_{9 - i}", f"o{i}", Method.CVS) for i in range(10)]
     with unit_of_work() as uow:
         intake = accept(uow.conn, "e4", jobs, OnPaid.HOLD)
-    assert [job.imp_uid for job in intake.made] == [j.imp_uid for j in jobs]
+    assert [job["imp_uid"] for job in intake.made] == [j.imp_uid for j in jobs]
     assert not intake.linked_existing and intake.received_at is not None
     with pool().connection() as conn:
         links = conn.execute(
@@ -288,7 +288,7 @@ def counts(event_id: str) -> tuple[int, int]:
 def test_the_one_statement_intake_writes_all_or_nothing() -> None:
     fresh = [store.NewJob(f"n_{i}", None, Method.CVS) for i in range(3)]
     intake = accept_new("n1", fresh)
-    assert [j.imp_uid for j in intake.made] == ["n_0", "n_1", "n_2"]
+    assert [j["imp_uid"] for j in intake.made] == ["n_0", "n_1", "n_2"]
     assert counts("n1") == (1, 3)
     # One payment has a job already: the statement fails whole, nothing of "n2" is written.
     with pytest.raises(psycopg.errors.UniqueViolation):
