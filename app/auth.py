@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import secrets
 import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
@@ -146,23 +145,9 @@ def require(scope: Scope | None) -> object:
     return Depends(dependency)
 
 
-@dataclass(frozen=True)
-class WriterOnLoop:
-    caller: Caller
-    conn: AsyncConnection[Any]  # the connection the key was read on, the request's to use
-
-
-async def _events_writer_on_loop(request: Request) -> AsyncIterator[WriterOnLoop]:
-    # The intake's common case then takes one connection for the request, not two.
-    async with loop_conns(request).connection() as conn:
-        caller = await authenticate(conn, request.headers.get("authorization"))
-        yield WriterOnLoop(_admit(request, caller, Scope.EVENTS_WRITE), conn)
-
-
 # Any valid key, whatever its scopes (GET /v1/me).
 KeyHolder = Annotated[Caller, require(None)]
-# events:write, with the event-loop connection the key was read on, kept for the request.
-EventsWriterOnLoop = Annotated[WriterOnLoop, Depends(_events_writer_on_loop)]
+EventsWriter = Annotated[Caller, require(Scope.EVENTS_WRITE)]
 JobsReader = Annotated[Caller, require(Scope.JOBS_READ)]
 JobsWriter = Annotated[Caller, require(Scope.JOBS_WRITE)]
 WebhooksWriter = Annotated[Caller, require(Scope.WEBHOOKS_WRITE)]

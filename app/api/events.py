@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, Response
+from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.auth import EventsWriterOnLoop, JobsReader
+from app.auth import EventsWriter, JobsReader
 from app.config import Settings, get_settings
-from app.db import unit_of_work
+from app.db import loop_conns, unit_of_work
 from app.errors import NotFound
 from app.event_progress import list_events
 from app.ingest import Accepted, accept_event, accept_new_event
@@ -31,12 +31,15 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
     response_model=EventPublic,
     responses={200: {"model": EventPublic, "description": "a replay of a known event"}, **PROBLEMS},
 )
-async def post_event(event: EventCreate, writer: EventsWriterOnLoop) -> EventPublic | Response:
+async def post_event(
+    event: EventCreate, request: Request, _: EventsWriter
+) -> EventPublic | Response:
     """Accept an out-of-stock event: its jobs are committed before the answer."""
     # The new jobs are handed to the publisher thread after the commit: Redis being down or
     # frozen delays the work (the sweeps pick it up) but never the 202.
     settings = get_settings()
-    public = await accept_new_event(writer.conn, event, settings)
+    async with loop_conns(request).connection() as conn:
+        public = await accept_new_event(conn, event, settings)
     if public is not None:
         return _answer(public, 202)
     accepted = await run_in_threadpool(_accept_in_thread, event, settings)
