@@ -40,19 +40,21 @@ def content_hash(event: EventCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-@dataclass(frozen=True)
-class _Plan:
-    digest: str
-    jobs: list[store.NewJob]
-    on_paid: OnPaid
-
-
-def _plan(event: EventCreate, settings: Settings) -> _Plan:
+def _new(event: EventCreate, settings: Settings) -> store.NewEvent:
     jobs = [
         store.NewJob(p.imp_uid, p.merchant_uid, Method(p.pay_method))
         for p in event.unique_payments()
     ]
-    return _Plan(content_hash(event), jobs, OnPaid(event.on_paid or settings.on_paid))
+    return store.NewEvent(
+        event.event_id,
+        event.sku,
+        event.reason,
+        event.occurred_at,
+        content_hash(event),
+        jobs,
+        OnPaid(event.on_paid or settings.on_paid),
+        settings.dispatch_grace_seconds,
+    )
 
 
 def accept_event(uow: UnitOfWork, event: EventCreate, settings: Settings) -> Accepted:
@@ -62,20 +64,10 @@ def accept_event(uow: UnitOfWork, event: EventCreate, settings: Settings) -> Acc
     for the winner's commit, then see its row); concurrent events naming one imp_uid by the
     unique constraint on jobs.imp_uid.
     """
-    plan = _plan(event, settings)
-    intake = store.accept_event(
-        uow.conn,
-        event.event_id,
-        event.sku,
-        event.reason,
-        event.occurred_at,
-        plan.digest,
-        plan.jobs,
-        plan.on_paid,
-        settings.dispatch_grace_seconds,
-    )
+    new = _new(event, settings)
+    intake = store.accept_event(uow.conn, new)
     if intake.received_at is None:
-        if store.event_hash(uow.conn, event.event_id) != plan.digest:
+        if store.event_hash(uow.conn, event.event_id) != new.digest:
             raise EventConflict(f"event {event.event_id} is known with different content")
         return Accepted(created=False, event=_read_back(uow, event.event_id))
     uow.publish(job["id"] for job in intake.made)
@@ -98,19 +90,8 @@ async def accept_new_event(
     Anything else (a replay, a conflict, a payment that has a job already) writes nothing and
     is answered None: accept_event then decides it, in a worker thread.
     """
-    plan = _plan(event, settings)
     try:
-        intake = await store.accept_new_event(
-            conn,
-            event.event_id,
-            event.sku,
-            event.reason,
-            event.occurred_at,
-            plan.digest,
-            plan.jobs,
-            plan.on_paid,
-            settings.dispatch_grace_seconds,
-        )
+        intake = await store.accept_new_event(conn, _new(event, settings))
     except UniqueViolation:
         return None
     if intake.received_at is None:

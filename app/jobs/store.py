@@ -114,73 +114,52 @@ class Intake:
     linked_existing: bool  # some payments had a job already: linked to it, made none
 
 
-def accept_event(
-    conn: Conn,
-    event_id: str,
-    sku: str,
-    reason: str,
-    occurred_at: datetime | None,
-    digest: str,
-    jobs: Sequence[NewJob],
-    on_paid: OnPaid,
-    grace_seconds: float,
-) -> Intake:
+@dataclass(frozen=True)
+class NewEvent:
+    """What ACCEPT_EVENT writes: an event and the jobs its payments need."""
+
+    event_id: str
+    sku: str
+    reason: str
+    occurred_at: datetime | None
+    digest: str  # of the event's content, to tell a replay from a conflict
+    jobs: Sequence[NewJob]
+    on_paid: OnPaid
+    grace_seconds: float  # how long a new job waits for its message before a sweep sends one
+
+    def params(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "sku": self.sku,
+            "reason": self.reason,
+            "occurred_at": self.occurred_at,
+            "hash": self.digest,
+            "imp_uids": [j.imp_uid for j in self.jobs],
+            "merchant_uids": [j.merchant_uid for j in self.jobs],
+            "methods": [j.pay_method.value for j in self.jobs],
+            "on_paid": self.on_paid.value,
+            "grace": self.grace_seconds,
+        }
+
+
+def accept_event(conn: Conn, new: NewEvent) -> Intake:
     """Insert the event, a job for each payment that has none, and every link, in the event's
     order. Run it in a transaction: a second statement may be needed for the links."""
-    params = _accept_params(
-        event_id, sku, reason, occurred_at, digest, jobs, on_paid, grace_seconds
-    )
+    params = new.params()
     found = conn.cursor(row_factory=dict_row).execute(ACCEPT_EVENT, params).fetchall()
-    intake = _intake(found, len(jobs))
+    intake = _intake(found, len(new.jobs))
     if intake.linked_existing:
-        conn.execute(LINK_JOBS, {"event_id": event_id, "imp_uids": params["imp_uids"]})
+        conn.execute(LINK_JOBS, {"event_id": new.event_id, "imp_uids": params["imp_uids"]})
     return intake
 
 
-async def accept_new_event(
-    conn: AsyncConn,
-    event_id: str,
-    sku: str,
-    reason: str,
-    occurred_at: datetime | None,
-    digest: str,
-    jobs: Sequence[NewJob],
-    on_paid: OnPaid,
-    grace_seconds: float,
-) -> Intake:
+async def accept_new_event(conn: AsyncConn, new: NewEvent) -> Intake:
     """ACCEPT_NEW_EVENT on its own (autocommit), on the event loop: the event with all its jobs
     and links, or nothing. Nothing when the event_id is known (received_at None); raises
     psycopg.errors.UniqueViolation, nothing written, when a payment has a job already."""
-    params = _accept_params(
-        event_id, sku, reason, occurred_at, digest, jobs, on_paid, grace_seconds
-    )
     cur = conn.cursor(row_factory=dict_row)
-    found = await (await cur.execute(ACCEPT_NEW_EVENT, params)).fetchall()
-    return _intake(found, len(jobs))
-
-
-def _accept_params(
-    event_id: str,
-    sku: str,
-    reason: str,
-    occurred_at: datetime | None,
-    digest: str,
-    jobs: Sequence[NewJob],
-    on_paid: OnPaid,
-    grace_seconds: float,
-) -> dict[str, Any]:
-    return {
-        "event_id": event_id,
-        "sku": sku,
-        "reason": reason,
-        "occurred_at": occurred_at,
-        "hash": digest,
-        "imp_uids": [j.imp_uid for j in jobs],
-        "merchant_uids": [j.merchant_uid for j in jobs],
-        "methods": [j.pay_method.value for j in jobs],
-        "on_paid": on_paid.value,
-        "grace": grace_seconds,
-    }
+    found = await (await cur.execute(ACCEPT_NEW_EVENT, new.params())).fetchall()
+    return _intake(found, len(new.jobs))
 
 
 def _intake(found: list[dict[str, Any]], wanted: int) -> Intake:

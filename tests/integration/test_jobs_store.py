@@ -32,7 +32,11 @@ def make_jobs(n: int, *, event_id: str | None = None) -> list[uuid.UUID]:
 
 
 def accept(conn: Any, event_id: str, jobs: list[store.NewJob], on_paid: OnPaid) -> store.Intake:
-    return store.accept_event(conn, event_id, "SKU", "out of stock", None, "h", jobs, on_paid, 0)
+    return store.accept_event(conn, new_event(event_id, jobs, on_paid))
+
+
+def new_event(event_id: str, jobs: list[store.NewJob], on_paid: OnPaid) -> store.NewEvent:
+    return store.NewEvent(event_id, "SKU", "out of stock", None, "h", jobs, on_paid, 0)
 
 
 def row(job_id: uuid.UUID) -> dict[str, Any]:
@@ -260,9 +264,7 @@ def accept_new(event_id: str, jobs: list[store.NewJob]) -> store.Intake:
 
     async def run() -> store.Intake:
         async with await psycopg.AsyncConnection.connect(db_url(), autocommit=True) as conn:
-            return await store.accept_new_event(
-                conn, event_id, "SKU", "out of stock", None, "h", jobs, OnPaid.HOLD, 0
-            )
+            return await store.accept_new_event(conn, new_event(event_id, jobs, OnPaid.HOLD))
 
     # A thread of its own: an earlier test in this process (the console's Playwright) may
     # have left an event loop running in the main thread.
