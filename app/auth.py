@@ -127,20 +127,16 @@ async def authenticate(conn: AsyncConnection[Any], header: str | None) -> Caller
     return _caller(row, secret)
 
 
-def _admit(request: Request, caller: Caller, scope: Scope | None) -> Caller:
-    if scope is not None and scope.value not in caller.scopes:
-        raise Forbidden(f"this key lacks the scope {scope.value}")
-    request.state.caller = caller
-    return caller
-
-
 def require(scope: Scope | None) -> object:
     """A dependency that admits callers holding `scope` (None: any valid key)."""
 
     async def dependency(request: Request) -> Caller:
         async with loop_conns(request).connection() as conn:
             caller = await authenticate(conn, request.headers.get("authorization"))
-        return _admit(request, caller, scope)
+        if scope is not None and scope.value not in caller.scopes:
+            raise Forbidden(f"this key lacks the scope {scope.value}")
+        request.state.caller = caller
+        return caller
 
     return Depends(dependency)
 

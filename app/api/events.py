@@ -31,9 +31,7 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
     response_model=EventPublic,
     responses={200: {"model": EventPublic, "description": "a replay of a known event"}, **PROBLEMS},
 )
-async def post_event(
-    event: EventCreate, request: Request, _: EventsWriter
-) -> EventPublic | Response:
+async def post_event(event: EventCreate, request: Request, _: EventsWriter) -> Response:
     """Accept an out-of-stock event: its jobs are committed before the answer."""
     # The new jobs are handed to the publisher thread after the commit: Redis being down or
     # frozen delays the work (the sweeps pick it up) but never the 202.
