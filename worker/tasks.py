@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import gc
 import math
 import random
 import threading
@@ -24,6 +23,7 @@ from app import metrics
 from app.config import get_settings
 from app.db import close_pool, pool
 from app.dispatch import CANCEL_TASK, SWEEP_TASK, PublishFailed, chunks, send_now
+from app.heap import freeze_startup_heap
 from app.iamport.client import IamportClient
 from app.jobs import store
 from app.jobs.run import run_job
@@ -99,7 +99,7 @@ def _start_job_threads(sender: object, **_: object) -> None:
         log.info("job_processes_started", processes=processes, threads_each=threads)
     else:
         _local_threads(concurrency)
-    _freeze_startup_heap()
+    freeze_startup_heap()
 
 
 @worker_shutdown.connect
@@ -113,13 +113,7 @@ def _stop_children(**_: object) -> None:
 
 def _child_started() -> None:
     _configure_logging()
-    _freeze_startup_heap()
-
-
-def _freeze_startup_heap() -> None:
-    # What exists once a process is set up (modules, Celery's app) lives as long as it: keep
-    # it out of the collector's full passes, which otherwise stall every job thread.
-    gc.freeze()
+    freeze_startup_heap()
 
 
 def _child_stopping() -> None:
