@@ -117,7 +117,7 @@ async def loop_pool(
     thread (the API key check, the common intake, iamport's confirm hook); open while the
     block runs. Connections are checked as the thread pool's are."""
     settings = get_settings()
-    loop_conns: AsyncConnectionPool[Any] = AsyncConnectionPool(
+    conns: AsyncConnectionPool[Any] = AsyncConnectionPool(
         settings.libpq_url,
         min_size=1,
         max_size=max_size,
@@ -128,11 +128,11 @@ async def loop_pool(
         name=name,
     )
     # Not waiting: the API starts while Postgres is still coming up (requests answer 503).
-    await loop_conns.open(wait=False)
+    await conns.open(wait=False)
     try:
-        yield loop_conns
+        yield conns
     finally:
-        await loop_conns.close()
+        await conns.close()
 
 
 def loop_conns(request: Any) -> AsyncConnectionPool[Any]:
