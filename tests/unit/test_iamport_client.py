@@ -478,7 +478,7 @@ def test_from_settings_builds_a_shared_limited_client() -> None:
     )
     client = IamportClient.from_settings(settings, redis.Redis())  # connects lazily
     assert client._limiter is not None and client._limiter.rate == 30
-    assert client._http.timeout == httpx.Timeout(7)
+    assert client._timeout == 7
     assert KEY not in repr(client) and KEY not in repr(client.tokens)
     client.close()
     with pytest.raises(RuntimeError):
@@ -509,10 +509,28 @@ def test_transport_failures(exc: Exception, error: type[IamportError], outcome: 
     assert isinstance(info.value.__cause__, httpx.HTTPError)
 
 
-def test_explicit_timeout_and_pool_limits() -> None:
-    client = make_client(Upstream())
-    http = client._http
-    assert http.timeout == httpx.Timeout(3)
+def test_every_request_carries_the_time_left_no_cookies_and_our_headers() -> None:
+    upstream = Upstream(
+        ok(payment_body()),
+        httpx.Response(
+            200,
+            json={"code": 0, "message": None, "response": payment_body()},
+            headers={"Set-Cookie": "session=abc; Path=/"},
+        ),
+        ok(payment_body()),
+    )
+    client = make_client(upstream)
+    for _ in range(3):
+        client.get_payment(IMP_UID)
+    for request in upstream.requests:
+        timeout = request.extensions["timeout"]
+        assert 2.5 < timeout["read"] <= 3 and timeout["connect"] == timeout["read"]
+        assert request.url.host == "api.iamport.test"
+        assert request.url.path == f"/payments/{IMP_UID}"
+        assert request.headers["accept"] == "application/json"
+        assert request.headers["authorization"] == "Bearer t1"
+    # A cookie iamport (or a proxy) sets is never sent back: each call stands alone.
+    assert "cookie" not in upstream.requests[2].headers
 
 
 # -- secrets --------------------------------------------------------------------------------
