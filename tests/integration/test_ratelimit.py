@@ -19,9 +19,9 @@ THREADS = 4
 KEY = "iamport:rate:test"
 
 
-def limiter_worker(redis_url: str, start: Any, results: Any) -> None:
+def limiter_worker(redis_url: str, rate: float, start: Any, results: Any) -> None:
     """THREADS threads take grants as fast as the limiter allows for DURATION seconds."""
-    limiter = RateLimiter(redis.Redis.from_url(redis_url), KEY, RATE)
+    limiter = RateLimiter(redis.Redis.from_url(redis_url), KEY, rate)
     grants: list[float] = []
     lock = threading.Lock()
     start.wait()
@@ -44,12 +44,14 @@ def limiter_worker(redis_url: str, start: Any, results: Any) -> None:
     results.put(grants)
 
 
-def test_rate_holds_across_processes(clean_redis: str) -> None:
+# 50/s takes one grant a round trip; 1,000/s takes blocks of 16, each process running ahead.
+@pytest.mark.parametrize("rate", [RATE, 1000.0])
+def test_rate_holds_across_processes(clean_redis: str, rate: float) -> None:
     ctx = multiprocessing.get_context("spawn")
     start = ctx.Barrier(PROCESSES, timeout=60)
     results = ctx.Queue()
     procs = [
-        ctx.Process(target=limiter_worker, args=(clean_redis, start, results))
+        ctx.Process(target=limiter_worker, args=(clean_redis, rate, start, results))
         for _ in range(PROCESSES)
     ]
     for p in procs:
@@ -60,14 +62,14 @@ def test_rate_holds_across_processes(clean_redis: str) -> None:
         for p in procs:
             p.join(30)
     grants = sorted(t for g in per_process for t in g)
-    assert all(len(g) > RATE * DURATION / PROCESSES / 3 for g in per_process)  # all took part
+    assert all(len(g) > rate * DURATION / PROCESSES / 3 for g in per_process)  # all took part
     t0 = grants[0]
     in_window = [t for t in grants if t < t0 + DURATION]
-    assert abs(len(in_window) - RATE * DURATION) <= 0.1 * RATE * DURATION
+    assert abs(len(in_window) - rate * DURATION) <= 0.1 * rate * DURATION
     # Second by second too (the first second also holds the small initial burst).
     for second in range(1, int(DURATION) - 1):
         n = sum(t0 + second <= t < t0 + second + 1 for t in grants)
-        assert abs(n - RATE) <= 0.1 * RATE, (second, n)
+        assert abs(n - rate) <= 0.1 * rate, (second, n)
 
 
 def test_grants_are_spaced_and_waits_are_exact(clean_redis: str) -> None:
@@ -138,3 +140,42 @@ def test_a_429_through_the_client_pauses_the_account(clean_redis: str) -> None:
     assert info.value.retry_after == 2
     # Any process's next call now waits out the Retry-After.
     assert RateLimiter(r, KEY, rate=100).reserve(max_wait=5) == pytest.approx(2, abs=0.1)
+
+
+def test_a_high_rate_takes_its_grants_a_block_a_round_trip(clean_redis: str) -> None:
+    r = redis.Redis.from_url(clean_redis)
+    limiter = RateLimiter(r, KEY, rate=100_000)
+    assert limiter.block == 16
+    r.config_resetstat()
+    waits = [limiter.acquire(1.0) for _ in range(160)]
+    calls = int(r.info("commandstats")["cmdstat_evalsha"]["calls"])
+    assert calls == 10 and max(waits) < 0.01
+    # The default rate still takes one grant a round trip: nothing is held.
+    assert RateLimiter(r, KEY + ":default", rate=20).block == 1
+
+
+def test_a_pause_drops_the_grants_a_process_holds(clean_redis: str) -> None:
+    r = redis.Redis.from_url(clean_redis)
+    limiter = RateLimiter(r, KEY, rate=400)  # burst 40, blocks of 10
+    assert limiter.block == 10 and limiter.reserve(5) == 0  # nine more are held
+    limiter.pause(1.0)
+    assert limiter.reserve(5) == pytest.approx(1.0, abs=0.05)
+
+
+def test_held_grants_honour_max_wait_and_lapse(
+    clean_redis: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from app.iamport import ratelimit
+
+    r = redis.Redis.from_url(clean_redis)
+    limiter = RateLimiter(r, KEY, rate=400, burst=40)  # blocks of 10, 2.5 ms apart
+    limiter.pause(0.0)  # the burst is spent: from here on, grants are 2.5 ms apart
+    assert limiter.reserve(max_wait=1.0) < 0.0025
+    with pytest.raises(LimiterBusy) as info:
+        limiter.reserve(max_wait=0.0)  # the next held one is not due yet
+    assert 0 < info.value.retry_after <= 0.0025
+    monkeypatch.setattr(ratelimit, "SLOT_LAPSE", 0.05)
+    time.sleep(0.1)  # every held slot is now past its time by more than the lapse
+    r.config_resetstat()
+    limiter.reserve(5)
+    assert int(r.info("commandstats")["cmdstat_evalsha"]["calls"]) == 1
