@@ -256,14 +256,15 @@ def record(conn: Connection[Any], job: store.Claimed, observer: JobRun, decision
         error=decision.error,
     )
     args = (conn, job.id, job.lease_token, outcome, observer.written, observer.others)
-    if outcome.terminal:
+    # One statement, autocommit; a terminal one only while no webhook endpoint is enabled
+    # (checked in the same statement), for then there is no message to write with it.
+    finished = store.finish(*args, alone=outcome.terminal)
+    if finished is store.Finished.HOOKED:
         with conn.transaction():
-            kept = store.finish(*args)
-            if kept:
+            finished = store.finish(*args)
+            if finished is store.Finished.KEPT:
                 on_terminal(conn, job.id)
-    else:
-        kept = store.finish(*args)  # one statement, autocommit
-    if not kept:
+    if finished is not store.Finished.KEPT:
         log.warning("lease_lost_at_finish", job_id=str(job.id), imp_uid=job.imp_uid)
         return "lease_lost"
     if outcome.terminal:

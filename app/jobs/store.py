@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 from typing import Any
 
 from psycopg import AsyncConnection, Connection
@@ -292,39 +293,55 @@ def _json(record: Any) -> Jsonb | None:
 # so they are kept even when the lease was lost), then moves the job on. Guard: the lease
 # token; a job someone else holds now is left as it is. The calls travel as two JSON
 # documents: one parameter each, which costs the client far less than a dozen arrays.
+# With `alone`, it writes nothing at all (and says `hooked`) if any webhook endpoint is
+# enabled: the caller then records the transition with its messages in one transaction.
 FINISH = """
-WITH done AS (
+WITH hooks AS (
+  SELECT %(alone)s AND EXISTS (SELECT 1 FROM webhook_endpoints WHERE enabled) AS hooked
+), done AS (
   UPDATE attempts a SET duration_ms = r.duration_ms, http_status = r.http_status, code = r.code,
       message = r.message, outcome = r.outcome
   FROM jsonb_to_recordset(%(written)s::jsonb)
-       AS r(id bigint, duration_ms int, http_status int, code int, message text, outcome text)
-  WHERE a.id = r.id AND a.job_id = %(id)s
+       AS r(id bigint, duration_ms int, http_status int, code int, message text, outcome text),
+       hooks
+  WHERE a.id = r.id AND a.job_id = %(id)s AND NOT hooks.hooked
   RETURNING a.id
 ), added AS (
   INSERT INTO attempts (job_id, call, started_at, duration_ms, http_status, code, message, outcome)
   SELECT %(id)s, r.call, r.started_at, r.duration_ms, r.http_status, r.code, r.message, r.outcome
   FROM jsonb_to_recordset(%(others)s::jsonb)
        AS r(call text, started_at timestamptz, duration_ms int, http_status int, code int,
-            message text, outcome text)
+            message text, outcome text),
+       hooks
+  WHERE NOT hooks.hooked
   RETURNING id
+), moved AS (
+  UPDATE jobs SET status = %(status)s,
+      attempts = %(attempts)s,
+      uncertain_call = %(uncertain)s,
+      next_attempt_at = CASE WHEN %(retry)s THEN now() + make_interval(secs => %(delay)s) END,
+      due_at = CASE WHEN %(retry)s THEN now() + make_interval(secs => %(delay)s) END,
+      lease_token = NULL, lease_until = NULL,
+      idle_runs = CASE WHEN %(idle)s THEN idle_runs + 1 ELSE 0 END,
+      payment_status = COALESCE(%(payment_status)s, payment_status),
+      pay_method = COALESCE(%(pay_method)s, pay_method),
+      cancellation = COALESCE(%(cancellation)s, cancellation),
+      refund = COALESCE(%(refund)s, refund),
+      error = COALESCE(%(error)s, error),
+      finished_at = CASE WHEN %(terminal)s THEN now() END,
+      updated_at = now()
+  FROM hooks
+  WHERE id = %(id)s AND lease_token = %(token)s AND NOT hooks.hooked
+  RETURNING 1
 )
-UPDATE jobs SET status = %(status)s,
-    attempts = %(attempts)s,
-    uncertain_call = %(uncertain)s,
-    next_attempt_at = CASE WHEN %(retry)s THEN now() + make_interval(secs => %(delay)s) END,
-    due_at = CASE WHEN %(retry)s THEN now() + make_interval(secs => %(delay)s) END,
-    lease_token = NULL, lease_until = NULL,
-    idle_runs = CASE WHEN %(idle)s THEN idle_runs + 1 ELSE 0 END,
-    payment_status = COALESCE(%(payment_status)s, payment_status),
-    pay_method = COALESCE(%(pay_method)s, pay_method),
-    cancellation = COALESCE(%(cancellation)s, cancellation),
-    refund = COALESCE(%(refund)s, refund),
-    error = COALESCE(%(error)s, error),
-    finished_at = CASE WHEN %(terminal)s THEN now() END,
-    updated_at = now()
-WHERE id = %(id)s AND lease_token = %(token)s
-RETURNING (SELECT count(*) FROM done) + (SELECT count(*) FROM added)
+SELECT hooked, (SELECT count(*) FROM moved) = 1 AS kept FROM hooks
 """
+
+
+class Finished(StrEnum):
+    KEPT = "kept"
+    LEASE_LOST = "lease_lost"  # the calls are recorded, the job is someone else's now
+    HOOKED = "hooked"  # `alone` and a webhook endpoint is enabled: nothing was written
 
 
 def _call(record: CallRecord, **extra: Any) -> dict[str, Any]:
@@ -345,9 +362,12 @@ def finish(
     outcome: Outcome,
     written: dict[int, CallRecord],
     others: Sequence[CallRecord],
-) -> bool:
-    """Record the run; False when the lease was lost (the calls are recorded all the same)."""
+    *,
+    alone: bool = False,
+) -> Finished:
+    """Record the run. `alone`: only if no webhook endpoint would want a message of it."""
     params = {
+        "alone": alone,
         "id": job_id,
         "token": token,
         "status": outcome.status.value,
@@ -367,7 +387,12 @@ def finish(
             [_call(r, call=r.call, started_at=r.started_at.isoformat()) for r in others]
         ),
     }
-    return conn.execute(FINISH, params).fetchone() is not None
+    row = conn.execute(FINISH, params).fetchone()
+    assert row is not None
+    hooked, kept = row
+    if hooked:
+        return Finished.HOOKED
+    return Finished.KEPT if kept else Finished.LEASE_LOST
 
 
 # Guard: FOR UPDATE SKIP LOCKED, so sweeps on several nodes never take the same job; due_at

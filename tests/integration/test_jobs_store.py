@@ -190,7 +190,7 @@ def test_finish_only_under_our_lease_but_keeps_the_calls() -> None:
             {attempt: record("cancel")},
             [record()],
         )
-    assert not kept
+    assert kept is store.Finished.LEASE_LOST
     assert row(job_id)["status"] == "running"
     with pool().connection() as conn:
         outcomes = conn.execute("SELECT call, outcome FROM attempts ORDER BY id").fetchall()
@@ -205,10 +205,44 @@ def test_finish_only_under_our_lease_but_keeps_the_calls() -> None:
             {},
             [],
         )
-    assert kept
+    assert kept is store.Finished.KEPT
     got = row(job_id)
     assert got["status"] == "retry_wait" and got["lease_token"] is None
     assert got["uncertain_call"] == "cancel" and got["error"]["http_status"] == 503
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_finish_alone_writes_nothing_while_a_webhook_endpoint_is_enabled(enabled: bool) -> None:
+    with pool().connection() as conn:
+        conn.execute(
+            "INSERT INTO webhook_endpoints (url, event_types, secret, enabled) "
+            "VALUES ('http://hooks.test/', '{}', 'whsec_x', %s)",
+            (enabled,),
+        )
+    (job_id,) = make_jobs(1)
+    job = claim(job_id)
+    assert job is not None
+    attempt = write_ahead(job)
+    assert attempt is not None
+    with pool().connection() as conn:
+        finished = store.finish(
+            conn,
+            job_id,
+            job.lease_token,
+            outcome(JobStatus.CANCELLED),
+            {attempt: record("cancel")},
+            [record()],
+            alone=True,
+        )
+        calls = conn.execute("SELECT call, outcome FROM attempts ORDER BY id").fetchall()
+    if enabled:
+        # The caller must write the transition with its messages: nothing of it is written here.
+        assert finished is store.Finished.HOOKED
+        assert row(job_id)["status"] == "running" and calls == [("cancel", None)]
+    else:
+        assert finished is store.Finished.KEPT
+        assert row(job_id)["status"] == "cancelled"
+        assert calls == [("cancel", "ok"), ("lookup", "ok")]
 
 
 def test_take_due_is_safe_on_two_nodes_at_once() -> None:
