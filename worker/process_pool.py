@@ -60,6 +60,7 @@ class ThreadedProcessPool:
         # the parent's death as the end of its pipe.
         self._ctx = multiprocessing.get_context("spawn")
         self._args = (threads, initializer, finalizer)
+        self.threads = processes * threads  # in all
         self._lock = threading.Lock()
         self._ids = itertools.count()
         self._closed = False

@@ -40,8 +40,12 @@ _rng = threading.local()
 _children: ThreadedProcessPool | None = None
 _local: ThreadPoolExecutor | None = None
 SWEEP_MAX_ROUNDS = 20
-# Jobs of one message run one after the other on a job thread, in groups of this many.
-JOBS_PER_THREAD = 5
+# A message's jobs go to the job threads in groups, each group's jobs run one after the
+# other on one thread: one job a group while threads are idle (the least latency), up to
+# this many once every thread is busy (the least hand-over cost per job).
+MAX_JOBS_PER_GROUP = 10
+_groups_running = 0
+_groups_lock = threading.Lock()
 
 
 def client() -> IamportClient:
@@ -137,11 +141,16 @@ def cancel_jobs(job_ids: list[str]) -> int:
     """Claim what is ready among `job_ids` and run each; returns how many were run.
 
     A message is a wake-up for up to DISPATCH_BATCH_SIZE jobs: they go to the job threads in
-    small groups, so a full message keeps several calls in flight, not one, while each group
+    groups (group_size), so a message keeps several calls in flight, not one, while each group
     shares one hand-over and one database connection.
     """
-    runner = _runner()
-    futures = [runner.submit(run_jobs, group) for group in chunks(job_ids, JOBS_PER_THREAD)]
+    runner, threads = _runner()
+    futures = []
+    for group in chunks(job_ids, group_size(len(job_ids), threads - _groups_running)):
+        future = runner.submit(run_jobs, group)
+        _count_group(+1)
+        future.add_done_callback(lambda _: _count_group(-1))
+        futures.append(future)
     ran, lost = 0, False
     for future in futures:
         try:
@@ -156,9 +165,24 @@ def cancel_jobs(job_ids: list[str]) -> int:
     return ran
 
 
-def _runner() -> ThreadedProcessPool | ThreadPoolExecutor:
-    """The job threads: in the child processes, or (on one core) in this process."""
-    return _children if _children is not None else _local_threads(app.conf.worker_concurrency)
+def group_size(jobs: int, idle_threads: int) -> int:
+    """How many of a message's `jobs` one thread runs: enough to spread them over the idle
+    threads, at most MAX_JOBS_PER_GROUP."""
+    return max(1, min(MAX_JOBS_PER_GROUP, math.ceil(jobs / max(1, idle_threads))))
+
+
+def _count_group(change: int) -> None:
+    global _groups_running
+    with _groups_lock:
+        _groups_running += change
+
+
+def _runner() -> tuple[ThreadedProcessPool | ThreadPoolExecutor, int]:
+    """The job threads (in the child processes, or on one core in this process), and how many."""
+    if _children is not None:
+        return _children, _children.threads
+    concurrency = app.conf.worker_concurrency
+    return _local_threads(concurrency), concurrency
 
 
 def _local_threads(concurrency: int) -> ThreadPoolExecutor:

@@ -64,3 +64,21 @@ def test_children_ignore_a_group_sigterm_and_finish_on_shutdown() -> None:
     os.kill(child, signal.SIGTERM)
     pool.shutdown(timeout=10)
     assert future.result(timeout=0) != os.getpid()
+
+
+@pytest.mark.parametrize(
+    ("jobs", "idle", "size"),
+    [
+        (20, 32, 1),  # an idle worker: every job on a thread of its own
+        (50, 32, 2),
+        (50, 10, 5),
+        (50, 0, 10),  # every thread busy: the biggest groups
+        (50, -40, 10),  # a backlog counts as no idle thread
+        (3, 0, 3),
+        (0, 5, 1),
+    ],
+)
+def test_a_message_spreads_over_the_idle_threads(jobs: int, idle: int, size: int) -> None:
+    from worker.tasks import MAX_JOBS_PER_GROUP, group_size
+
+    assert group_size(jobs, idle) == size <= MAX_JOBS_PER_GROUP
