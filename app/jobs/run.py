@@ -49,6 +49,8 @@ from app.webhooks import outbox
 
 log = structlog.get_logger("worker")
 REDIS_DOWN_DELAY = 5.0
+HOOKED_MEMORY_SECONDS = 10.0
+_hooked_at = -HOOKED_MEMORY_SECONDS  # when this process last found a webhook endpoint enabled
 DEFAULT_REASON = "out of stock"
 COUNTED_OUTCOMES_EXCLUDED = frozenset({"rate_limited", "not_sent"})
 # Outcomes that end a call at iamport (an answer of its own): nothing of it is still in flight.
@@ -256,14 +258,7 @@ def record(conn: Connection[Any], job: store.Claimed, observer: JobRun, decision
         error=decision.error,
     )
     args = (conn, job.id, job.lease_token, outcome, observer.written, observer.others)
-    # One statement, autocommit; a terminal one only while no webhook endpoint is enabled
-    # (checked in the same statement), for then there is no message to write with it.
-    finished = store.finish(*args, alone=outcome.terminal)
-    if finished is store.Finished.HOOKED:
-        with conn.transaction():
-            finished = store.finish(*args)
-            if finished is store.Finished.KEPT:
-                on_terminal(conn, job.id)
+    finished = (finish_terminal if outcome.terminal else store.finish)(*args)
     if finished is not store.Finished.KEPT:
         log.warning("lease_lost_at_finish", job_id=str(job.id), imp_uid=job.imp_uid)
         return "lease_lost"
@@ -279,6 +274,34 @@ def record(conn: Connection[Any], job: store.Claimed, observer: JobRun, decision
         attempts=outcome.attempts,
     )
     return decision.status.value
+
+
+def finish_terminal(
+    conn: Connection[Any],
+    job_id: uuid.UUID,
+    token: uuid.UUID,
+    outcome: store.Outcome,
+    written: dict[int, CallRecord],
+    others: list[CallRecord],
+) -> store.Finished:
+    """A terminal transition and its webhook messages, all or nothing.
+
+    While no webhook endpoint is enabled there is no message to write: one statement in
+    autocommit, which looks for enabled endpoints in its own snapshot. Otherwise (or when this
+    process met one in the last HOOKED_MEMORY_SECONDS) one transaction writes both.
+    """
+    global _hooked_at
+    args = (conn, job_id, token, outcome, written, others)
+    if time.monotonic() - _hooked_at > HOOKED_MEMORY_SECONDS:
+        finished = store.finish(*args, alone=True)
+        if finished is not store.Finished.HOOKED:
+            return finished
+        _hooked_at = time.monotonic()
+    with conn.transaction():
+        finished = store.finish(*args)
+        if finished is store.Finished.KEPT:
+            on_terminal(conn, job_id)
+    return finished
 
 
 def on_terminal(conn: Connection[Any], job_id: uuid.UUID) -> None:
