@@ -227,12 +227,13 @@ def claim(conn: Conn, job_id: uuid.UUID, lease_seconds: float, settle: float) ->
 # The write-ahead, just before a cancel or refund is sent: record the call and that the job is
 # uncertain about it, and extend the lease, in one statement. Guards: we still hold a live
 # lease; and no earlier call of this job can still apply at iamport (it was answered, in this
-# run, or its settle time has passed, by the database clock).
+# run, or its settle time has passed, by the database clock). It changes no indexed column,
+# so the row's new version stays on its page with no index entries (a HOT update): due_at
+# stays at the claim's lease end, and a sweep meeting the longer lease moves it (TAKE_DUE).
 WRITE_AHEAD = """
 WITH j AS (
   UPDATE jobs SET uncertain_call = %(call)s, last_call_at = now(),
-      lease_until = now() + make_interval(secs => %(lease)s),
-      due_at = now() + make_interval(secs => %(lease)s), updated_at = now()
+      lease_until = now() + make_interval(secs => %(lease)s), updated_at = now()
   WHERE id = %(id)s AND lease_token = %(token)s AND status = 'running' AND lease_until > now()
     AND (uncertain_call IS NULL OR %(answered)s
          OR last_call_at <= now() - make_interval(secs => %(settle)s))
@@ -396,16 +397,22 @@ def finish(
 
 
 # Guard: FOR UPDATE SKIP LOCKED, so sweeps on several nodes never take the same job; due_at
-# moves ahead so the next sweep leaves a published job alone while its message waits.
+# moves ahead so the next sweep leaves a published job alone while its message waits. A
+# running job whose lease a write-ahead extended is not due yet: its due_at moves to the
+# lease's end, and no wake-up goes out.
 TAKE_DUE = f"""
 WITH due AS (
   SELECT id FROM jobs WHERE {WAITING_SQL} AND due_at <= now()
   ORDER BY due_at LIMIT %(limit)s
   FOR UPDATE SKIP LOCKED
+), moved AS (
+  UPDATE jobs j SET due_at = CASE WHEN j.status = 'running' AND j.lease_until > now()
+                                  THEN j.lease_until
+                                  ELSE now() + make_interval(secs => %(grace)s) END
+  FROM due WHERE j.id = due.id
+  RETURNING j.id, j.status = 'running' AND j.lease_until > now() AS leased
 )
-UPDATE jobs j SET due_at = now() + make_interval(secs => %(grace)s)
-FROM due WHERE j.id = due.id
-RETURNING j.id
+SELECT id FROM moved WHERE NOT leased
 """  # noqa: S608
 
 

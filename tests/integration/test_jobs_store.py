@@ -269,6 +269,22 @@ def test_take_due_is_safe_on_two_nodes_at_once() -> None:
         assert store.take_due(conn, 100, 60) == []
 
 
+def test_a_sweep_leaves_a_run_alone_until_its_extended_lease_ends() -> None:
+    (job_id,) = make_jobs(1)
+    job = claim(job_id)
+    assert job is not None and write_ahead(job) is not None
+    # The claim's lease end has passed, but the write-ahead extended the lease: not due.
+    set_row(job_id, "due_at = now() - interval '1 second'")
+    with pool().connection() as conn:
+        assert store.take_due(conn, 10, 60) == []
+    got = row(job_id)
+    assert got["due_at"] == got["lease_until"]
+    # Once the lease has ended, the next sweep sends the job out again.
+    set_row(job_id, "lease_until = now() - interval '1 second', due_at = now()")
+    with pool().connection() as conn:
+        assert store.take_due(conn, 10, 60) == [job_id]
+
+
 def test_retry_and_refund_request_move_only_their_status() -> None:
     failed, held, other = make_jobs(3)
     set_row(failed, "status = 'failed', attempts = 8")
