@@ -508,8 +508,9 @@ def _exercise(
     )
     find_lost(db, workload, j, f)
     needles = {"imp_secret": stack.imp_secret, "webhook token": stack.webhook_token}
-    needles["api key"] = key.rsplit("_", 1)[-1]
-    needles["webhooks api key"] = stack.hooks_key.rsplit("_", 1)[-1]
+    # sk_<prefix>_<secret>; the secret is URL-safe base64 and may hold "_" itself.
+    needles["api key"] = key.split("_", 2)[2]
+    needles["webhooks api key"] = stack.hooks_key.split("_", 2)[2]
     needles.update(stack.hooks.secrets())
     needles.update({f"iamport token {t[:6]}…": t for t in tokens})
     f.secrets_in_logs = scan_logs(stack.logs, needles)
