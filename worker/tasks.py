@@ -9,6 +9,7 @@ import threading
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+import redis
 import structlog
 from celery.exceptions import Reject
 from celery.signals import (
@@ -22,7 +23,7 @@ from celery.signals import (
 from app import metrics
 from app.config import get_settings
 from app.db import close_pool, pool
-from app.dispatch import CANCEL_TASK, SWEEP_TASK, PublishFailed, chunks, send_now
+from app.dispatch import CANCEL_TASK, QUEUE, SWEEP_TASK, PublishFailed, chunks, send_now
 from app.heap import freeze_startup_heap
 from app.iamport.client import IamportClient
 from app.jobs import store
@@ -221,12 +222,25 @@ def run_jobs(job_ids: list[str]) -> int:
 
 @app.task(name=SWEEP_TASK)
 def sweep() -> int:
-    """Publish due retry_wait jobs, queued jobs whose message was lost, and expired leases."""
+    """Publish due retry_wait jobs, queued jobs whose message was lost, and expired leases.
+
+    Queued jobs only while the queue is empty: during a backlog longer than the dispatch
+    grace, sending their messages again would only add wake-ups (and claims) behind the
+    ones already waiting, every grace period, and so slow the drain that made them late. A
+    message truly lost is sent again once the queue has drained.
+    """
     settings = get_settings()
+    try:
+        queued = get_redis().llen(QUEUE) == 0
+    except redis.RedisError:
+        log.warning("sweep_skipped_broker_unreachable")
+        return 0  # nothing could be sent either; the next sweep tries again
     total = 0
     with pool().connection() as conn:
         for _ in range(SWEEP_MAX_ROUNDS):
-            ids = store.take_due(conn, settings.sweep_batch_size, settings.dispatch_grace_seconds)
+            ids = store.take_due(
+                conn, settings.sweep_batch_size, settings.dispatch_grace_seconds, queued=queued
+            )
             if ids:
                 try:
                     send_now(ids, celery=app)

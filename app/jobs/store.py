@@ -399,10 +399,11 @@ def finish(
 # Guard: FOR UPDATE SKIP LOCKED, so sweeps on several nodes never take the same job; due_at
 # moves ahead so the next sweep leaves a published job alone while its message waits. A
 # running job whose lease a write-ahead extended is not due yet: its due_at moves to the
-# lease's end, and no wake-up goes out.
+# lease's end, and no wake-up goes out. Queued jobs only with `queued` (see take_due).
 TAKE_DUE = f"""
 WITH due AS (
   SELECT id FROM jobs WHERE {WAITING_SQL} AND due_at <= now()
+    AND (%(queued)s OR status <> 'queued')
   ORDER BY due_at LIMIT %(limit)s
   FOR UPDATE SKIP LOCKED
 ), moved AS (
@@ -416,9 +417,16 @@ SELECT id FROM moved WHERE NOT leased
 """  # noqa: S608
 
 
-def take_due(conn: Conn, limit: int, grace_seconds: float) -> list[uuid.UUID]:
-    """Ids of jobs whose time has come: due retries, lost messages, expired leases."""
-    rows = conn.execute(TAKE_DUE, {"limit": limit, "grace": grace_seconds}).fetchall()
+def take_due(
+    conn: Conn, limit: int, grace_seconds: float, *, queued: bool = True
+) -> list[uuid.UUID]:
+    """Ids of jobs whose time has come: due retries, lost messages, expired leases.
+
+    `queued=False` leaves queued jobs for later: while messages wait in the broker, a queued
+    job past its grace is most likely waiting behind them, not lost.
+    """
+    params = {"limit": limit, "grace": grace_seconds, "queued": queued}
+    rows = conn.execute(TAKE_DUE, params).fetchall()
     return [r[0] for r in rows]
 
 

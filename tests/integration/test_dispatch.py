@@ -57,3 +57,28 @@ def test_a_burst_rides_in_few_full_messages(broker: redis.Redis) -> None:
     assert len(messages) <= 2 + len(jobs) // get_settings().dispatch_batch_size
     assert all(len(m) <= get_settings().dispatch_batch_size for m in messages)
     assert sorted(i for m in messages for i in m) == sorted(str(j) for j in jobs)
+
+
+def test_a_sweep_leaves_queued_jobs_alone_while_messages_wait(broker: redis.Redis) -> None:
+    """A queued job past its grace behind a backlog is waiting, not lost: no second wake-up
+    until the queue has drained. A due retry goes out either way."""
+    from app.db import pool
+    from worker.tasks import sweep
+
+    with pool().connection() as conn:
+        conn.execute("TRUNCATE jobs CASCADE")
+        queued, retry = (
+            conn.execute(
+                "INSERT INTO jobs (imp_uid, status, next_attempt_at, due_at) "
+                "VALUES (%s, %s, now(), now() - interval '1 second') RETURNING id",
+                (f"imps_sweep_{status}", status),
+            ).fetchone()[0]  # type: ignore[index]
+            for status in ("queued", "retry_wait")
+        )
+    waiting = uuid.uuid4()
+    dispatch.send_now([waiting])  # a message the workers have not taken yet
+    assert sweep() == 1
+    assert ids_in(broker) == [[str(retry)], [str(waiting)]]  # the newest is pushed first
+    broker.delete(dispatch.QUEUE)  # the workers took everything
+    assert sweep() == 1
+    assert ids_in(broker) == [[str(queued)]]
