@@ -175,12 +175,18 @@ def test_write_ahead_refuses_while_an_earlier_call_may_still_apply() -> None:
     assert write_ahead(job) is not None  # settled by the database clock
 
 
-def test_finish_only_under_our_lease_but_keeps_the_calls() -> None:
+def cancel_written_ahead() -> tuple[uuid.UUID, store.Claimed, int]:
+    """A claimed job with a cancel written ahead: its id, the claim and the attempt's id."""
     (job_id,) = make_jobs(1)
     job = claim(job_id)
     assert job is not None
     attempt = write_ahead(job)
     assert attempt is not None
+    return job_id, job, attempt
+
+
+def test_finish_only_under_our_lease_but_keeps_the_calls() -> None:
+    job_id, job, attempt = cancel_written_ahead()
     with pool().connection() as conn:
         kept = store.finish(
             conn,
@@ -219,11 +225,7 @@ def test_finish_alone_writes_nothing_while_a_webhook_endpoint_is_enabled(enabled
             "VALUES ('http://hooks.test/', '{}', 'whsec_x', %s)",
             (enabled,),
         )
-    (job_id,) = make_jobs(1)
-    job = claim(job_id)
-    assert job is not None
-    attempt = write_ahead(job)
-    assert attempt is not None
+    job_id, job, attempt = cancel_written_ahead()
     with pool().connection() as conn:
         finished = store.finish(
             conn,
