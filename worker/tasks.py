@@ -231,7 +231,8 @@ def sweep() -> int:
     """
     settings = get_settings()
     try:
-        queued = get_redis().llen(QUEUE) == 0
+        with get_redis() as broker:
+            queued = broker.llen(QUEUE) == 0
     except redis.RedisError:
         log.warning("sweep_skipped_broker_unreachable")
         return 0  # nothing could be sent either; the next sweep tries again
