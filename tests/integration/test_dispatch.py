@@ -59,11 +59,18 @@ def test_a_burst_rides_in_few_full_messages(broker: redis.Redis) -> None:
     assert sorted(i for m in messages for i in m) == sorted(str(j) for j in jobs)
 
 
-def test_a_sweep_leaves_queued_jobs_alone_while_messages_wait(broker: redis.Redis) -> None:
+def test_a_sweep_leaves_queued_jobs_alone_while_messages_wait(
+    broker: redis.Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A queued job past its grace behind a backlog is waiting, not lost: no second wake-up
     until the queue has drained. A due retry goes out either way."""
     from app.db import pool
-    from worker.tasks import sweep
+    from worker import tasks
+
+    # The worker's Celery app took its broker address when first imported, maybe by another
+    # test with another Redis; the publisher is made anew from this test's settings.
+    monkeypatch.setattr(tasks, "app", dispatch.publisher())
+    sweep = tasks.sweep
 
     with pool().connection() as conn:
         conn.execute("TRUNCATE jobs CASCADE")
