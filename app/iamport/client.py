@@ -146,8 +146,7 @@ class IamportClient:
         # httpx's transport, not its Client: what the Client adds to each request (a base URL
         # merge, cookie jars, auth and redirect flows, hooks) cost a third of a call's CPU in
         # the worker's profile, and none of it is wanted: one base URL, no cookies, no
-        # redirects. Nor does the transport pick up proxies from the environment, which would
-        # bypass the total deadline of app/deadline.py.
+        # redirects.
         self._transport = transport if transport is not None else deadline_transport(limits)
         self.tokens: TokenSource = (
             tokens
