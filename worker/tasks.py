@@ -40,6 +40,7 @@ _client_lock = threading.Lock()
 _rng = threading.local()
 _children: ThreadedProcessPool | None = None
 _local: ThreadPoolExecutor | None = None
+_local_size = 0
 SWEEP_MAX_ROUNDS = 20
 # A message's jobs go to the job threads in groups, each group's jobs run one after the
 # other on one thread: one job a group while threads are idle (the least latency), up to
@@ -182,15 +183,16 @@ def _runner() -> tuple[ThreadedProcessPool | ThreadPoolExecutor, int]:
     """The job threads (in the child processes, or on one core in this process), and how many."""
     if _children is not None:
         return _children, _children.threads
-    concurrency = app.conf.worker_concurrency
-    return _local_threads(concurrency), concurrency
+    # On one core: the threads made at start with the worker's concurrency (its -c).
+    return _local_threads(app.conf.worker_concurrency), _local_size
 
 
 def _local_threads(concurrency: int) -> ThreadPoolExecutor:
-    global _local
+    global _local, _local_size
     with _client_lock:
         if _local is None:
             _local = ThreadPoolExecutor(concurrency, thread_name_prefix="job")
+            _local_size = concurrency
         return _local
 
 
