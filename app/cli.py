@@ -1,10 +1,9 @@
-"""The `stockout` command: API keys, the embedded stack, the sandbox, and operators' views."""
+"""The `stockout` command: API keys and operators' views; the dev tools add theirs where installed."""
 
 from __future__ import annotations
 
-import signal
 import sys
-from pathlib import Path
+from importlib.metadata import entry_points
 from typing import Annotated
 
 import typer
@@ -24,6 +23,9 @@ keys = typer.Typer(help="API keys.", no_args_is_help=True)
 cli.add_typer(keys, name="keys")
 cli.add_typer(webhooks_cli, name="webhooks")
 register_operations(cli)
+# The dev install adds `dev`, `demo` and `sandbox` (devtools); the runtime install has none.
+for _plugin in entry_points(group="stockout.commands"):
+    _plugin.load()(cli)
 err = Console(stderr=True)
 
 
@@ -69,76 +71,6 @@ def keys_revoke(key: Annotated[str, typer.Argument(help="the key's id or prefix"
             err.print(f"no active key {key}")
             raise typer.Exit(1)
     err.print(f"revoked {key}")
-
-
-@cli.command()
-def dev(
-    host: str = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="the API's port")] = 8000,
-    sandbox_port: Annotated[int, typer.Option(help="the iamport sandbox's port")] = 8001,
-    postgres_port: Annotated[int, typer.Option(help="embedded Postgres")] = 54329,
-    redis_port: Annotated[int, typer.Option(help="embedded Redis")] = 63799,
-    data_dir: Annotated[Path, typer.Option(help="where Postgres and Redis keep their data")] = Path(
-        ".stockout"
-    ),
-    concurrency: int = 32,
-    real_iamport: Annotated[
-        bool,
-        typer.Option(
-            "--real-iamport",
-            help="call the real iamport with IAMPORT_IMP_KEY/SECRET instead of the sandbox",
-        ),
-    ] = False,
-) -> None:
-    """Run the whole stack: Postgres, Redis, migrations, API, worker, beat and the sandbox."""
-    from app.dev import Ports, run_dev
-
-    # Ctrl-C and SIGTERM both end in an orderly shutdown.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
-    ports = Ports(api=port, sandbox=sandbox_port, postgres=postgres_port, redis=redis_port)
-    raise typer.Exit(run_dev(host, ports, data_dir, concurrency, real_iamport))
-
-
-@cli.command()
-def demo(
-    env_file: Annotated[Path, typer.Option(help="the settings `stockout dev` wrote")] = Path(
-        ".stockout/env"
-    ),
-) -> None:
-    """The whole story against a running `stockout dev`, step by step."""
-    from app.demo import run_demo
-
-    raise typer.Exit(run_demo(env_file))
-
-
-@cli.command()
-def sandbox(
-    port: int = 8090,
-    host: str = "127.0.0.1",
-    imp_key: str = "sandbox_key",
-    imp_secret: str = "sandbox_secret",  # noqa: S107 (the simulator's own credential)
-    token_ttl: int = 1800,
-    seed: int = 0,
-    confirm_url: Annotated[
-        str | None, typer.Option(help="confirm_url of payments created without one")
-    ] = None,
-    notice_url: Annotated[
-        str | None, typer.Option(help="notice_url of payments created without one")
-    ] = None,
-) -> None:
-    """Run the iamport simulator."""
-    from app.sandbox.server import run
-
-    run(
-        host=host,
-        port=port,
-        imp_key=imp_key,
-        imp_secret=imp_secret,
-        token_ttl=token_ttl,
-        seed=seed,
-        confirm_url=confirm_url,
-        notice_url=notice_url,
-    )
 
 
 def main() -> None:

@@ -26,8 +26,8 @@ from pathlib import Path
 import httpx
 import psycopg
 
-from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
-from app.launch import api_command, create_key
+from devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
+from devtools.launch import api_command, create_key
 from tests.support.stack import migrate
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -26,7 +26,6 @@ import psutil
 import psycopg
 from celery import Celery
 
-from app.sandbox.control import SandboxControl
 from benchmarks.baselines import bare_loop, naive_peer
 from benchmarks.common import (
     NAIVE_PEER,
@@ -38,6 +37,7 @@ from benchmarks.common import (
     process_count,
     running_stack,
 )
+from devtools.sandbox.control import SandboxControl
 from tests.support.processes import stop
 from tests.support.webhook_receiver import Receiver, running_receiver
 

@@ -15,8 +15,8 @@ from typing import Any
 import psutil
 
 from app.config import Settings
-from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
-from app.launch import ROOT, api_command, beat_command, create_key
+from devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
+from devtools.launch import ROOT, api_command, beat_command, create_key
 from tests.support.processes import service_env, stop
 from tests.support.sandbox import running_sandbox
 from tests.support.stack import migrate

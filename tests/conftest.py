@@ -66,7 +66,7 @@ def sandbox_url() -> Iterator[str]:
 @pytest.fixture
 def sandbox(sandbox_url: str) -> Iterator[object]:
     """The sandbox's control API, on an empty sandbox without faults."""
-    from app.sandbox.control import SandboxControl
+    from devtools.sandbox.control import SandboxControl
 
     with SandboxControl(sandbox_url) as control:
         control.reset()

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from app.sandbox.control import SandboxControl
+from devtools.sandbox.control import SandboxControl
 
 KINDS = ("faults", "token_expiry", "kill_worker", "redis", "postgres", "calm")
 WEIGHTS = (5, 2, 4, 2, 2, 1)

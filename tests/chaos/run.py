@@ -30,10 +30,10 @@ from typing import Any
 import httpx
 import psycopg
 
-from app.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
 from app.jobs.status import TERMINAL_SQL, WAITING_SQL
-from app.launch import ROOT, api_command, beat_command, create_key, sandbox_command
-from app.sandbox.control import SandboxControl
+from devtools.embedded import EmbeddedPostgres, EmbeddedRedis, free_port, wait_for_port
+from devtools.launch import ROOT, api_command, beat_command, create_key, sandbox_command
+from devtools.sandbox.control import SandboxControl
 from tests.chaos.hooks import ENV as HOOKS_ENV
 from tests.chaos.hooks import HookReport, Hooks
 from tests.chaos.nemesis import Nemesis

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from app.launch import ROOT
+from devtools.launch import ROOT
 
 pytestmark = pytest.mark.slow
 

@@ -17,7 +17,7 @@ from typing import Any
 
 import httpx
 
-from app.sandbox.control import SandboxControl
+from devtools.sandbox.control import SandboxControl
 
 # Initial status at iamport; "unknown" payments are never created there.
 STATUS_WEIGHTS = {"ready": 82, "paid": 8, "cancelled": 4, "failed": 3, "unknown": 3}

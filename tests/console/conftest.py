@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from app.embedded import free_port
-from app.launch import ROOT, api_command
+from devtools.embedded import free_port
+from devtools.launch import ROOT, api_command
 from tests.support.processes import service_env as process_env
 from tests.support.processes import stop, wait_until
 

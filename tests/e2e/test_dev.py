@@ -17,9 +17,9 @@ import httpx
 import psutil
 import pytest
 
-from app.dev import read_env_file
-from app.embedded import free_port
-from app.launch import ROOT
+from devtools.dev import read_env_file
+from devtools.embedded import free_port
+from devtools.launch import ROOT
 from tests.support.processes import wait_until
 
 pytestmark = pytest.mark.slow

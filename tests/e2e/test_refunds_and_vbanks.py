@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from fastapi.testclient import TestClient
 
-from app.sandbox.control import SandboxControl
+from devtools.sandbox.control import SandboxControl
 from tests.e2e.test_worker import assert_clean, drain
 from tests.support.checker import check
 from tests.support.factories import auth

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from app.sandbox.control import SandboxControl
+from devtools.sandbox.control import SandboxControl
 from tests.support.factories import auth
 from tests.support.processes import start_worker, stop, wait_until
 from tests.support.settings import reset_caches

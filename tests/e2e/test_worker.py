@@ -17,7 +17,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from app.sandbox.control import SandboxControl
+from devtools.sandbox.control import SandboxControl
 from tests.support.checker import Report, check
 from tests.support.factories import auth
 from tests.support.processes import start_worker, stop, wait_until
@@ -267,7 +267,7 @@ def test_beat_alone_drives_jobs_whose_publish_was_lost(
     client: TestClient, key: str, sandbox: SandboxControl, stack_env: dict[str, str], tmp_path: Path
 ) -> None:
     """`celery -A worker beat` as its own process, and a job never published at all."""
-    from app.launch import ROOT, beat_command
+    from devtools.launch import ROOT, beat_command
 
     db = stack_env["DATABASE_URL"]
     uids = make_payments(sandbox, 1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
-from app.launch import ROOT
+from devtools.launch import ROOT
 from tests.support.processes import service_env
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import jsonschema_rs
 from fastapi.testclient import TestClient
 
-from app.api import apidoc
+from devtools import apidoc
 
 ROOT = Path(__file__).resolve().parents[2]
 PUBLIC = {"/healthz", "/readyz", "/metrics"}

@@ -16,8 +16,8 @@ from rich.console import Console
 from typer.testing import CliRunner, Result
 
 from app.cli_ops import jobs_table, parse_age
-from app.embedded import free_port, wait_for_port
-from app.launch import ROOT, api_command
+from devtools.embedded import free_port, wait_for_port
+from devtools.launch import ROOT, api_command
 from tests.support.factories import auth, event
 
 

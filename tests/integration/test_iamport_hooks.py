@@ -8,8 +8,8 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from app.embedded import free_port
-from app.sandbox.control import SandboxControl
+from devtools.embedded import free_port
+from devtools.sandbox.control import SandboxControl
 from tests.support.factories import auth, event
 from tests.support.runs import run_now
 from tests.support.settings import reset_caches

@@ -11,7 +11,7 @@ import redis
 
 from app.iamport import IamportClient, TokenProvider, TokenResponse
 from app.iamport.token import key_id
-from app.sandbox.control import SandboxControl
+from devtools.sandbox.control import SandboxControl
 from tests.support.sandbox import IMP_KEY, IMP_SECRET
 
 PROCESSES = 4

@@ -16,7 +16,7 @@ from app.iamport.schemas import Payment
 from app.jobs import store
 from app.jobs.run import run_job
 from app.redis_conn import get_redis
-from app.sandbox.control import SandboxControl
+from devtools.sandbox.control import SandboxControl
 from tests.support.factories import auth, event
 from tests.support.settings import reset_caches
 

@@ -15,7 +15,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from app import metrics
 from app.api.scrape import JOBS
-from app.embedded import free_port
+from devtools.embedded import free_port
 from tests.support.factories import auth, event
 
 ROOT = Path(__file__).resolve().parents[2]

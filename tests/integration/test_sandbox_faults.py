@@ -18,7 +18,7 @@ from app.iamport import (
     Unauthorized,
     Unavailable,
 )
-from app.sandbox.control import SandboxControl
+from devtools.sandbox.control import SandboxControl
 from tests.support.sandbox import IMP_KEY, IMP_SECRET
 
 

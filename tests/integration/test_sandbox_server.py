@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from app.iamport import IamportClient, OutcomeUnknown, RateLimited, Refused, Unavailable
-from app.sandbox.control import SandboxControl
+from devtools.sandbox.control import SandboxControl
 from tests.support.sandbox import IMP_KEY, IMP_SECRET
 
 

@@ -8,8 +8,8 @@ import subprocess
 
 from fastapi.testclient import TestClient
 
-from app.embedded import free_port
-from app.launch import ROOT, api_command
+from devtools.embedded import free_port
+from devtools.launch import ROOT, api_command
 
 
 def test_refuses_to_start_without_database_and_redis() -> None:

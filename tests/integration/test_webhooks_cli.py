@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from app.embedded import free_port, wait_for_port
-from app.launch import ROOT, api_command
+from devtools.embedded import free_port, wait_for_port
+from devtools.launch import ROOT, api_command
 from tests.support.processes import service_env as process_env
 from tests.support.processes import stop
 from tests.support.webhooks import hooks_key

@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from app.auth import revoke_key
 from app.db import unit_of_work
-from app.launch import ROOT
+from devtools.launch import ROOT
 from tests.support.factories import api_key, auth
 
 

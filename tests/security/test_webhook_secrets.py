@@ -11,9 +11,9 @@ import httpx
 import psycopg
 import pytest
 
-from app.embedded import free_port, wait_for_port
-from app.launch import ROOT
-from app.sandbox.control import SandboxControl
+from devtools.embedded import free_port, wait_for_port
+from devtools.launch import ROOT
+from devtools.sandbox.control import SandboxControl
 from tests.support.factories import auth
 from tests.support.processes import service_env as process_env
 from tests.support.processes import start_worker, stop, wait_until

@@ -9,7 +9,7 @@ import httpx
 import psycopg
 
 from app.jobs.status import TERMINAL
-from app.sandbox.control import SandboxControl
+from devtools.sandbox.control import SandboxControl
 
 
 @dataclass

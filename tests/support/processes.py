@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from app.launch import ROOT, worker_command
+from devtools.launch import ROOT, worker_command
 
 
 def service_env(**overrides: str) -> dict[str, str]:

@@ -8,7 +8,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from app.embedded import free_port, wait_for_port
+from devtools.embedded import free_port, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[2]
 IMP_KEY = "sandbox_key"
@@ -27,7 +27,7 @@ def running_sandbox(
     """Start a sandbox server and yield its base URL; it is stopped on exit."""
     port = free_port()
     code = (
-        "from app.sandbox.server import run; "
+        "from devtools.sandbox.server import run; "
         f"run('127.0.0.1', {port}, {imp_key!r}, {imp_secret!r}, {token_ttl!r}, {seed!r}, "
         f"{refusal_style!r})"
     )

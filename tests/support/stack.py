@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from app.embedded import EmbeddedPostgres, EmbeddedRedis
+from devtools.embedded import EmbeddedPostgres, EmbeddedRedis
 
 ROOT = Path(__file__).resolve().parents[2]
 

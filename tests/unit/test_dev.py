@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from app import dev
-from app.embedded import EmbeddedServerError, free_port
+from devtools import dev
+from devtools.embedded import EmbeddedServerError, free_port
 
 
 def test_env_file_round_trip_owner_only(tmp_path: Path) -> None:

@@ -13,7 +13,7 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from app import embedded
+from devtools import embedded
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ from app.jobs.status import ALL, JobStatus
 
 ROOT = Path(__file__).resolve().parents[2]
 # Payment statuses are iamport's words and share two names with job statuses; the iamport
-# client and its simulator speak of payments only.
-PAYMENT_SIDE = ("app/iamport/", "app/sandbox/")
+# client speaks of payments only.
+PAYMENT_SIDE = ("app/iamport/",)
 JOB_ONLY = {s.value for s in ALL} - {"cancelled", "failed"}
 WRITES = re.compile(
     r"\b(UPDATE\s+(jobs|attempts)\b|INSERT\s+INTO\s+(jobs|attempts)\b|DELETE\s+FROM\s+(jobs|attempts)\b)",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from app.sandbox.faults import Faults
+from devtools.sandbox.faults import Faults
 from tests.chaos.nemesis import LATE_APPLY_SECONDS, fault_menu, fault_profile
 
 

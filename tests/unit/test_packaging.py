@@ -58,7 +58,50 @@ def test_image_installs_the_runtime_lock_only() -> None:
     assert "-r requirements.lock" in dockerfile
     assert "requirements-dev.lock" not in dockerfile
     ignored = (ROOT / ".dockerignore").read_text().split()
-    assert {".venv", ".stockout", ".git", "tests", "requirements-dev.lock"} <= set(ignored)
+    assert {".venv", ".stockout", ".git", "tests", "devtools", "requirements-dev.lock"} <= set(
+        ignored
+    )
+    copied = re.findall(r"^COPY (\S+)", dockerfile, re.M)
+    assert not [c for c in copied if c.startswith("devtools")]
+
+
+def test_the_service_wheel_holds_no_dev_tooling(tmp_path: Path) -> None:
+    """What `pip install .` (the image's install) puts on a machine: the service alone."""
+    import shutil
+    import subprocess
+    import sys
+    import zipfile
+
+    # Built from a copy: setuptools builds in the tree, and a stale build/ would leak into it.
+    source = tmp_path / "src"
+    junk = shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "tests")
+    shutil.copytree(ROOT, source, ignore=junk)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--quiet",
+            "--no-deps",
+            "--no-build-isolation",
+            "--wheel-dir",
+            str(tmp_path),
+            str(source),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    (wheel,) = tmp_path.glob("stockout_cancel-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    tops = {n.split("/")[0] for n in names if not n.startswith("stockout_cancel-")}
+    assert tops == {"app", "worker"}
+    assert "app/main.py" in names and "worker/tasks.py" in names
+    dev_modules = ("sandbox", "dev.py", "demo.py", "embedded.py", "launch.py", "apidoc.py")
+    assert [n for n in names if n.split("/")[-1] in dev_modules or "/sandbox/" in n] == []
+    # and the runtime command has none of the dev commands
+    entry_points = next(n for n in names if n.endswith("entry_points.txt"))
+    assert "devtools" not in zipfile.ZipFile(wheel).read(entry_points).decode()
 
 
 def test_makefile_venv_uses_the_dev_lock() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.sandbox.state import Sandbox
+from devtools.sandbox.state import Sandbox
 
 
 class Clock:
@@ -390,7 +390,7 @@ def test_error_styles(sb: Sandbox, style: str, statuses: set[int], html: set[boo
 def test_retry_after_header_styles() -> None:
     from email.utils import parsedate_to_datetime
 
-    from app.sandbox.faults import retry_after_header
+    from devtools.sandbox.faults import retry_after_header
 
     assert retry_after_header(3.0, False, 0) == "3"
     assert retry_after_header(0.25, False, 0) == "0.25"
@@ -401,7 +401,7 @@ def test_retry_after_header_styles() -> None:
 @pytest.mark.parametrize("style", ["ms", "fraction", "string", "iso"])
 def test_odd_payloads_still_parse_to_the_same_payment(sb: Sandbox, style: str) -> None:
     from app.iamport.schemas import Payment
-    from app.sandbox.faults import Decision, oddly
+    from devtools.sandbox.faults import Decision, oddly
 
     p = sb.add_payment({"status": "paid"})
     sb.set_status(p.imp_uid, "cancelled")

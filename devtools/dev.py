@@ -18,8 +18,8 @@ import httpx
 import psycopg
 from rich.console import Console
 
-from app import launch
-from app.embedded import (
+from devtools import launch
+from devtools.embedded import (
     EmbeddedPostgres,
     EmbeddedRedis,
     EmbeddedServerError,

@@ -25,8 +25,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from app.sandbox.faults import MUTATING, Decision, oddly, retry_after_header
-from app.sandbox.state import HTML_ERROR, UNAUTHORIZED, CallEntry, Sandbox, envelope
+from devtools.sandbox.faults import MUTATING, Decision, oddly, retry_after_header
+from devtools.sandbox.state import HTML_ERROR, UNAUTHORIZED, CallEntry, Sandbox, envelope
 
 CLIENT_CLOSED = 499  # logged status of a call whose client went away before the answer
 CONFIRM_TIMEOUT = 5.0

@@ -120,7 +120,7 @@ class SandboxControl:
         return cast(dict[str, Any], self._call("GET", "/faults"))
 
     def set_faults(self, **faults: Any) -> dict[str, Any]:
-        """Merge into the faults in force; the fields are those of app.sandbox.faults.Faults
+        """Merge into the faults in force; the fields are those of devtools.sandbox.faults.Faults
         (latency_ms, rate_429, retry_after_style, error_rate, error_after_rate, error_style,
         drop_after_rate, late_apply_rate, late_apply_seconds, trickle_rate, odd_timestamps_rate,
         unknown_status_rate, missing_history_rate, calls, imp_uids, seed...)."""

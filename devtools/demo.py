@@ -24,9 +24,9 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from app.dev import read_env_file
 from app.jobs.status import WAITING, JobStatus
-from app.sandbox.control import SandboxControl
+from devtools.dev import read_env_file
+from devtools.sandbox.control import SandboxControl
 
 console = Console()
 TERMINAL = {s.value for s in JobStatus if s not in WAITING}

@@ -192,7 +192,9 @@ def shared_data_dir(data_dir: Path, cache_root: Path | None = None) -> Path:
         raise EmbeddedServerError(f"{target} is not owned by root or is writable by others")
     target.chmod(0o711)
     data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / "LOCATION").write_text(f"the cluster lives in {target} (see app/embedded.py)\n")
+    (data_dir / "LOCATION").write_text(
+        f"the cluster lives in {target} (see devtools/embedded.py)\n"
+    )
     # The cluster's own folder is handed to postgres's account; `target` stays root's.
     return target / "cluster"
 

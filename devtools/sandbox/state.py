@@ -19,7 +19,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from app.sandbox.faults import CALL_KINDS, MUTATING, REFUSAL_STYLES, Decision, Faults, decide
+from devtools.sandbox.faults import CALL_KINDS, MUTATING, REFUSAL_STYLES, Decision, Faults, decide
 
 PAYMENT_STATUSES = ("ready", "paid", "cancelled", "failed")
 PAY_METHODS = ("cvs", "vbank", "card")
