@@ -9,7 +9,7 @@ from psycopg import Connection
 from psycopg.types.json import Jsonb
 
 from app.auth import Caller
-from app.errors import NotFound
+from app.kit.errors import NotFound
 from app.reads import rows
 from app.schemas import ActionPublic
 

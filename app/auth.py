@@ -14,8 +14,8 @@ from fastapi import Depends, Request
 from psycopg import AsyncConnection, Connection
 from psycopg.rows import dict_row
 
-from app.db import loop_conns
-from app.errors import Forbidden, Unauthenticated
+from app.kit.db import loop_conns
+from app.kit.errors import Forbidden, Unauthenticated
 
 KEY_PREFIX = "sk"
 

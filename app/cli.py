@@ -13,7 +13,7 @@ from rich.table import Table
 from app.auth import Scope, create_key, list_keys, revoke_key
 from app.cli_ops import register as register_operations
 from app.cli_webhooks import webhooks_cli
-from app.db import unit_of_work
+from app.kit.db import unit_of_work
 
 cli = typer.Typer(
     help="stockout-cancel: cancel CVS barcodes at iamport for orders we cannot ship.",

@@ -6,8 +6,8 @@ from typing import Any
 
 from psycopg import Connection
 
-from app import cursors
 from app.jobs.status import WAITING_SQL
+from app.kit import cursors
 from app.reads import rows
 from app.schemas import EventPage, EventSummary
 

@@ -12,11 +12,11 @@ from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
 
 from app.config import Settings
-from app.db import UnitOfWork
-from app.dispatch import publish_later
-from app.errors import EventConflict
 from app.jobs import store
 from app.jobs.decide import Method, OnPaid
+from app.kit.db import UnitOfWork
+from app.kit.dispatch import publish_later
+from app.kit.errors import EventConflict
 from app.reads import event_job_ids, get_event
 from app.schemas import EventCreate, EventPublic
 from app.webhooks import outbox

@@ -11,9 +11,9 @@ from typing import Any
 
 from psycopg import Connection
 
-from app import cursors
-from app.errors import NotFound
 from app.jobs.status import ALL, TERMINAL, WAITING_SQL
+from app.kit import cursors
+from app.kit.errors import NotFound
 from app.reads import get_job, load_jobs, rows
 from app.schemas import AttemptPublic, JobPage, JobPublic, Stats
 

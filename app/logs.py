@@ -22,7 +22,7 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
-QUIET_TASK = "stockout.sweep"  # app.dispatch.SWEEP_TASK (not imported: it pulls in Celery)
+QUIET_TASK = "stockout.sweep"  # app.kit.dispatch.SWEEP_TASK (not imported: it pulls in Celery)
 
 
 class QuietSweeps(logging.Filter):

@@ -23,10 +23,10 @@ from app.api import (
     webhooks,
 )
 from app.api.limits import BodyLimit
+from app.api.problems import install_handlers, problem
 from app.config import get_settings
-from app.db import POOL_WAIT_SECONDS, loop_pool
-from app.errors import install_handlers, problem
 from app.heap import freeze_startup_heap
+from app.kit.db import POOL_WAIT_SECONDS, loop_pool
 from app.logs import configure
 
 log = structlog.get_logger(__name__)

@@ -16,8 +16,8 @@ from urllib.parse import parse_qsl
 import structlog
 from psycopg import AsyncConnection
 
-from app.db import UnitOfWork
 from app.jobs import store
+from app.kit.db import UnitOfWork
 
 log = structlog.get_logger(__name__)
 

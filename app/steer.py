@@ -5,10 +5,10 @@ from __future__ import annotations
 import uuid
 
 from app.config import Settings
-from app.db import UnitOfWork
-from app.errors import NotFound, NotRefundable, NotRetryable, ProblemError
 from app.jobs import store
 from app.jobs.status import JobStatus
+from app.kit.db import UnitOfWork
+from app.kit.errors import DomainError, NotFound, NotRefundable, NotRetryable
 from app.listing import require_job
 from app.schemas import JobPublic
 
@@ -35,7 +35,7 @@ def _requeued(
     uow: UnitOfWork,
     job_id: uuid.UUID,
     moved: bool,
-    refusal: type[ProblemError],
+    refusal: type[DomainError],
     why: str,
 ) -> JobPublic:
     """The job once back in the queue (published after the commit), or why it is not."""

@@ -153,7 +153,7 @@ def main() -> None:
                     "SELECT created_at, id FROM jobs WHERE status = 'failed' "
                     "ORDER BY random() LIMIT 500"
                 ).fetchall()
-            from app.cursors import encode
+            from app.kit.cursors import encode
 
             cursors = [encode("jobs", at, job_id) for at, job_id in failed]
             headers = {"Authorization": f"Bearer {key}"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from celery import Celery
 
 from app.config import get_settings
-from app.dispatch import QUEUE, SWEEP_TASK, broker_options
+from app.kit.dispatch import QUEUE, SWEEP_TASK, broker_options
 from app.webhooks.wake import SWEEP_TASK as WEBHOOK_SWEEP_TASK
 
 settings = get_settings()

@@ -20,16 +20,16 @@ from celery.signals import (
     worker_shutdown,
 )
 
-from app import metrics
 from app.config import get_settings
-from app.db import close_pool, pool
-from app.dispatch import CANCEL_TASK, QUEUE, SWEEP_TASK, PublishFailed, chunks, send_now
 from app.heap import freeze_startup_heap
-from app.iamport.client import IamportClient
 from app.jobs import store
 from app.jobs.run import run_job
+from app.kit import metrics
+from app.kit.db import close_pool, pool
+from app.kit.dispatch import CANCEL_TASK, QUEUE, SWEEP_TASK, PublishFailed, chunks, send_now
+from app.kit.redis_conn import get_redis
 from app.logs import configure
-from app.redis_conn import get_redis
+from app.upstream.iamport.client import IamportClient
 from app.webhooks import outbox, wake
 from worker.celery_app import app
 from worker.process_pool import ChildLost, ThreadedProcessPool, usable_cores

@@ -17,9 +17,9 @@ from datetime import UTC, datetime
 
 import structlog
 
-from app import metrics
 from app.config import Settings, get_settings
-from app.db import pool
+from app.kit import metrics
+from app.kit.db import pool
 from app.webhooks import claims, delivery, signing, wake
 from worker.celery_app import app
 

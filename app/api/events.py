@@ -9,10 +9,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app.auth import EventsWriter, JobsReader
 from app.config import Settings, get_settings
-from app.db import loop_conns, unit_of_work
-from app.errors import NotFound
 from app.event_progress import list_events
 from app.ingest import Accepted, accept_event, accept_new_event
+from app.kit.db import loop_conns, unit_of_work
+from app.kit.errors import NotFound
 from app.listing import DEFAULT_LIMIT, MAX_LIMIT
 from app.reads import get_event
 from app.schemas import EventCreate, EventId, EventPage, EventPublic

@@ -5,8 +5,8 @@ from __future__ import annotations
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 
-from app.db import pool
-from app.redis_conn import get_redis
+from app.kit.db import pool
+from app.kit.redis_conn import get_redis
 
 router = APIRouter(tags=["health"])
 

@@ -20,9 +20,10 @@ from psycopg import Error as PsycopgError
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 from starlette.concurrency import run_in_threadpool
 
+from app.api.problems import problem
 from app.config import get_settings
-from app.db import loop_pool, unit_of_work
-from app.errors import DB_RETRY_AFTER_SECONDS, NotFound, ProblemError, Unauthenticated, problem
+from app.kit.db import loop_pool, unit_of_work
+from app.kit.errors import DB_RETRY_AFTER_SECONDS, DomainError, NotFound, Unauthenticated
 from app.notifications import (
     CONFIRM_STATEMENT_TIMEOUT_MS,
     BadPayload,
@@ -55,7 +56,7 @@ async def confirm_pool(app: FastAPI) -> AsyncIterator[None]:
         yield
 
 
-class BadHookPayload(ProblemError):
+class BadHookPayload(DomainError):
     status, code = 400, "bad_payload"
 
 

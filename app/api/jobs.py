@@ -11,8 +11,8 @@ from pydantic import AfterValidator, StringConstraints
 from app.audit import list_job_actions, record_action
 from app.auth import JobsReader, JobsWriter
 from app.config import get_settings
-from app.db import unit_of_work
 from app.jobs.status import JobStatus
+from app.kit.db import unit_of_work
 from app.listing import (
     DEFAULT_LIMIT,
     MAX_LIMIT,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.errors import problem
+from app.api.problems import problem
 
 MAX_BODY_BYTES = 1024 * 1024
 

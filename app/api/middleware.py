@@ -16,7 +16,7 @@ from typing import Any
 import structlog
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app import metrics
+from app.kit import metrics
 
 log = structlog.get_logger("api")
 REQUEST_ID_HEADER = b"x-request-id"

@@ -1,6 +1,6 @@
 """GET /metrics: Prometheus text, no API key.
 
-Process metrics of every API and worker process are merged from Redis (see app/metrics.py);
+Process metrics of every API and worker process are merged from Redis (see app/kit/metrics.py);
 the job gauges are read from Postgres at scrape time, with a short timeout and a short cache so
 that frequent scrapes of a large table stay cheap.
 """
@@ -20,10 +20,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from app.db import pool
 from app.jobs.status import ALL
+from app.kit.db import pool
+from app.kit.metrics import MergedCollector
 from app.listing import oldest_waiting_age, status_counts
-from app.metrics import MergedCollector
 from app.webhooks.claims import OLDEST_PENDING
 
 router = APIRouter(tags=["health"])

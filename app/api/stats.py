@@ -8,7 +8,7 @@ from fastapi import APIRouter, Query
 
 from app.activity import DEFAULT_MINUTES, MAX_MINUTES, recent_activity
 from app.auth import JobsReader
-from app.db import unit_of_work
+from app.kit.db import unit_of_work
 from app.listing import job_stats
 from app.schemas import Activity, Stats
 

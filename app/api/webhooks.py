@@ -10,7 +10,7 @@ from fastapi import APIRouter, Query, Response
 from app.audit import record_action
 from app.auth import WebhooksWriter
 from app.config import get_settings
-from app.db import unit_of_work
+from app.kit.db import unit_of_work
 from app.webhooks import endpoints, messages
 from app.webhooks.schemas import (
     DeliveryPage,

@@ -21,7 +21,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
-from app.iamport.schemas import Payment
 from app.jobs.records import (
     Cancellation,
     CancelledBy,
@@ -32,6 +31,7 @@ from app.jobs.records import (
     refund_of,
 )
 from app.jobs.status import JobStatus
+from app.upstream.payment import Payment
 
 
 class Step(StrEnum):

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict
 
-from app.iamport.schemas import Payment
+from app.upstream.payment import Payment
 
 CancelledBy = Literal["service", "upstream"]
 

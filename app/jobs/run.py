@@ -18,19 +18,7 @@ import redis
 import structlog
 from psycopg import Connection
 
-from app import metrics
 from app.config import Settings
-from app.iamport.client import CallRecord, IamportClient
-from app.iamport.errors import (
-    NotFound,
-    NotSent,
-    OutcomeUnknown,
-    RateLimited,
-    Refused,
-    ServerError,
-    Unauthorized,
-    Unavailable,
-)
 from app.jobs import store
 from app.jobs.decide import (
     Decision,
@@ -45,6 +33,18 @@ from app.jobs.decide import (
 )
 from app.jobs.records import UpstreamError
 from app.jobs.status import JobStatus
+from app.kit import metrics
+from app.upstream.contract import CallRecord, Gateway
+from app.upstream.errors import (
+    NotFound,
+    NotSent,
+    OutcomeUnknown,
+    RateLimited,
+    Refused,
+    ServerError,
+    Unauthorized,
+    Unavailable,
+)
 from app.webhooks import outbox
 
 log = structlog.get_logger("worker")
@@ -149,7 +149,7 @@ class JobRun:
 
 
 def call_step(
-    client: IamportClient,
+    gateway: Gateway,
     observer: JobRun,
     step: Step,
     method: Method,
@@ -160,9 +160,9 @@ def call_step(
     observer.sent = False
     try:
         if step is Step.LOOKUP:
-            payment = client.get_payment(job.imp_uid, observer=observer)
+            payment = gateway.look_up(job.imp_uid, observer=observer)
         elif step is Step.REFUND:
-            payment = client.refund(
+            payment = gateway.refund(
                 imp_uid=job.imp_uid,
                 amount=None,
                 reason=job.reason or DEFAULT_REASON,
@@ -170,9 +170,9 @@ def call_step(
                 observer=observer,
             )
         elif method is Method.VBANK:
-            payment = client.cancel_vbank(job.imp_uid, observer=observer)
+            payment = gateway.close_vbank(job.imp_uid, observer=observer)
         else:
-            payment = client.cancel_cvs(job.imp_uid, observer=observer)
+            payment = gateway.void_barcode(job.imp_uid, observer=observer)
     except Held as held:
         observer.held(str(held))
         return Result(Kind.NOT_SENT, sent=False)
@@ -216,7 +216,7 @@ def state_of(job: store.Claimed) -> JobState:
 
 def run_job(
     conn: Connection[Any],
-    client: IamportClient,
+    gateway: Gateway,
     job: store.Claimed,
     settings: Settings,
     rng: random.Random,
@@ -228,7 +228,7 @@ def run_job(
     started = time.monotonic()
 
     def call(step: Step, method: Method, checksum: float | None) -> Result:
-        return call_step(client, observer, step, method, checksum)
+        return call_step(gateway, observer, step, method, checksum)
 
     try:
         decision = drive(state, call, policy, rng, lambda: time.monotonic() - started).decision

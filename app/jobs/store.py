@@ -2,7 +2,7 @@
 
 Plain psycopg, one parameter style, typed rows. Each statement carries its own guard (the
 WHERE that makes it safe under concurrency) and says so in a comment; the caller owns the
-transaction (app/db.py's unit of work on the HTTP side, autocommit single statements in the
+transaction (app/kit/db.py's unit of work on the HTTP side, autocommit single statements in the
 worker, one transaction where a terminal transition writes its webhook messages too).
 """
 
@@ -19,10 +19,10 @@ from psycopg import AsyncConnection, Connection
 from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
-from app.iamport.client import CallRecord
 from app.jobs.decide import Method, OnPaid, Step
 from app.jobs.records import Cancellation, Refund, UpstreamError
 from app.jobs.status import TERMINAL, WAITING_SQL, JobStatus
+from app.upstream.contract import CallRecord
 
 Conn = Connection[Any]
 AsyncConn = AsyncConnection[Any]

@@ -19,7 +19,7 @@ from typing import Any
 
 import httpcore
 
-from app.deadline import DeadlineBackend, deadline_scope
+from app.kit.deadline import DeadlineBackend, deadline_scope
 from app.webhooks import urls
 
 MAX_ANSWER_BYTES = 64 * 1024
@@ -48,7 +48,7 @@ class AttemptResult:
 
 class _CheckedBackend(DeadlineBackend):
     """Resolves, checks every address against the URL rules, connects to an allowed one; every
-    operation ends by the exchange's deadline (app/deadline.py)."""
+    operation ends by the exchange's deadline (app/kit/deadline.py)."""
 
     def __init__(self, allow_private: bool) -> None:
         super().__init__()

@@ -11,7 +11,7 @@ from typing import Any
 
 from psycopg import Connection
 
-from app.errors import InvalidUrl, NotFound
+from app.kit.errors import InvalidUrl, NotFound
 from app.reads import rows
 from app.webhooks import signing, urls
 from app.webhooks.schemas import EndpointCreate, EndpointPublic, EndpointWithSecret

@@ -8,7 +8,7 @@ from typing import Any
 
 from psycopg import Connection
 
-from app import cursors
+from app.kit import cursors
 from app.reads import rows
 from app.webhooks.endpoints import get_endpoint
 from app.webhooks.schemas import Delivery, DeliveryPage

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 import structlog
 from celery import Celery
 
-from app.dispatch import QUEUE, publisher
+from app.kit.dispatch import QUEUE, publisher
 
 DELIVER_TASK = "stockout.webhooks.deliver"
 SWEEP_TASK = "stockout.webhooks.sweep"

@@ -12,7 +12,7 @@ import pytest
 
 from app.auth import create_key
 from app.console.routes import CSP
-from app.db import unit_of_work
+from app.kit.db import unit_of_work
 from app.main import app as the_app
 from tests.console.conftest import Tab
 from tests.console.seed import Seeded, seed

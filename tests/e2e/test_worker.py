@@ -250,7 +250,7 @@ def test_redis_killed_and_restarted(
 def test_same_task_delivered_twice_at_once(
     client: TestClient, key: str, sandbox: SandboxControl, stack_env: dict[str, str], worker: object
 ) -> None:
-    from app.dispatch import send_now
+    from app.kit.dispatch import send_now
 
     sandbox.set_faults(latency_ms=200, seed=1)
     event = post(client, key, make_payments(sandbox, 12))

@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from app.audit import record_action
 from app.auth import Caller
 from app.console.routes import CSP
-from app.db import unit_of_work
+from app.kit.db import unit_of_work
 from tests.support.factories import api_key, auth, event
 
 

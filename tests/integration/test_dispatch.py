@@ -11,8 +11,8 @@ import uuid
 import pytest
 import redis
 
-from app import dispatch
 from app.config import get_settings
+from app.kit import dispatch
 
 
 @pytest.fixture
@@ -64,7 +64,7 @@ def test_a_sweep_leaves_queued_jobs_alone_while_messages_wait(
 ) -> None:
     """A queued job past its grace behind a backlog is waiting, not lost: no second wake-up
     until the queue has drained. A due retry goes out either way."""
-    from app.db import pool
+    from app.kit.db import pool
     from worker import tasks
 
     # The worker's Celery app took its broker address when first imported, maybe by another

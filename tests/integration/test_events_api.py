@@ -10,7 +10,7 @@ import pytest
 import redis
 from fastapi.testclient import TestClient
 
-from app import dispatch
+from app.kit import dispatch
 from tests.support.factories import api_key, auth, event
 
 
@@ -184,7 +184,7 @@ def test_concurrent_overlapping_events_share_jobs(
 def test_redis_down_at_publish_still_202(
     api: TestClient, key: str, service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app import dispatch
+    from app.kit import dispatch
     from tests.support.settings import reset_caches
 
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")  # nothing listens there

@@ -9,8 +9,8 @@ from typing import Any, cast
 
 import redis
 
-from app.iamport import IamportClient, TokenProvider, TokenResponse
-from app.iamport.token import key_id
+from app.upstream.iamport import IamportClient, TokenProvider, TokenResponse
+from app.upstream.iamport.token import key_id
 from devtools.sandbox.control import SandboxControl
 from tests.support.sandbox import IMP_KEY, IMP_SECRET
 
@@ -25,7 +25,7 @@ def _lookups(client: IamportClient, imp_uid: str, barrier: threading.Barrier) ->
     def one() -> None:
         barrier.wait()
         try:
-            assert client.get_payment(imp_uid).imp_uid == imp_uid
+            assert client.look_up(imp_uid).imp_uid == imp_uid
         except Exception as exc:  # reported to the parent
             errors.append(repr(exc))
 

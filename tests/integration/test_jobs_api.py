@@ -13,7 +13,7 @@ import redis
 from fastapi.testclient import TestClient
 from psycopg.types.json import Jsonb
 
-from app import cursors, dispatch
+from app.kit import cursors, dispatch
 from tests.support.factories import api_key, auth, event
 
 

@@ -10,12 +10,13 @@ import psycopg
 import pytest
 
 from app.config import Settings, get_settings
-from app.db import pool
-from app.iamport.client import CallObserver, IamportClient
-from app.iamport.schemas import Payment
 from app.jobs import store
 from app.jobs.run import run_job
-from app.redis_conn import get_redis
+from app.kit.db import pool
+from app.kit.redis_conn import get_redis
+from app.upstream.contract import CallObserver
+from app.upstream.iamport.client import IamportClient
+from app.upstream.payment import Payment
 from devtools.sandbox.control import SandboxControl
 from tests.support.factories import auth, event
 from tests.support.settings import reset_caches
@@ -117,8 +118,8 @@ def claim_when_due(job_id: uuid.UUID) -> store.Claimed:
 class CrashesAfterSending(IamportClient):
     """A fault of our own code right after iamport applied the cancel."""
 
-    def cancel_cvs(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
-        super().cancel_cvs(imp_uid, observer)
+    def void_barcode(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
+        super().void_barcode(imp_uid, observer)
         raise KeyError("a bug of ours")
 
 
@@ -148,7 +149,7 @@ def test_runs_that_keep_crashing_end_failed_plainly(
     job_id = new_job(api, key, iamport, "imps_crash_more", status="paid")
 
     class CrashesOnLookup(IamportClient):
-        def get_payment(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
+        def look_up(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
             raise ValueError("odd")
 
     crashing = CrashesOnLookup.from_settings(get_settings(), get_redis())

@@ -13,12 +13,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from app.db import pool, unit_of_work
-from app.iamport.client import CallRecord
 from app.jobs import store
 from app.jobs.decide import Method, OnPaid, Step
 from app.jobs.records import UpstreamError
 from app.jobs.status import JobStatus
+from app.kit.db import pool, unit_of_work
+from app.upstream.contract import CallRecord
 
 LEASE, SETTLE = 30.0, 60.0
 

@@ -13,8 +13,8 @@ import redis
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from app import metrics
 from app.api.scrape import JOBS
+from app.kit import metrics
 from devtools.embedded import free_port
 from tests.support.factories import auth, event
 
@@ -22,8 +22,8 @@ ROOT = Path(__file__).resolve().parents[2]
 
 WORKER = """
 from datetime import UTC, datetime
-from app import metrics
-from app.iamport.client import CallRecord
+from app.kit import metrics
+from app.upstream.contract import CallRecord
 for ms, outcome in ((120, "ok"), (40, "ok"), (9000, "timeout")):
     metrics.observe_upstream(CallRecord("cancel", datetime.now(UTC), ms, 200, 0, None, outcome))
 metrics.job_finished("cancelled")

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 
-from app.iamport import LimiterBusy, RateLimiter
+from app.upstream.iamport import LimiterBusy, RateLimiter
 
 RATE = 50.0
 DURATION = 4.0
@@ -112,7 +112,7 @@ def test_pause_holds_back_every_process_sharing_the_key(clean_redis: str) -> Non
 def test_a_429_through_the_client_pauses_the_account(clean_redis: str) -> None:
     import respx
 
-    from app.iamport import IamportClient, RateLimited
+    from app.upstream.iamport import IamportClient, RateLimited
 
     r = redis.Redis.from_url(clean_redis)
     limiter = RateLimiter(r, KEY, rate=100)
@@ -135,7 +135,7 @@ def test_a_429_through_the_client_pauses_the_account(clean_redis: str) -> None:
             redis_client=r,
         )
         with pytest.raises(RateLimited) as info:
-            client.get_payment("imps_1")
+            client.look_up("imps_1")
         client.close()
     assert info.value.retry_after == 2
     # Any process's next call now waits out the Retry-After.
@@ -165,7 +165,7 @@ def test_a_pause_drops_the_grants_a_process_holds(clean_redis: str) -> None:
 def test_held_grants_honour_max_wait_and_lapse(
     clean_redis: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app.iamport import ratelimit
+    from app.upstream import ratelimit
 
     r = redis.Redis.from_url(clean_redis)
     limiter = RateLimiter(r, KEY, rate=400, burst=40)  # blocks of 10, 2.5 ms apart

@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from app.iamport import (
+from app.upstream.iamport import (
     CallRecord,
     IamportClient,
     OutcomeUnknown,
@@ -71,14 +71,14 @@ def test_close_vbank_and_the_wrong_call_for_the_method(
     client = make()
     vbank, cvs = (p["imp_uid"] for p in sandbox.create_payments([{"pay_method": "vbank"}, {}]))
     with pytest.raises(Refused):
-        client.cancel_cvs(vbank)  # a barcode cancel for a virtual account
+        client.void_barcode(vbank)  # a barcode cancel for a virtual account
     with pytest.raises(Refused):
-        client.cancel_vbank(cvs)
-    assert client.get_payment(vbank).status == "ready" and client.get_payment(cvs).status == "ready"
-    closed = client.cancel_vbank(vbank)
+        client.close_vbank(cvs)
+    assert client.look_up(vbank).status == "ready" and client.look_up(cvs).status == "ready"
+    closed = client.close_vbank(vbank)
     assert closed.status == "cancelled" and closed.pay_method == "vbank"
     with pytest.raises(Refused):
-        client.cancel_vbank(vbank)
+        client.close_vbank(vbank)
     stats = sandbox.stats()
     assert (stats["vbanks_closed"], stats["cvs_cancelled"]) == (1, 0)
     assert stats["calls"]["cancel_vbank"] == 3 and stats["calls"]["cancel"] == 1
@@ -91,10 +91,10 @@ def test_refund_after_a_lookup_with_its_checksum(
     client = make()
     uid = sandbox.create_payment(amount=8000, status="paid", pay_method="card")["imp_uid"]
     sandbox.set_amounts(uid, cancel_amount=3000)
-    seen = client.get_payment(uid)
+    seen = client.look_up(uid)
     with pytest.raises(Refused):
         client.refund(imp_uid=uid, amount=None, reason="stock", checksum=seen.amount)
-    seen = client.get_payment(uid)
+    seen = client.look_up(uid)
     refunded = client.refund(imp_uid=uid, amount=None, reason="stock", checksum=seen.balance)
     assert refunded.status == "cancelled" and refunded.cancel_history[-1].amount == 5000
     with pytest.raises(Refused):
@@ -103,7 +103,7 @@ def test_refund_after_a_lookup_with_its_checksum(
     assert tally["refunds_applied"] == 1 and tally["refund_calls"] == 3
     assert tally["refunds_without_lookup"] == 1 and tally["calls_after_applied"] == 1
     vbank = sandbox.create_payment(pay_method="vbank", status="paid", amount=100)["imp_uid"]
-    client.get_payment(vbank)
+    client.look_up(vbank)
     with pytest.raises(Refused):  # no refund account: a person has to finish it
         client.refund(imp_uid=vbank, amount=None, reason="stock", checksum=100)
     assert sandbox.payment(vbank)["status"] == "paid"
@@ -128,7 +128,7 @@ def test_5xx_after_applying(
     uid = sandbox.create_payment()["imp_uid"]
     sandbox.set_faults(error_after_rate=1.0, error_style=style, calls=["cancel"])
     with pytest.raises(Unavailable) as info:
-        client.cancel_cvs(uid)
+        client.void_barcode(uid)
     assert type(info.value) is error and info.value.http_status in statuses
     assert sandbox.payment(uid)["status"] == "cancelled"  # it applied all the same
     entry = last_call(sandbox, "cancel")
@@ -143,7 +143,7 @@ def test_answer_lost_after_applying(
     sandbox.set_faults(drop_after_rate=1.0, calls=["cancel_vbank"])
     records = Records()
     with pytest.raises(OutcomeUnknown):
-        client.cancel_vbank(uid, records)
+        client.close_vbank(uid, records)
     assert records.records[-1].outcome == "connection_error"
     assert sandbox.payment(uid)["status"] == "cancelled"
     entry = last_call(sandbox, "cancel_vbank")
@@ -158,10 +158,10 @@ def test_late_apply_after_the_caller_hung_up(
     sandbox.set_faults(late_apply_rate=1.0, late_apply_seconds=1.2, calls=["cancel"])
     started = time.monotonic()
     with pytest.raises(OutcomeUnknown):
-        client.cancel_cvs(uid)
+        client.void_barcode(uid)
     assert time.monotonic() - started < 1.0
     # Meanwhile a lookup still shows the payment unchanged: it proves nothing yet.
-    assert client.get_payment(uid).status == "ready"
+    assert client.look_up(uid).status == "ready"
     wait_until(lambda: sandbox.payment(uid)["status"] == "cancelled", timeout=5)
     entry = last_call(sandbox, "cancel")
     assert entry["status_code"] == 499 and entry["applied"] is True
@@ -179,9 +179,9 @@ def test_a_second_call_while_the_first_is_worked_on_is_an_overlap(
     uid = sandbox.create_payment()["imp_uid"]
     sandbox.set_faults(late_apply_rate=1.0, late_apply_seconds=1.0, calls=["cancel"])
     with pytest.raises(OutcomeUnknown):
-        client.cancel_cvs(uid)
+        client.void_barcode(uid)
     sandbox.set_faults(late_apply_rate=0)
-    assert client.cancel_cvs(uid).status == "cancelled"  # too soon: the first is still running
+    assert client.void_barcode(uid).status == "cancelled"  # too soon: the first is still running
     wait_until(lambda: sandbox.stats()["working"] == 0, timeout=5)
     tally = sandbox.tally(uid)
     assert tally["overlaps"] == 1 and tally["mutating_applied"] == 1
@@ -201,7 +201,7 @@ def test_a_trickling_answer_is_cut_off_at_the_deadline(
     sandbox.set_faults(trickle_rate=1.0, trickle_interval_ms=300, calls=["cancel"])
     started = time.monotonic()
     with pytest.raises(OutcomeUnknown):
-        client.cancel_cvs(uid)
+        client.void_barcode(uid)
     assert 0.95 <= time.monotonic() - started < 1.5
     assert sandbox.payment(uid)["status"] == "cancelled"
     wait_until(lambda: sandbox.stats()["in_flight"] == 0)
@@ -215,7 +215,7 @@ def test_a_quick_trickle_arrives_whole(
     client = make(timeout=5.0)
     uid = sandbox.create_payment()["imp_uid"]
     sandbox.set_faults(trickle_rate=1.0, trickle_interval_ms=5, trickle_bytes=100)
-    assert client.get_payment(uid).imp_uid == uid
+    assert client.look_up(uid).imp_uid == uid
     wait_until(lambda: sandbox.stats()["in_flight"] == 0)
     assert last_call(sandbox, "lookup")["status_code"] == 200
 
@@ -225,7 +225,7 @@ def test_429_with_an_http_date(sandbox: SandboxControl, make: Callable[..., Iamp
     uid = sandbox.create_payment()["imp_uid"]
     sandbox.set_faults(rate_429=1.0, retry_after=3, retry_after_style="date", calls=["lookup"])
     with pytest.raises(RateLimited) as info:
-        client.get_payment(uid)
+        client.look_up(uid)
     assert 1.5 <= info.value.retry_after <= 4.0
 
 
@@ -235,14 +235,14 @@ def test_expired_tokens(sandbox: SandboxControl, make: Callable[..., IamportClie
     sandbox.set_faults(token_expiry_rate=1.0, calls=["lookup"])
     records = Records()
     with pytest.raises(Unauthorized):
-        client.get_payment(uid, records)  # a fresh token, one repeat, then it gives up
+        client.look_up(uid, records)  # a fresh token, one repeat, then it gives up
     assert [(r.call, r.http_status) for r in records.records] == [
         ("lookup", 401),
         ("token", 200),
         ("lookup", 401),
     ]
     sandbox.clear_faults()
-    assert client.get_payment(uid).status == "ready"
+    assert client.look_up(uid).status == "ready"
 
 
 def test_odd_payloads_parse(sandbox: SandboxControl, make: Callable[..., IamportClient]) -> None:
@@ -252,7 +252,7 @@ def test_odd_payloads_parse(sandbox: SandboxControl, make: Callable[..., Iamport
     sandbox.set_faults(
         odd_timestamps_rate=1.0, unknown_status_rate=1.0, missing_history_rate=1.0, seed=4
     )
-    seen = [client.get_payment(uid) for _ in range(12)]
+    seen = [client.look_up(uid) for _ in range(12)]
     assert {p.status for p in seen} == {"pending_review"}
     assert all(abs(p.paid_at - paid_at) < 1 and p.cancel_history == [] for p in seen)
     assert sandbox.payment(uid)["status"] == "paid"  # the truth never changed
@@ -265,6 +265,6 @@ def test_faults_for_one_imp_uid(
     hit, spared = (p["imp_uid"] for p in sandbox.create_payments([{}, {}]))
     sandbox.set_faults(error_rate=1.0, error_style="html", imp_uids=[hit])
     with pytest.raises(Unavailable):
-        client.get_payment(hit)
-    assert client.cancel_cvs(spared).status == "cancelled"
+        client.look_up(hit)
+    assert client.void_barcode(spared).status == "cancelled"
     assert sandbox.payment(hit)["status"] == "ready"

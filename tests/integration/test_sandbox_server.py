@@ -12,7 +12,7 @@ from typing import Any
 import httpx
 import pytest
 
-from app.iamport import IamportClient, OutcomeUnknown, RateLimited, Refused, Unavailable
+from app.upstream.iamport import IamportClient, OutcomeUnknown, RateLimited, Refused, Unavailable
 from devtools.sandbox.control import SandboxControl
 from tests.support.sandbox import IMP_KEY, IMP_SECRET
 
@@ -83,8 +83,8 @@ def test_lookup_cancel_and_refusals(
 ) -> None:
     ready, paid = (p["imp_uid"] for p in sandbox.create_payments([{}, {"status": "paid"}]))
     client = iamport(sandbox_url)
-    assert client.get_payment(ready).status == "ready"
-    cancelled = client.cancel_cvs(ready)
+    assert client.look_up(ready).status == "ready"
+    cancelled = client.void_barcode(ready)
     last = cancelled.last_cancel()
     assert cancelled.status == "cancelled" and last is not None and last.pg_tid
     for style, statuses in (("code", {200}), ("http", {400, 409})):
@@ -92,10 +92,10 @@ def test_lookup_cancel_and_refusals(
         for uid in (ready, paid):
             for _ in range(6):
                 with pytest.raises(Refused) as info:
-                    client.cancel_cvs(uid)
+                    client.void_barcode(uid)
                 assert info.value.http_status in statuses
         with pytest.raises(Refused) as info:
-            client.cancel_cvs("imps_000000000000")
+            client.void_barcode("imps_000000000000")
         assert info.value.http_status == (200 if style == "code" else 404)
     truth = sandbox.payment(ready)
     assert truth["cancels_applied"] == 1 and truth["cancel_calls"] == 1 + 6 + 6
@@ -123,7 +123,7 @@ def test_issue_then_cancel(sandbox: SandboxControl, sandbox_url: str) -> None:
     )
     assert issued.status == "ready" and issued.imp_uid.startswith("imps_")
     assert sandbox.payment(issued.imp_uid)["notice_url"] == "http://127.0.0.1:9/n"
-    assert client.cancel_cvs(issued.imp_uid).cancel_amount == 3000
+    assert client.void_barcode(issued.imp_uid).cancel_amount == 3000
     client.close()
 
 
@@ -256,16 +256,16 @@ def test_faults_are_seeded_and_repeatable(sandbox: SandboxControl, http: httpx.C
 def test_faults_map_to_client_errors(sandbox: SandboxControl, sandbox_url: str) -> None:
     uid = sandbox.create_payment()["imp_uid"]
     client = iamport(sandbox_url)
-    client.get_payment(uid)
+    client.look_up(uid)
     sandbox.set_faults(rate_429=1.0, retry_after=3, calls=["lookup"])
     with pytest.raises(RateLimited) as limited:
-        client.get_payment(uid)
+        client.look_up(uid)
     assert limited.value.retry_after == 3
     sandbox.set_faults(rate_429=0, error_rate=1.0, seed=1)
     kinds = set()
     for _ in range(16):
         with pytest.raises(Unavailable) as info:
-            client.get_payment(uid)
+            client.look_up(uid)
         # iamport's own 500 (its envelope) ended the call; a gateway's page says nothing.
         kinds.add((info.value.http_status, type(info.value).__name__))
     assert kinds == {
@@ -275,17 +275,17 @@ def test_faults_map_to_client_errors(sandbox: SandboxControl, sandbox_url: str) 
         (504, "Unavailable"),
     }
     sandbox.clear_faults()
-    assert client.get_payment(uid).status == "ready"
+    assert client.look_up(uid).status == "ready"
     client.close()
 
 
 def test_latency(sandbox: SandboxControl, sandbox_url: str) -> None:
     uid = sandbox.create_payment()["imp_uid"]
     client = iamport(sandbox_url)
-    client.get_payment(uid)
+    client.look_up(uid)
     sandbox.set_faults(latency_ms=150)
     started = time.monotonic()
-    client.get_payment(uid)
+    client.look_up(uid)
     assert time.monotonic() - started >= 0.15
     client.close()
 
@@ -293,10 +293,10 @@ def test_latency(sandbox: SandboxControl, sandbox_url: str) -> None:
 def test_timeout_before_apply(sandbox: SandboxControl, sandbox_url: str) -> None:
     uid = sandbox.create_payment()["imp_uid"]
     client = iamport(sandbox_url, timeout=5)
-    client.get_payment(uid)
+    client.look_up(uid)
     sandbox.set_faults(timeout_before_rate=1.0, hang_seconds=0.3)
     with pytest.raises(Unavailable) as info:
-        client.cancel_cvs(uid)
+        client.void_barcode(uid)
     assert info.value.http_status == 504
     assert sandbox.payment(uid)["status"] == "ready"
     entry = sandbox.calls()[-1]
@@ -313,10 +313,10 @@ def test_timeout_after_apply_and_disconnect_ends_in_flight(
 ) -> None:
     uid = sandbox.create_payment()["imp_uid"]
     client = iamport(sandbox_url, timeout=0.3)
-    client.get_payment(uid)
+    client.look_up(uid)
     sandbox.set_faults(timeout_after_rate=1.0, hang_seconds=30)
     with pytest.raises(OutcomeUnknown):
-        client.cancel_cvs(uid)
+        client.void_barcode(uid)
     assert sandbox.payment(uid)["status"] == "cancelled"  # it applied; the answer never came
     wait_until(lambda: sandbox.stats()["in_flight"] == 0)
     entry = sandbox.calls()[-1]
@@ -325,7 +325,7 @@ def test_timeout_after_apply_and_disconnect_ends_in_flight(
     assert ended_at is not None and ended_at - entry["started_at"] < 5
     sandbox.clear_faults()
     with pytest.raises(Refused):
-        client.cancel_cvs(uid)  # a careless second cancel: counted, not overlapping
+        client.void_barcode(uid)  # a careless second cancel: counted, not overlapping
     stats = sandbox.stats()
     assert stats["overlapping_cancels"] == 0 and stats["cancel_after_applied"] == 1
     assert stats["cancels_applied_max_per_imp_uid"] == 1
@@ -335,13 +335,13 @@ def test_timeout_after_apply_and_disconnect_ends_in_flight(
 def test_overlapping_cancels_are_counted(sandbox: SandboxControl, sandbox_url: str) -> None:
     uid = sandbox.create_payment()["imp_uid"]
     client = iamport(sandbox_url)
-    client.get_payment(uid)
+    client.look_up(uid)
     sandbox.set_faults(latency_ms=300, calls=["cancel"])
     outcomes: list[str] = []
 
     def cancel() -> None:
         try:
-            client.cancel_cvs(uid)
+            client.void_barcode(uid)
             outcomes.append("ok")
         except Refused:
             outcomes.append("refused")

@@ -73,7 +73,7 @@ def test_an_empty_hook_token_is_a_loud_warning(service_env: dict[str, str]) -> N
 def test_sweep_noise_is_dropped_at_info() -> None:
     import logging
 
-    from app.dispatch import SWEEP_TASK
+    from app.kit.dispatch import SWEEP_TASK
     from app.logs import QUIET_TASK, QuietSweeps
 
     assert QUIET_TASK == SWEEP_TASK

@@ -38,7 +38,7 @@ def hooks(service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Itera
     }.items():
         monkeypatch.setenv(k, v)
     reset_caches()
-    from app.db import close_pool
+    from app.kit.db import close_pool
 
     yield service_env["DATABASE_URL"]
     close_pool()

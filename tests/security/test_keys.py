@@ -11,7 +11,7 @@ import psycopg
 from fastapi.testclient import TestClient
 
 from app.auth import revoke_key
-from app.db import unit_of_work
+from app.kit.db import unit_of_work
 from devtools.launch import ROOT
 from tests.support.factories import api_key, auth
 

@@ -6,7 +6,7 @@ import itertools
 from typing import Any
 
 from app.auth import create_key
-from app.db import unit_of_work
+from app.kit.db import unit_of_work
 
 _seq = itertools.count(1)
 ALL_SCOPES = ["events:write", "jobs:read", "jobs:write", "webhooks:write"]

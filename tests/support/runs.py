@@ -6,11 +6,11 @@ import random
 import uuid
 
 from app.config import get_settings
-from app.db import pool
-from app.iamport.client import IamportClient
 from app.jobs import store
 from app.jobs.run import run_job
-from app.redis_conn import get_redis
+from app.kit.db import pool
+from app.kit.redis_conn import get_redis
+from app.upstream.iamport.client import IamportClient
 
 
 def run_now(job_id: str | uuid.UUID) -> str:

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 
 def reset_caches() -> None:
-    from app import config, db, dispatch, redis_conn
+    from app import config
+    from app.kit import db, dispatch, redis_conn
 
     config.get_settings.cache_clear()
     redis_conn.get_redis.cache_clear()

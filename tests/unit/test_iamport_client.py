@@ -11,10 +11,10 @@ from typing import Any
 import httpx
 import pytest
 
-from app.iamport import (
+from app.upstream.iamport import (
     CallRecord,
+    GatewayError,
     IamportClient,
-    IamportError,
     LimiterBusy,
     NotFound,
     NotSent,
@@ -27,7 +27,7 @@ from app.iamport import (
     Unauthorized,
     Unavailable,
 )
-from app.iamport.client import parse_retry_after
+from app.upstream.iamport.client import parse_retry_after
 
 KEY = "imp-key-SECRET-1234"
 SECRET = "imp-secret-SECRET-5678"
@@ -136,7 +136,7 @@ def make_client(upstream: Upstream, **kw: Any) -> IamportClient:
 
 def test_lookup_parses_payment_and_sends_bearer_token() -> None:
     up = Upstream(ok(payment_body(unknown_field={"x": 1}, pay_method=None)))
-    payment = make_client(up).get_payment(IMP_UID)
+    payment = make_client(up).look_up(IMP_UID)
     assert payment.status == "ready" and payment.amount == 1000 and payment.cancel_history == []
     req = up.requests[0]
     assert req.method == "GET" and req.url.path == f"/payments/{IMP_UID}"
@@ -146,7 +146,7 @@ def test_lookup_parses_payment_and_sends_bearer_token() -> None:
 
 def test_lookup_include_sandbox_and_path_is_encoded() -> None:
     up = Upstream(ok(payment_body()))
-    make_client(up, include_sandbox=True).get_payment("a/b?c")
+    make_client(up, include_sandbox=True).look_up("a/b?c")
     req = up.requests[0]
     assert req.url.raw_path.startswith(b"/payments/a%2Fb%3Fc?")
     assert req.url.params["include_sandbox"] == "true"
@@ -154,7 +154,7 @@ def test_lookup_include_sandbox_and_path_is_encoded() -> None:
 
 def test_cancel_success_returns_cancelled_payment() -> None:
     up = Upstream(ok(cancelled_body()))
-    payment = make_client(up).cancel_cvs(IMP_UID)
+    payment = make_client(up).void_barcode(IMP_UID)
     assert up.requests[0].method == "DELETE" and up.requests[0].url.path == f"/cvs/{IMP_UID}"
     last = payment.last_cancel()
     assert payment.status == "cancelled" and last is not None and last.pg_tid == "tid-1"
@@ -162,7 +162,7 @@ def test_cancel_success_returns_cancelled_payment() -> None:
 
 def test_cancel_success_without_payment_looks_it_up() -> None:
     up = Upstream(ok(None), ok(cancelled_body()))
-    payment = make_client(up).cancel_cvs(IMP_UID)
+    payment = make_client(up).void_barcode(IMP_UID)
     assert [r.method for r in up.requests] == ["DELETE", "GET"]
     assert payment.status == "cancelled"
 
@@ -181,7 +181,7 @@ def test_payment_tolerates_nulls_and_missing_optional_fields() -> None:
             }
         )
     )
-    payment = make_client(up).get_payment(IMP_UID)
+    payment = make_client(up).look_up(IMP_UID)
     assert payment.cancel_history == [] and payment.paid_at == 0 and payment.last_cancel() is None
 
 
@@ -237,11 +237,11 @@ def test_cancel_vbank() -> None:
     rec = Recorder()
     up = Upstream(ok(cancelled_body()), httpx.Response(400, json={"code": -1, "response": None}))
     client = make_client(up)
-    payment = client.cancel_vbank(IMP_UID, rec)
+    payment = client.close_vbank(IMP_UID, rec)
     assert payment.status == "cancelled"
     assert (up.requests[0].method, up.requests[0].url.path) == ("DELETE", f"/vbanks/{IMP_UID}")
     with pytest.raises(Refused):
-        client.cancel_vbank(IMP_UID, rec)
+        client.close_vbank(IMP_UID, rec)
     assert [r.call for r in rec.records] == ["token", "cancel", "cancel"]
     assert [r.outcome for r in rec.records] == ["ok", "ok", "refused"]
 
@@ -263,7 +263,7 @@ def test_cancel_refusals(status: int, body: dict[str, Any]) -> None:
     rec = Recorder()
     up = Upstream(httpx.Response(status, json=body))
     with pytest.raises(Refused) as info:
-        make_client(up).cancel_cvs(IMP_UID, rec)
+        make_client(up).void_barcode(IMP_UID, rec)
     assert (info.value.http_status, info.value.code) == (status, body["code"])
     assert info.value.message == body["message"]
     assert rec.records[-1].outcome == "refused" and rec.records[-1].http_status == status
@@ -280,7 +280,7 @@ def test_cancel_refusals(status: int, body: dict[str, Any]) -> None:
 )
 def test_lookup_not_found(answer: httpx.Response) -> None:
     with pytest.raises(NotFound):
-        make_client(Upstream(answer)).get_payment(IMP_UID)
+        make_client(Upstream(answer)).look_up(IMP_UID)
 
 
 def test_lookup_404_html_is_not_a_verdict() -> None:
@@ -288,7 +288,7 @@ def test_lookup_404_html_is_not_a_verdict() -> None:
         404, text="<html>Not Found</html>", headers={"content-type": "text/html"}
     )
     with pytest.raises(Unavailable):
-        make_client(Upstream(answer)).get_payment(IMP_UID)
+        make_client(Upstream(answer)).look_up(IMP_UID)
 
 
 # -- 401 --------------------------------------------------------------------------------------
@@ -300,7 +300,7 @@ def test_401_refreshes_token_and_repeats_once() -> None:
         httpx.Response(401, json={"code": -1, "message": "Unauthorized", "response": None}),
         ok(cancelled_body()),
     )
-    make_client(up).cancel_cvs(IMP_UID, rec)
+    make_client(up).void_barcode(IMP_UID, rec)
     assert [r.headers["authorization"] for r in up.requests] == ["Bearer t1", "Bearer t2"]
     assert up.token_calls == 2
     assert [r.outcome for r in rec.records] == ["ok", "unauthorized", "ok", "ok"]
@@ -313,7 +313,7 @@ def test_second_401_is_unauthorized() -> None:
     )
     up = Upstream(unauthorized, unauthorized)
     with pytest.raises(Unauthorized) as info:
-        make_client(up).get_payment(IMP_UID)
+        make_client(up).look_up(IMP_UID)
     assert len(up.requests) == 2 and up.token_calls == 2
     assert info.value.http_status == 401
 
@@ -324,7 +324,7 @@ def test_bad_credentials_at_get_token() -> None:
         401, json={"code": -1, "message": f"bad key {KEY}", "response": None}
     )
     with pytest.raises(Unauthorized) as info:
-        make_client(up).get_payment(IMP_UID)
+        make_client(up).look_up(IMP_UID)
     assert info.value.call == "token" and up.requests == []
     assert KEY not in str(info.value) and "***" in str(info.value)
 
@@ -333,7 +333,7 @@ def test_token_cached_between_calls() -> None:
     up = Upstream(ok(payment_body()), ok(payment_body()), ok(payment_body()))
     client = make_client(up)
     for _ in range(3):
-        client.get_payment(IMP_UID)
+        client.look_up(IMP_UID)
     assert up.token_calls == 1
 
 
@@ -344,7 +344,7 @@ def test_429_with_retry_after_seconds() -> None:
     rec = Recorder()
     up = Upstream(httpx.Response(429, headers={"Retry-After": "7"}, text="slow down"))
     with pytest.raises(RateLimited) as info:
-        make_client(up).cancel_cvs(IMP_UID, rec)
+        make_client(up).void_barcode(IMP_UID, rec)
     assert info.value.retry_after == 7 and info.value.http_status == 429
     assert rec.records[-1].outcome == "rate_limited"
 
@@ -353,7 +353,7 @@ def test_429_with_retry_after_http_date() -> None:
     when = datetime.now(UTC) + timedelta(seconds=30)
     up = Upstream(httpx.Response(429, headers={"Retry-After": format_datetime(when, usegmt=True)}))
     with pytest.raises(RateLimited) as info:
-        make_client(up).get_payment(IMP_UID)
+        make_client(up).look_up(IMP_UID)
     assert 27 <= info.value.retry_after <= 30
 
 
@@ -388,7 +388,7 @@ def test_local_limiter_refusal_sends_nothing() -> None:
     rec = Recorder()
     client = make_client(up, limiter=BusyLimiter())
     with pytest.raises(RateLimited) as info:
-        client.get_payment(IMP_UID, rec)
+        client.look_up(IMP_UID, rec)
     assert info.value.http_status is None and info.value.retry_after == 4.5
     assert up.token_calls == 0 and up.requests == [] and rec.events == []
 
@@ -424,7 +424,7 @@ HTML_502 = "<html><head><title>502 Bad Gateway</title></head><body>nginx</body><
 def test_unreadable_or_5xx_is_unavailable(answer: httpx.Response, outcome: str) -> None:
     rec = Recorder()
     with pytest.raises(Unavailable) as info:
-        make_client(Upstream(answer)).cancel_cvs(IMP_UID, rec)
+        make_client(Upstream(answer)).void_barcode(IMP_UID, rec)
     assert type(info.value) is Unavailable and info.value.outcome == "unavailable"
     assert info.value.http_status == answer.status_code
     assert rec.records[-1].outcome == outcome
@@ -435,7 +435,7 @@ def test_5xx_in_iamports_envelope_is_a_server_error(status: int) -> None:
     rec = Recorder()
     body = {"code": -1, "message": "PG 사 응답 오류", "response": None}
     with pytest.raises(ServerError) as info:
-        make_client(Upstream(httpx.Response(status, json=body))).cancel_cvs(IMP_UID, rec)
+        make_client(Upstream(httpx.Response(status, json=body))).void_barcode(IMP_UID, rec)
     assert (info.value.http_status, info.value.code, info.value.outcome) == (
         status,
         -1,
@@ -446,12 +446,12 @@ def test_5xx_in_iamports_envelope_is_a_server_error(status: int) -> None:
 
 
 def test_a_huge_body_is_cut_off_and_unreadable() -> None:
-    from app.iamport.client import MAX_BODY_BYTES
+    from app.upstream.iamport.client import MAX_BODY_BYTES
 
     huge = b'{"code": 0, "response": "' + b"x" * MAX_BODY_BYTES + b'"}'
     rec = Recorder()
     with pytest.raises(Unavailable) as info:
-        make_client(Upstream(httpx.Response(200, content=huge))).cancel_cvs(IMP_UID, rec)
+        make_client(Upstream(httpx.Response(200, content=huge))).void_barcode(IMP_UID, rec)
     assert info.value.message == "response body too large" and info.value.http_status == 200
     assert rec.records[-1].outcome == "bad_response"
 
@@ -459,7 +459,7 @@ def test_a_huge_body_is_cut_off_and_unreadable() -> None:
 def test_payment_without_required_fields_is_unavailable() -> None:
     rec = Recorder()
     with pytest.raises(Unavailable) as info:
-        make_client(Upstream(ok({"merchant_uid": "x"}))).cancel_cvs(IMP_UID, rec)
+        make_client(Upstream(ok({"merchant_uid": "x"}))).void_barcode(IMP_UID, rec)
     assert info.value.http_status == 200 and info.value.code == 0
     assert rec.records[-1].outcome == "bad_response"
 
@@ -500,10 +500,10 @@ def test_from_settings_builds_a_shared_limited_client() -> None:
         (httpx.PoolTimeout("no connection free"), NotSent, "not_sent"),
     ],
 )
-def test_transport_failures(exc: Exception, error: type[IamportError], outcome: str) -> None:
+def test_transport_failures(exc: Exception, error: type[GatewayError], outcome: str) -> None:
     rec = Recorder()
     with pytest.raises(error) as info:
-        make_client(Upstream(exc)).cancel_cvs(IMP_UID, rec)
+        make_client(Upstream(exc)).void_barcode(IMP_UID, rec)
     assert type(info.value) is error and info.value.http_status is None
     assert rec.records[-1].outcome == outcome and rec.records[-1].http_status is None
     assert isinstance(info.value.__cause__, httpx.HTTPError)
@@ -521,7 +521,7 @@ def test_every_request_carries_the_time_left_no_cookies_and_our_headers() -> Non
     )
     client = make_client(upstream)
     for _ in range(3):
-        client.get_payment(IMP_UID)
+        client.look_up(IMP_UID)
     for request in upstream.requests:
         timeout = request.extensions["timeout"]
         assert 2.5 < timeout["read"] <= 3 and timeout["connect"] == timeout["read"]
@@ -543,7 +543,7 @@ def test_secrets_never_in_errors_records_or_reprs() -> None:
     )
     client = make_client(Upstream(echo))
     with pytest.raises(Refused) as info:
-        client.cancel_cvs(IMP_UID, rec)
+        client.void_barcode(IMP_UID, rec)
     texts = [
         str(info.value),
         repr(info.value),
@@ -569,9 +569,9 @@ def test_observer_sees_each_exchange_in_order() -> None:
     rec = Recorder()
     up = Upstream(ok(payment_body()), httpx.Response(503, text="down"))
     client = make_client(up)
-    client.get_payment(IMP_UID, rec)
+    client.look_up(IMP_UID, rec)
     with pytest.raises(Unavailable):
-        client.cancel_cvs(IMP_UID, rec)
+        client.void_barcode(IMP_UID, rec)
     assert rec.events == [
         ("before", "token"),
         ("after", "token:ok"),
@@ -595,7 +595,7 @@ def test_observer_may_veto_before_send() -> None:
     rec = Veto()
     up = Upstream(ok(cancelled_body()))
     with pytest.raises(RuntimeError, match="lease lost"):
-        make_client(up).cancel_cvs(IMP_UID, rec)
+        make_client(up).void_barcode(IMP_UID, rec)
     assert up.requests == [] and rec.events[-1] == ("before", "cancel")
     # The token came first: before_send is the last thing before the bytes go out.
     assert rec.events[:2] == [("before", "token"), ("after", "token:ok")]
@@ -616,5 +616,5 @@ def test_before_send_comes_after_the_rate_limiter() -> None:
         order.append("sent")
         return ok(cancelled_body())
 
-    make_client(Upstream(answer), limiter=Limiter()).cancel_cvs(IMP_UID, Observer())
+    make_client(Upstream(answer), limiter=Limiter()).void_barcode(IMP_UID, Observer())
     assert order == ["limiter", "before:token", "limiter", "before:cancel", "sent"]

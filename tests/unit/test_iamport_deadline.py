@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from app.iamport import CallRecord, IamportClient, NotSent, OutcomeUnknown
+from app.upstream.iamport import CallRecord, IamportClient, NotSent, OutcomeUnknown
 
 BODY = (
     b'{"code": 0, "message": null, "response": {"imp_uid": "imps_1", "status": "ready", '
@@ -119,7 +119,7 @@ def test_a_trickling_answer_is_cut_off_at_the_deadline(trickle: Trickle) -> None
     rec = Recorder()
     started = time.monotonic()
     with pytest.raises(OutcomeUnknown) as info:
-        client.cancel_cvs("imps_1", rec)
+        client.void_barcode("imps_1", rec)
     elapsed = time.monotonic() - started
     # Per-read timeouts alone would wait for the whole body (over 30 s at one byte a read).
     assert 0.95 <= elapsed < 1.5, elapsed  # ~1.0 s; slack for a busy machine
@@ -131,7 +131,7 @@ def test_a_trickling_answer_is_cut_off_at_the_deadline(trickle: Trickle) -> None
 def test_a_prompt_answer_passes_and_the_connection_is_reused(trickle: Trickle) -> None:
     client = client_for(trickle, timeout=1.0)
     for _ in range(3):
-        assert client.get_payment("imps_1").status == "ready"
+        assert client.look_up("imps_1").status == "ready"
     assert trickle.connections == 1
     client.close()
 
@@ -149,7 +149,7 @@ def test_connection_refused_is_not_sent() -> None:
     )
     rec = Recorder()
     with pytest.raises(NotSent):
-        client.cancel_cvs("imps_1", rec)
+        client.void_barcode("imps_1", rec)
     assert rec.records[-1].outcome == "not_sent"
     client.close()
 
@@ -177,5 +177,5 @@ def test_the_deadline_holds_for_any_transport() -> None:
     )
     started = time.monotonic()
     with pytest.raises(OutcomeUnknown) as info:
-        client.get_payment("imps_1")
+        client.look_up("imps_1")
     assert time.monotonic() - started < 0.7 and info.value.message == "deadline passed"

@@ -6,7 +6,7 @@ from typing import Any
 
 import pytest
 
-from app.iamport.schemas import Payment, unix_seconds
+from app.upstream.payment import Payment, unix_seconds
 
 BASE: dict[str, Any] = {"imp_uid": "imps_1", "status": "ready", "amount": 1000}
 T = 1764060000  # 2025-11-25 08:40:00 UTC

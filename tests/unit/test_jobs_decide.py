@@ -14,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from app.iamport.schemas import CancelHistoryEntry, Payment
 from app.jobs.decide import (
     MAX_STEPS,
     Decision,
@@ -35,6 +34,7 @@ from app.jobs.decide import (
 )
 from app.jobs.records import Cancellation, Refund, UpstreamError
 from app.jobs.status import JobStatus
+from app.upstream.payment import CancelHistoryEntry, Payment
 
 SEED = 7
 POLICY = Policy(

@@ -11,7 +11,7 @@ from app.jobs.status import ALL, JobStatus
 ROOT = Path(__file__).resolve().parents[2]
 # Payment statuses are iamport's words and share two names with job statuses; the iamport
 # client speaks of payments only.
-PAYMENT_SIDE = ("app/iamport/",)
+PAYMENT_SIDE = ("app/upstream/iamport/",)
 JOB_ONLY = {s.value for s in ALL} - {"cancelled", "failed"}
 WRITES = re.compile(
     r"\b(UPDATE\s+(jobs|attempts)\b|INSERT\s+INTO\s+(jobs|attempts)\b|DELETE\s+FROM\s+(jobs|attempts)\b)",

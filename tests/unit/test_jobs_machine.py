@@ -29,7 +29,6 @@ from hypothesis.stateful import (
     rule,
 )
 
-from app.iamport.schemas import CancelHistoryEntry, Payment
 from app.jobs.decide import (
     MUTATING,
     Decision,
@@ -44,6 +43,7 @@ from app.jobs.decide import (
 )
 from app.jobs.records import UpstreamError
 from app.jobs.status import TERMINAL, WAITING, JobStatus
+from app.upstream.payment import CancelHistoryEntry, Payment
 
 SETTLE = 60.0
 POLICY = Policy(

@@ -400,7 +400,7 @@ def test_retry_after_header_styles() -> None:
 
 @pytest.mark.parametrize("style", ["ms", "fraction", "string", "iso"])
 def test_odd_payloads_still_parse_to_the_same_payment(sb: Sandbox, style: str) -> None:
-    from app.iamport.schemas import Payment
+    from app.upstream.payment import Payment
     from devtools.sandbox.faults import Decision, oddly
 
     p = sb.add_payment({"status": "paid"})

@@ -1,4 +1,8 @@
-"""iamport's answers as lenient pydantic models: unknown fields ignored, optional ones optional."""
+"""A payment as the gateway reports it: the typed answer of every upstream call.
+
+Lenient pydantic models (unknown fields ignored, optional ones optional) in iamport's V1 shape,
+which is what the decisions read; another gateway's client maps its answers into it.
+"""
 
 from __future__ import annotations
 
@@ -53,11 +57,11 @@ def _iso_seconds(text: str) -> float:
     return max(when.timestamp(), 0.0)
 
 
-class _Lenient(BaseModel):
+class Lenient(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
-class CancelHistoryEntry(_Lenient):
+class CancelHistoryEntry(Lenient):
     """One cancellation of a payment; the newest entry describes the latest one."""
 
     pg_tid: str | None = None
@@ -78,7 +82,7 @@ class CancelHistoryEntry(_Lenient):
         return unix_seconds(value)
 
 
-class Payment(_Lenient):
+class Payment(Lenient):
     """A payment as iamport reports it. `status` stays a str; compare with PaymentStatus values.
 
     Timestamps are float UNIX seconds (0 when absent); `pay_method` is kept as sent ("cvs",
@@ -129,16 +133,3 @@ class Payment(_Lenient):
         if not self.cancel_history:
             return None
         return max(reversed(self.cancel_history), key=lambda e: e.cancelled_at)
-
-
-class TokenResponse(_Lenient):
-    """The answer of POST /users/getToken; times are iamport's UNIX seconds."""
-
-    access_token: str
-    now: int
-    expired_at: int
-
-    def __repr__(self) -> str:
-        return f"TokenResponse(access_token='***', now={self.now}, expired_at={self.expired_at})"
-
-    __str__ = __repr__

@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import redis
 
-from app.iamport.schemas import TokenResponse
+from app.upstream.iamport.schemas import TokenResponse
 
 if TYPE_CHECKING:
-    from app.iamport.client import CallObserver
+    from app.upstream.contract import CallObserver
 
 TokenFetch = Callable[["CallObserver | None"], TokenResponse]
 

@@ -96,7 +96,7 @@ class UnitOfWork:
 @contextmanager
 def unit_of_work() -> Iterator[UnitOfWork]:
     """A transaction that commits when the block ends cleanly, then publishes what it collected."""
-    from app.dispatch import publish_later
+    from app.kit.dispatch import publish_later
 
     with pool().connection() as conn:
         uow = UnitOfWork(conn)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from datetime import datetime
 from typing import TypeVar
 
-from app.errors import InvalidCursor
+from app.kit.errors import InvalidCursor
 
 K = TypeVar("K")
 MAX_CURSOR_CHARS = 256

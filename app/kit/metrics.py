@@ -49,7 +49,7 @@ HTTP_METHODS = frozenset({"GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTI
 
 
 class UpstreamRecord(Protocol):
-    """What a CallRecord offers (app.iamport.client.CallRecord)."""
+    """What a CallRecord offers (app.upstream.iamport.client.CallRecord)."""
 
     @property
     def call(self) -> str: ...
@@ -140,7 +140,7 @@ def process_key() -> str:
 
 
 def set_redis_factory(factory: Callable[[], redis.Redis] | None) -> None:
-    """Use `factory` for the Redis client (tests); default: app.redis_conn.get_redis."""
+    """Use `factory` for the Redis client (tests); default: app.kit.redis_conn.get_redis."""
     global _redis_factory
     _redis_factory = factory
 
@@ -148,7 +148,7 @@ def set_redis_factory(factory: Callable[[], redis.Redis] | None) -> None:
 def _redis() -> redis.Redis:
     if _redis_factory is not None:
         return _redis_factory()
-    from app.redis_conn import get_redis
+    from app.kit.redis_conn import get_redis
 
     return get_redis()
 

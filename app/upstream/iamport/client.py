@@ -1,4 +1,5 @@
-"""The one piece of code that talks to iamport: typed answers, typed errors, shared token and rate.
+"""iamport V1, the first gateway of the upstream contract: typed answers, typed errors, shared
+token and rate.
 
 Every exchange goes: token -> local rate limiter -> observer.before_send -> HTTP (one total
 deadline for connect, send and receive, and a cap on the body) -> classify -> record ->
@@ -14,7 +15,6 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
 from typing import TYPE_CHECKING, Any, Protocol
@@ -24,9 +24,10 @@ import httpx
 import redis
 from pydantic import ValidationError
 
-from app.deadline import deadline_scope, deadline_transport
-from app.iamport.errors import (
-    IamportError,
+from app.kit.deadline import deadline_scope, deadline_transport
+from app.upstream.contract import CallObserver, CallRecord
+from app.upstream.errors import (
+    GatewayError,
     NotFound,
     NotSent,
     OutcomeUnknown,
@@ -36,9 +37,10 @@ from app.iamport.errors import (
     Unauthorized,
     Unavailable,
 )
-from app.iamport.ratelimit import LimiterBusy, RateLimiter
-from app.iamport.schemas import Payment, TokenResponse
-from app.iamport.token import TokenProvider, key_id
+from app.upstream.iamport.schemas import TokenResponse
+from app.upstream.iamport.token import TokenProvider, key_id
+from app.upstream.payment import Payment
+from app.upstream.ratelimit import LimiterBusy, RateLimiter
 
 if TYPE_CHECKING:
     from app.config import Settings
@@ -49,28 +51,6 @@ _MESSAGE_LIMIT = 500
 MAX_BODY_BYTES = 1 << 20  # a Payment is a few KiB; more than this is not iamport answering
 _GATEWAY_STATUSES = (502, 503, 504)  # said by whatever stands in front of iamport
 _HEADERS = {"Accept": "application/json", "User-Agent": "stockout-cancel"}
-
-
-@dataclass(frozen=True, slots=True)
-class CallRecord:
-    """One HTTP exchange with iamport, for the caller's attempt history."""
-
-    call: str  # "token" | "lookup" | "cancel" | "issue" | "refund"
-    started_at: datetime  # tz-aware UTC
-    duration_ms: int
-    http_status: int | None
-    code: int | None
-    message: str | None  # upstream message, never secrets
-    outcome: str  # ok, refused, not_found, unauthorized, rate_limited, unavailable, timeout,
-    #               connection_error, bad_response, server_error, not_sent
-
-
-class CallObserver(Protocol):
-    """Sees every exchange: may veto one just before it is sent, and records each outcome."""
-
-    def before_send(self, call: str) -> None: ...
-
-    def after_call(self, record: CallRecord) -> None: ...
 
 
 class TokenSource(Protocol):
@@ -110,9 +90,9 @@ class _DeadlinePassed(Exception):
 
 
 class _Failure(Exception):
-    """Internal: a classified failed exchange, turned into an IamportError after recording."""
+    """Internal: a classified failed exchange, turned into an GatewayError after recording."""
 
-    def __init__(self, outcome: str, error: IamportError) -> None:
+    def __init__(self, outcome: str, error: GatewayError) -> None:
         self.outcome = outcome
         self.error = error
 
@@ -190,7 +170,7 @@ class IamportClient:
         )
         return answer
 
-    def get_payment(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
+    def look_up(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
         """GET /payments/{imp_uid}: the payment as iamport knows it now."""
         path = "/payments/" + quote(imp_uid, safe="")
         answer: Payment = self._authed(
@@ -198,21 +178,21 @@ class IamportClient:
         )
         return answer
 
-    def cancel_cvs(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
+    def void_barcode(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
         """DELETE /cvs/{imp_uid}: void an unpaid barcode; the cancelled Payment on success."""
         path = "/cvs/" + quote(imp_uid, safe="")
         answer: Payment | None = self._authed("cancel", "DELETE", path, observer, _payment_or_none)
         if answer is None:
             # Success without the payment: read it back rather than guess.
-            return self.get_payment(imp_uid, observer)
+            return self.look_up(imp_uid, observer)
         return answer
 
-    def cancel_vbank(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
+    def close_vbank(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
         """DELETE /vbanks/{imp_uid}: close an unpaid virtual account; the cancelled Payment."""
         path = "/vbanks/" + quote(imp_uid, safe="")
         answer: Payment | None = self._authed("cancel", "DELETE", path, observer, _payment_or_none)
         if answer is None:
-            return self.get_payment(imp_uid, observer)
+            return self.look_up(imp_uid, observer)
         return answer
 
     def issue_cvs(

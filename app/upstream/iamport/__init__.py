@@ -1,8 +1,8 @@
 """The iamport (PortOne V1) REST client: typed answers, typed errors, shared token and rate."""
 
-from app.iamport.client import CallObserver, CallRecord, IamportClient, TokenSource
-from app.iamport.errors import (
-    IamportError,
+from app.upstream.contract import CallObserver, CallRecord
+from app.upstream.errors import (
+    GatewayError,
     NotFound,
     NotSent,
     OutcomeUnknown,
@@ -12,16 +12,18 @@ from app.iamport.errors import (
     Unauthorized,
     Unavailable,
 )
-from app.iamport.ratelimit import LimiterBusy, RateLimiter
-from app.iamport.schemas import CancelHistoryEntry, Payment, PaymentStatus, TokenResponse
-from app.iamport.token import TokenProvider
+from app.upstream.iamport.client import IamportClient, TokenSource
+from app.upstream.iamport.schemas import TokenResponse
+from app.upstream.iamport.token import TokenProvider
+from app.upstream.payment import CancelHistoryEntry, Payment, PaymentStatus
+from app.upstream.ratelimit import LimiterBusy, RateLimiter
 
 __all__ = [
     "CallObserver",
     "CallRecord",
     "CancelHistoryEntry",
+    "GatewayError",
     "IamportClient",
-    "IamportError",
     "LimiterBusy",
     "NotFound",
     "NotSent",

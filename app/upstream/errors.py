@@ -1,12 +1,13 @@
-"""What went wrong with an iamport call, phrased as what the caller must do next."""
+"""The typed outcomes of a gateway call that did not return a payment, each phrased as what the
+caller must do next."""
 
 from __future__ import annotations
 
 MESSAGE_LIMIT = 500
 
 
-class IamportError(Exception):
-    """An iamport call did not succeed. Never carries credentials or tokens."""
+class GatewayError(Exception):
+    """A gateway call did not succeed. Never carries credentials or tokens."""
 
     outcome = "error"
 
@@ -38,13 +39,13 @@ class IamportError(Exception):
         return f"{type(self).__name__}({self._describe()!r})"
 
 
-class Unauthorized(IamportError):
+class Unauthorized(GatewayError):
     """A 401 that persisted after one fresh token, or credentials refused at getToken."""
 
     outcome = "unauthorized"
 
 
-class RateLimited(IamportError):
+class RateLimited(GatewayError):
     """Wait `retry_after` seconds and try again; waiting is not a failed attempt.
 
     With `http_status` None the local limiter refused to grant in time: nothing was sent.
@@ -68,19 +69,19 @@ class RateLimited(IamportError):
         return f"{super()._describe()}, retry after {self.retry_after:.3f}s"
 
 
-class Refused(IamportError):
+class Refused(GatewayError):
     """A business refusal (200 with code != 0, or a 400/404/409): the request did not apply."""
 
     outcome = "refused"
 
 
-class NotFound(IamportError):
+class NotFound(GatewayError):
     """iamport does not know the payment."""
 
     outcome = "not_found"
 
 
-class Unavailable(IamportError):
+class Unavailable(GatewayError):
     """A gateway's 502/503/504, an HTML page, a garbled body: the call may still be in flight."""
 
     outcome = "unavailable"
@@ -105,7 +106,7 @@ class NotSent(Unavailable):
     outcome = "not_sent"
 
 
-class OutcomeUnknown(IamportError):
+class OutcomeUnknown(GatewayError):
     """Timeout, deadline passed, or connection lost after sending: the call may still apply."""
 
     outcome = "timeout"

@@ -1,4 +1,4 @@
-"""Domain errors carry their HTTP status and stable problem `code`; one handler renders RFC 9457."""
+"""Problem details (RFC 9457): how the API answers every error, domain or framework."""
 
 from __future__ import annotations
 
@@ -12,56 +12,9 @@ from psycopg import DatabaseError, InterfaceError, OperationalError
 from psycopg_pool import PoolTimeout
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from app.kit.errors import DB_RETRY_AFTER_SECONDS, DomainError
+
 PROBLEM_JSON = "application/problem+json"
-DB_RETRY_AFTER_SECONDS = 5
-
-
-class ProblemError(Exception):
-    """An error the API answers with problem details."""
-
-    status: int = 400
-    code: str = "bad_request"
-
-    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
-        super().__init__(detail)
-        self.detail = detail
-        self.headers = headers or {}
-        self.extra = extra
-
-
-class NotFound(ProblemError):
-    status, code = 404, "not_found"
-
-
-class EventConflict(ProblemError):
-    status, code = 409, "event_conflict"
-
-
-class NotRetryable(ProblemError):
-    status, code = 409, "not_retryable"
-
-
-class NotRefundable(ProblemError):
-    status, code = 409, "not_refundable"
-
-
-class Unauthenticated(ProblemError):
-    status, code = 401, "unauthorized"
-
-    def __init__(self, detail: str) -> None:
-        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
-
-
-class Forbidden(ProblemError):
-    status, code = 403, "forbidden"
-
-
-class InvalidCursor(ProblemError):
-    status, code = 400, "invalid_cursor"
-
-
-class InvalidUrl(ProblemError):
-    status, code = 422, "invalid_url"
 
 
 def problem(
@@ -109,8 +62,8 @@ def _jsonable_errors(exc: RequestValidationError) -> list[dict[str, Any]]:
 def install_handlers(app: FastAPI) -> None:
     """Route every error the API can meet to one problem-details renderer."""
 
-    @app.exception_handler(ProblemError)
-    async def _problem(_: Request, exc: ProblemError) -> JSONResponse:
+    @app.exception_handler(DomainError)
+    async def _problem(_: Request, exc: DomainError) -> JSONResponse:
         return problem(exc.status, exc.code, exc.detail, exc.headers, **exc.extra)
 
     @app.exception_handler(RequestValidationError)

@@ -1,0 +1,56 @@
+"""Domain errors: plain classes with the HTTP status and stable problem `code` they answer
+with. Nothing here knows the web framework; api/problems.py renders them (RFC 9457)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+DB_RETRY_AFTER_SECONDS = 5
+
+
+class DomainError(Exception):
+    """A refusal of the domain's: the API answers it with its status and code."""
+
+    status: int = 400
+    code: str = "bad_request"
+
+    def __init__(self, detail: str, *, headers: dict[str, str] | None = None, **extra: Any) -> None:
+        super().__init__(detail)
+        self.detail = detail
+        self.headers = headers or {}
+        self.extra = extra
+
+
+class NotFound(DomainError):
+    status, code = 404, "not_found"
+
+
+class EventConflict(DomainError):
+    status, code = 409, "event_conflict"
+
+
+class NotRetryable(DomainError):
+    status, code = 409, "not_retryable"
+
+
+class NotRefundable(DomainError):
+    status, code = 409, "not_refundable"
+
+
+class Unauthenticated(DomainError):
+    status, code = 401, "unauthorized"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail, headers={"WWW-Authenticate": "Bearer"})
+
+
+class Forbidden(DomainError):
+    status, code = 403, "forbidden"
+
+
+class InvalidCursor(DomainError):
+    status, code = 400, "invalid_cursor"
+
+
+class InvalidUrl(DomainError):
+    status, code = 422, "invalid_url"
