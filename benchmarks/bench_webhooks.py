@@ -17,7 +17,8 @@ import uuid
 import httpx
 import psycopg
 
-from app.webhooks import outbox, wake
+from app.kit.db import UnitOfWork
+from app.kit.dispatch import send_deliveries
 from app.webhooks.claims import IN_FLIGHT_PER_ENDPOINT
 from app.webhooks.outbox import record_terminal
 from benchmarks.common import running_stack
@@ -63,13 +64,14 @@ def main() -> None:
         db = stack.env["DATABASE_URL"]
         with psycopg.connect(db) as conn:
             ids = [row[0] for row in conn.execute(JOBS, {"n": args.messages}).fetchall()]
+            uow = UnitOfWork(conn)
             for job_id in ids:
-                record_terminal(conn, uuid.UUID(str(job_id)))
+                record_terminal(uow, uuid.UUID(str(job_id)))
         started = time.monotonic()
         # The wake-ups the worker would publish after its commit (one sender per free slot).
         os.environ.update(REDIS_URL=stack.env["REDIS_URL"], DATABASE_URL=db)
         reset_caches()
-        wake.publish([e for e in outbox.take_wakeups() for _ in range(IN_FLIGHT_PER_ENDPOINT)])
+        send_deliveries([e for e in sorted(uow.to_wake) for _ in range(IN_FLIGHT_PER_ENDPOINT)])
         while (done := len(receiver.accepted())) < total:
             if time.monotonic() - started > 600:
                 raise SystemExit(f"only {done} of {total} delivered in 600 s")

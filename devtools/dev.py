@@ -269,7 +269,7 @@ def run_dev(
         if migrated.returncode != 0:
             (logs / "migrate.log").write_text(migrated.stdout + migrated.stderr)
             raise DevError(f"migrations failed; see {logs / 'migrate.log'}")
-        from app.auth import Scope
+        from app.operators.keys import Scope
 
         scopes = tuple(s.value for s in Scope)
         key = previous.get("API_KEY", "")

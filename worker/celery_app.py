@@ -5,12 +5,15 @@ from __future__ import annotations
 from celery import Celery
 
 from app.config import get_settings
-from app.kit.dispatch import QUEUE, SWEEP_TASK, broker_options
-from app.webhooks.wake import SWEEP_TASK as WEBHOOK_SWEEP_TASK
+from app.kit.dispatch import QUEUE, SWEEP_TASK, WEBHOOK_SWEEP_TASK, broker_options
 
 settings = get_settings()
 
-app = Celery("stockout", broker=settings.redis_url, include=["worker.tasks", "worker.webhooks"])
+app = Celery(
+    "stockout",
+    broker=settings.redis_url,
+    include=["worker.boot", "worker.tasks", "worker.webhooks"],
+)
 app.conf.update(
     task_default_queue=QUEUE,
     # Ack after the task ran, and requeue a task whose worker died: a lost message costs only
@@ -25,7 +28,7 @@ app.conf.update(
     # Many upstream calls in flight per node: a job spends almost all its time waiting on
     # iamport (50 ms and more). Celery's threads only receive, hand over and acknowledge
     # messages; the jobs run in one child process per usable core, each with its share of
-    # these 32 as threads (worker/tasks.py), so the cores are used without 32 processes.
+    # these 32 as threads (worker/runner.py), so the cores are used without 32 processes.
     # (Prefork alone would run one task per process; threads alone are held to one core.)
     worker_pool="threads",
     worker_concurrency=32,

@@ -20,7 +20,8 @@ import structlog
 from app.config import Settings, get_settings
 from app.kit import metrics
 from app.kit.db import pool
-from app.webhooks import claims, delivery, signing, wake
+from app.kit.dispatch import DELIVER_TASK, WEBHOOK_SWEEP_TASK, send_deliveries
+from app.webhooks import claims, delivery, signing
 from worker.celery_app import app
 
 log = structlog.get_logger("worker.webhooks")
@@ -93,7 +94,7 @@ def drain(endpoint_id: uuid.UUID, settings: Settings) -> int:
     return sent
 
 
-@app.task(name=wake.DELIVER_TASK)
+@app.task(name=DELIVER_TASK)
 def deliver(endpoint_id: str) -> int:
     """Send what is due for one endpoint, if a sending slot is free."""
     try:
@@ -109,12 +110,12 @@ def deliver(endpoint_id: str) -> int:
         _slots.release()
 
 
-@app.task(name=wake.SWEEP_TASK)
+@app.task(name=WEBHOOK_SWEEP_TASK)
 def sweep() -> int:
     """Wake senders for every endpoint with due messages, as many as it has free slots."""
     with pool().connection() as conn:
         due = claims.due_endpoints(conn)
     ids = [ep for ep, n in due.items() for _ in range(n)]
     if ids:
-        wake.publish(ids, celery=app)
+        send_deliveries(ids, celery=app)
     return len(ids)

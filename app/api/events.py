@@ -7,15 +7,15 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Path, Query, Request, Response
 from starlette.concurrency import run_in_threadpool
 
-from app.auth import EventsWriter, JobsReader
+from app.api.deps import EventsWriter, JobsReader, loop_conns
 from app.config import Settings, get_settings
-from app.event_progress import list_events
-from app.ingest import Accepted, accept_event, accept_new_event
-from app.kit.db import loop_conns, unit_of_work
+from app.events.intake import Accepted, accept_event, accept_new_event
+from app.events.queries import get_event, list_events
+from app.events.schemas import EventCreate, EventId, EventPage, EventPublic
+from app.jobs.queries import DEFAULT_LIMIT, MAX_LIMIT
+from app.kit.db import unit_of_work
 from app.kit.errors import NotFound
-from app.listing import DEFAULT_LIMIT, MAX_LIMIT
-from app.reads import get_event
-from app.schemas import EventCreate, EventId, EventPage, EventPublic
+from app.webhooks import outbox
 
 router = APIRouter(prefix="/v1/stockout-events", tags=["events"])
 
@@ -51,7 +51,7 @@ def _answer(public: EventPublic, status: int) -> Response:
 
 def _accept_in_thread(event: EventCreate, settings: Settings) -> Accepted:
     with unit_of_work() as uow:
-        return accept_event(uow, event, settings)
+        return accept_event(uow, event, settings, outbox.record_linked)
 
 
 @router.get("", response_model=EventPage, responses={400: {"description": "invalid_cursor"}})

@@ -22,16 +22,10 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.problems import problem
 from app.config import get_settings
+from app.jobs.notifications import CONFIRM_STATEMENT_TIMEOUT_MS, has_job, note_notification
 from app.kit.db import loop_pool, unit_of_work
 from app.kit.errors import DB_RETRY_AFTER_SECONDS, DomainError, NotFound, Unauthenticated
-from app.notifications import (
-    CONFIRM_STATEMENT_TIMEOUT_MS,
-    BadPayload,
-    has_job,
-    imp_uid_of,
-    note_notification,
-    parse_fields,
-)
+from app.upstream.iamport.hooks import BadPayload, imp_uid_of, parse_fields
 
 router = APIRouter(prefix="/v1/iamport", tags=["iamport"])
 log = structlog.get_logger(__name__)

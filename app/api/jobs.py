@@ -8,12 +8,10 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query
 from pydantic import AfterValidator, StringConstraints
 
-from app.audit import list_job_actions, record_action
-from app.auth import JobsReader, JobsWriter
+from app.api.deps import JobsReader, JobsWriter
 from app.config import get_settings
-from app.jobs.status import JobStatus
-from app.kit.db import unit_of_work
-from app.listing import (
+from app.jobs.actions import refund_job, retry_job
+from app.jobs.queries import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
     JobFilters,
@@ -21,12 +19,16 @@ from app.listing import (
     list_jobs,
     require_job,
 )
-from app.schemas import ActionList, AttemptList, JobPage, JobPublic, _printable
-from app.steer import refund_job, retry_job
+from app.jobs.schemas import AttemptList, JobPage, JobPublic
+from app.jobs.status import JobStatus
+from app.kit.db import unit_of_work
+from app.kit.text import printable
+from app.operators.audit import list_job_actions
+from app.operators.schemas import ActionList
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
-Filter = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(_printable)]
+Filter = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(printable)]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "not_found"}}
 
 
@@ -77,11 +79,7 @@ def read_actions(job_id: uuid.UUID, _: JobsReader) -> ActionList:
 def retry(job_id: uuid.UUID, caller: JobsWriter) -> JobPublic:
     """Put a failed job back to queued; it is published once the change is committed."""
     with unit_of_work() as uow:
-        job = retry_job(uow, job_id, get_settings())
-        record_action(
-            uow.conn, caller, "retry", job_id=job.id, detail={"from": JobStatus.FAILED.value}
-        )
-        return job
+        return retry_job(uow, job_id, get_settings(), caller)
 
 
 @router.post(
@@ -93,8 +91,4 @@ def retry(job_id: uuid.UUID, caller: JobsWriter) -> JobPublic:
 def refund(job_id: uuid.UUID, caller: JobsWriter) -> JobPublic:
     """A person decided to refund a held payment: the job refunds it and ends `refunded`."""
     with unit_of_work() as uow:
-        job = refund_job(uow, job_id, get_settings())
-        record_action(
-            uow.conn, caller, "refund", job_id=job.id, detail={"from": JobStatus.NEEDS_REFUND.value}
-        )
-        return job
+        return refund_job(uow, job_id, get_settings(), caller)

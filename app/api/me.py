@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.auth import KeyHolder
-from app.schemas import CallerPublic
+from app.api.deps import KeyHolder
+from app.operators.schemas import CallerPublic
 
 router = APIRouter(prefix="/v1/me", tags=["keys"])
 

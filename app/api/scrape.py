@@ -20,10 +20,10 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from app.jobs.queries import oldest_waiting_age, status_counts
 from app.jobs.status import ALL
 from app.kit.db import pool
 from app.kit.metrics import MergedCollector
-from app.listing import oldest_waiting_age, status_counts
 from app.webhooks.claims import OLDEST_PENDING
 
 router = APIRouter(tags=["health"])

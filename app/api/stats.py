@@ -6,11 +6,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 
-from app.activity import DEFAULT_MINUTES, MAX_MINUTES, recent_activity
-from app.auth import JobsReader
+from app.api.deps import JobsReader
+from app.jobs.queries import job_stats
+from app.jobs.schemas import Stats
 from app.kit.db import unit_of_work
-from app.listing import job_stats
-from app.schemas import Activity, Stats
+from app.operators.activity import DEFAULT_MINUTES, MAX_MINUTES, recent_activity
+from app.operators.schemas import Activity
 
 router = APIRouter(prefix="/v1/stats", tags=["stats"])
 

@@ -7,8 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Response
 
-from app.audit import record_action
-from app.auth import WebhooksWriter
+from app.api.deps import WebhooksWriter
 from app.config import get_settings
 from app.kit.db import unit_of_work
 from app.webhooks import endpoints, messages
@@ -88,10 +87,8 @@ def deliveries(
 @router.post("/{endpoint_id}/replay", status_code=202, response_model=Replayed, responses=NOT_FOUND)
 def replay(endpoint_id: uuid.UUID, body: ReplayRequest, caller: WebhooksWriter) -> Replayed:
     """Send every message created since `since` again, with the same webhook-id."""
-    # Committed before the answer; the wake-up goes after it (the sweep covers a lost one).
+    # Committed before the answer; the wake-up goes after it, through the publisher thread
+    # (a request never waits on Redis; the sweep covers a lost one).
     with unit_of_work() as uow:
-        n = messages.replay(uow.conn, endpoint_id, body.since)
-        detail = {"since": body.since.isoformat(), "messages": n}
-        record_action(uow.conn, caller, "replay", endpoint_id=endpoint_id, detail=detail)
-    # No wake-up from here: a request never waits on Redis; the sweep sends them shortly.
+        n = messages.replay(uow, endpoint_id, body.since, caller)
     return Replayed(messages=n)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -34,6 +35,7 @@ from app.jobs.decide import (
 from app.jobs.records import UpstreamError
 from app.jobs.status import JobStatus
 from app.kit import metrics
+from app.kit.db import UnitOfWork, unit_of_work
 from app.upstream.contract import CallRecord, Gateway
 from app.upstream.errors import (
     NotFound,
@@ -45,7 +47,6 @@ from app.upstream.errors import (
     Unauthorized,
     Unavailable,
 )
-from app.webhooks import outbox
 
 log = structlog.get_logger("worker")
 REDIS_DOWN_DELAY = 5.0
@@ -57,6 +58,11 @@ COUNTED_OUTCOMES_EXCLUDED = frozenset({"rate_limited", "not_sent"})
 ANSWERED_OUTCOMES = frozenset(
     {"ok", "refused", "not_found", "unauthorized", "rate_limited", "server_error"}
 )
+
+
+# What else a terminal transition writes in its own transaction (the webhook outbox's
+# messages): handed in by the worker, so the job core knows nothing of webhooks.
+OnTerminal = Callable[[UnitOfWork, uuid.UUID], None]
 
 
 def policy_from(settings: Settings) -> Policy:
@@ -220,6 +226,7 @@ def run_job(
     job: store.Claimed,
     settings: Settings,
     rng: random.Random,
+    on_terminal: OnTerminal,
 ) -> str:
     """Drive one claimed job as far as this run can; returns the status recorded."""
     observer = JobRun(conn, job, settings)
@@ -239,10 +246,16 @@ def run_job(
         pending = observer.last_sent or state.uncertain
         error = UpstreamError(message=f"the run failed: {type(exc).__name__}")
         decision = after_crash(replace(state, uncertain=pending), error, policy, rng)
-    return record(conn, job, observer, decision)
+    return record(conn, job, observer, decision, on_terminal)
 
 
-def record(conn: Connection[Any], job: store.Claimed, observer: JobRun, decision: Decision) -> str:
+def record(
+    conn: Connection[Any],
+    job: store.Claimed,
+    observer: JobRun,
+    decision: Decision,
+    on_terminal: OnTerminal,
+) -> str:
     """Write the run's outcome (and, for a terminal one, its webhook messages) under the lease."""
     assert decision.status is not None
     outcome = store.Outcome(
@@ -258,7 +271,10 @@ def record(conn: Connection[Any], job: store.Claimed, observer: JobRun, decision
         error=decision.error,
     )
     args = (conn, job.id, job.lease_token, outcome, observer.written, observer.others)
-    finished = (finish_terminal if outcome.terminal else store.finish)(*args)
+    if outcome.terminal:
+        finished = finish_terminal(*args, on_terminal=on_terminal)
+    else:
+        finished = store.finish(*args)
     if finished is not store.Finished.KEPT:
         log.warning("lease_lost_at_finish", job_id=str(job.id), imp_uid=job.imp_uid)
         return "lease_lost"
@@ -283,8 +299,10 @@ def finish_terminal(
     outcome: store.Outcome,
     written: dict[int, CallRecord],
     others: list[CallRecord],
+    *,
+    on_terminal: OnTerminal,
 ) -> store.Finished:
-    """A terminal transition and its webhook messages, all or nothing.
+    """A terminal transition and what on_terminal writes with it, all or nothing.
 
     While no webhook endpoint is enabled there is no message to write: one statement in
     autocommit, which looks for enabled endpoints in its own snapshot. Otherwise (or when this
@@ -297,13 +315,8 @@ def finish_terminal(
         if finished is not store.Finished.HOOKED:
             return finished
         _hooked_at = time.monotonic()
-    with conn.transaction():
+    with unit_of_work(conn) as uow:
         finished = store.finish(*args)
         if finished is store.Finished.KEPT:
-            on_terminal(conn, job_id)
+            on_terminal(uow, job_id)
     return finished
-
-
-def on_terminal(conn: Connection[Any], job_id: uuid.UUID) -> None:
-    """What else a terminal transition writes in its own transaction: its webhook messages."""
-    outbox.record_terminal(conn, job_id)

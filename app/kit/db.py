@@ -8,15 +8,17 @@ commit (the sweeps publish whatever a lost message leaves behind).
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 import uuid
 import weakref
 from collections.abc import AsyncIterator, Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
-from typing import Any
+from typing import Any, LiteralString
 
 from psycopg import AsyncConnection, Connection
+from psycopg.rows import namedtuple_row
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from app.config import get_settings
@@ -82,28 +84,43 @@ def close_pool() -> None:
 
 
 class UnitOfWork:
-    """One transaction on `conn`, and the job ids to publish once it has committed."""
+    """One transaction on `conn`, and what to wake once it has committed: the one after-commit
+    channel, for job runs and webhook deliveries alike."""
 
     def __init__(self, conn: Connection[Any]) -> None:
         self.conn = conn
         self.to_publish: list[uuid.UUID] = []
+        self.to_wake: set[uuid.UUID] = set()
 
     def publish(self, job_ids: Iterable[uuid.UUID]) -> None:
         """Announce these jobs to the workers after the commit (never before, never on failure)."""
         self.to_publish.extend(job_ids)
 
+    def wake_endpoints(self, endpoint_ids: Iterable[uuid.UUID]) -> None:
+        """Wake these webhook endpoints' senders after the commit."""
+        self.to_wake.update(endpoint_ids)
+
+    def after_commit(self) -> None:
+        """Hand what was collected to the publisher (called once the transaction committed)."""
+        from app.kit.dispatch import publish_later
+
+        if self.to_publish or self.to_wake:
+            publish_later(self.to_publish, sorted(self.to_wake))
+        self.to_publish, self.to_wake = [], set()
+
 
 @contextmanager
-def unit_of_work() -> Iterator[UnitOfWork]:
-    """A transaction that commits when the block ends cleanly, then publishes what it collected."""
-    from app.kit.dispatch import publish_later
+def unit_of_work(conn: Connection[Any] | None = None) -> Iterator[UnitOfWork]:
+    """A transaction that commits when the block ends cleanly, then publishes what it collected.
 
-    with pool().connection() as conn:
+    On `conn` when given (a worker's own connection), else on one from the pool."""
+    with contextlib.ExitStack() as stack:
+        if conn is None:
+            conn = stack.enter_context(pool().connection())
         uow = UnitOfWork(conn)
         with conn.transaction():
             yield uow
-    if uow.to_publish:
-        publish_later(uow.to_publish)
+    uow.after_commit()
 
 
 # -- on the event loop -------------------------------------------------------------------------
@@ -135,7 +152,7 @@ async def loop_pool(
         await conns.close()
 
 
-def loop_conns(request: Any) -> AsyncConnectionPool[Any]:
-    """The API's event-loop pool, opened by its lifespan (app/main.py)."""
-    conns: AsyncConnectionPool[Any] = request.app.state.loop_conns
-    return conns
+def rows(conn: Connection[Any], sql: LiteralString | str, params: Any = None) -> list[Any]:
+    """All rows of a query, with attribute access."""
+    cur = conn.cursor(row_factory=namedtuple_row)
+    return cur.execute(sql, params).fetchall()

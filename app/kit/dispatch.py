@@ -1,7 +1,8 @@
-"""Publishing job ids to the broker: a wake-up call that may be lost, and never waited for.
+"""Wake-up calls to the workers, after a commit: a message that may be lost, never waited for.
 
-A request thread hands the ids of jobs it committed to `publish_later`, which only puts them on
-a bounded in-process queue. One daemon thread per process drains it to Redis with short
+The one after-commit channel: a unit of work (app/kit/db.py) hands what it committed, the ids
+of jobs to run and of webhook endpoints with messages to send, to `publish_later`, which only
+puts them on a bounded in-process queue. One daemon thread per process drains it to Redis with short
 timeouts; after a failure a circuit breaker drops what comes for a while instead of waiting
 on a dead or frozen Redis again. Whatever is dropped is already in Postgres, where the sweeps
 find it once its dispatch grace has passed.
@@ -15,6 +16,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 
 import structlog
@@ -25,6 +27,8 @@ from app.config import get_settings
 QUEUE = "stockout"
 CANCEL_TASK = "stockout.cancel_jobs"
 SWEEP_TASK = "stockout.sweep"
+DELIVER_TASK = "stockout.webhooks.deliver"
+WEBHOOK_SWEEP_TASK = "stockout.webhooks.sweep"
 # Ids waiting for the publisher thread; past this, new ids are left to the sweeps.
 BACKLOG_MAX = 10_000
 BREAKER_OPEN_SECONDS = 5.0
@@ -107,22 +111,55 @@ class PublishFailed(Exception):
     """The broker did not take a batch."""
 
 
+def send_deliveries(endpoint_ids: Sequence[uuid.UUID | str], celery: Celery | None = None) -> int:
+    """One delivery task per endpoint id; returns how many reached the broker (never raises).
+
+    Losing one costs only latency: the messages are in Postgres, and the webhook sweep finds
+    whatever is due."""
+    app = celery or publisher()
+    sent = 0
+    for endpoint_id in endpoint_ids:
+        try:
+            app.send_task(
+                DELIVER_TASK, args=[str(endpoint_id)], queue=QUEUE, retry=False, ignore_result=True
+            )
+        except Exception as exc:  # any broker failure: the sweep is the safety net
+            log.warning("webhook_wakeup_failed", error=type(exc).__name__)
+            return sent
+        sent += 1
+    return sent
+
+
+@dataclass(frozen=True)
+class Wakeups:
+    """What one commit asks the workers to look at."""
+
+    jobs: list[uuid.UUID] = field(default_factory=list)
+    endpoints: list[uuid.UUID] = field(default_factory=list)
+
+    def __add__(self, other: Wakeups) -> Wakeups:
+        endpoints = self.endpoints + [e for e in other.endpoints if e not in self.endpoints]
+        return Wakeups(self.jobs + other.jobs, endpoints)
+
+
 class _Publisher:
     """The process's publisher thread and its bounded queue."""
 
     def __init__(self) -> None:
-        self.backlog: queue.Queue[list[uuid.UUID]] = queue.Queue(maxsize=BACKLOG_MAX)
+        self.backlog: queue.Queue[Wakeups] = queue.Queue(maxsize=BACKLOG_MAX)
         self.open_until = 0.0
         self.last_send = 0.0
         self.thread: threading.Thread | None = None
         self.lock = threading.Lock()
 
-    def submit(self, job_ids: list[uuid.UUID]) -> bool:
+    def submit(self, wakeups: Wakeups) -> bool:
         self._ensure_thread()
         try:
-            self.backlog.put_nowait(job_ids)
+            self.backlog.put_nowait(wakeups)
         except queue.Full:
-            log.warning("publish_backlog_full", jobs=len(job_ids))
+            log.warning(
+                "publish_backlog_full", jobs=len(wakeups.jobs), endpoints=len(wakeups.endpoints)
+            )
             return False
         return True
 
@@ -136,33 +173,36 @@ class _Publisher:
 
     def _drain(self) -> None:
         while True:
-            ids, taken = self._gather()
+            wakeups, taken = self._gather()
             try:
                 if time.monotonic() >= self.open_until:  # while open, left to the sweeps
-                    send_now(ids)
+                    if wakeups.jobs:
+                        send_now(wakeups.jobs)
+                    if send_deliveries(wakeups.endpoints) < len(wakeups.endpoints):
+                        raise PublishFailed
             except PublishFailed:
                 self.open_until = time.monotonic() + BREAKER_OPEN_SECONDS
             finally:
                 for _ in range(taken):
                     self.backlog.task_done()
 
-    def _gather(self) -> tuple[list[uuid.UUID], int]:
-        """The ids of the next commit and of every commit until its send is due, and how many
+    def _gather(self) -> tuple[Wakeups, int]:
+        """The wake-ups of the next commit and of every commit until its send is due, and how many
         commits that was. When idle a commit goes out at once; under load, at most one send per
         SEND_INTERVAL_SECONDS, carrying all that came meanwhile (a Celery message costs the
         API far more than the ids in it). The thread sleeps rather than waits on the queue:
         no wake-up, and no GIL hand-over, per commit."""
-        ids = self.backlog.get()
+        wakeups = self.backlog.get()
         taken = 1
         due = self.last_send + SEND_INTERVAL_SECONDS - time.monotonic()
         if due > 0:
             time.sleep(due)
         while True:
             try:
-                ids = ids + self.backlog.get_nowait()
+                wakeups = wakeups + self.backlog.get_nowait()
             except queue.Empty:
                 self.last_send = time.monotonic()
-                return ids, taken
+                return wakeups, taken
             taken += 1
 
 
@@ -185,10 +225,11 @@ def reset() -> None:
     publisher.cache_clear()
 
 
-def publish_later(job_ids: Iterable[uuid.UUID]) -> bool:
-    """Hand committed jobs to the publisher thread; never blocks. False if the backlog is full."""
-    ids = list(job_ids)
-    return _publisher.submit(ids) if ids else True
+def publish_later(job_ids: Iterable[uuid.UUID], endpoint_ids: Iterable[uuid.UUID] = ()) -> bool:
+    """Hand committed jobs and woken webhook endpoints to the publisher thread; never blocks.
+    False if the backlog is full."""
+    wakeups = Wakeups(list(job_ids), list(endpoint_ids))
+    return _publisher.submit(wakeups) if wakeups.jobs or wakeups.endpoints else True
 
 
 def drain(timeout: float = 5.0) -> bool:

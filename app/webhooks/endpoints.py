@@ -11,8 +11,8 @@ from typing import Any
 
 from psycopg import Connection
 
+from app.kit.db import rows
 from app.kit.errors import InvalidUrl, NotFound
-from app.reads import rows
 from app.webhooks import signing, urls
 from app.webhooks.schemas import EndpointCreate, EndpointPublic, EndpointWithSecret
 

@@ -9,7 +9,9 @@ from typing import Any
 from psycopg import Connection
 
 from app.kit import cursors
-from app.reads import rows
+from app.kit.db import UnitOfWork, rows
+from app.operators.audit import record_action
+from app.operators.keys import Caller
 from app.webhooks.endpoints import get_endpoint
 from app.webhooks.schemas import Delivery, DeliveryPage
 
@@ -60,19 +62,25 @@ def list_deliveries(
     return DeliveryPage(items=items, next_cursor=next_cursor)
 
 
-def replay(conn: Connection[Any], endpoint_id: uuid.UUID, since: datetime) -> int:
+def replay(uow: UnitOfWork, endpoint_id: uuid.UUID, since: datetime, caller: Caller) -> int:
     """Send every message for the endpoint created since then again (same webhook-id).
 
     Back to pending with fresh attempts. A message being sent right now loses its lease, so
     the outcome of that older send is not recorded over the replay: it is sent once more.
+    The operator's action is recorded with it, and the endpoint woken once it commits.
     """
-    get_endpoint(conn, endpoint_id)
-    return len(
+    get_endpoint(uow.conn, endpoint_id)
+    n = len(
         rows(
-            conn,
+            uow.conn,
             "UPDATE webhook_messages SET status = 'pending', attempts = 0, "
             "next_attempt_at = now(), delivered_at = NULL, lease_token = NULL, lease_until = NULL "
             "WHERE endpoint_id = %(ep)s AND created_at >= %(since)s RETURNING id",
             {"ep": endpoint_id, "since": since},
         )
     )
+    detail = {"since": since.isoformat(), "messages": n}
+    record_action(uow.conn, caller, "replay", endpoint_id=endpoint_id, detail=detail)
+    if n:
+        uow.wake_endpoints([endpoint_id])
+    return n

@@ -4,7 +4,8 @@
 its open transaction right after a job moved to a terminal status; the messages commit or
 roll back with the transition, so none is lost to a crash, Redis or a receiver being down,
 and none is sent for a transition that did not happen. Delivery is someone else's business
-(worker/webhooks.py): it reads pending messages from here.
+(worker/webhooks.py): it reads pending messages from here, woken through the unit of work's
+after-commit channel.
 
 The caller's transaction must be READ COMMITTED (Postgres's default): the event check below
 relies on a statement seeing what other transactions committed while it waited for a lock.
@@ -13,16 +14,15 @@ relies on a statement seeing what other transactions committed while it waited f
 from __future__ import annotations
 
 import secrets
-import threading
 import time
 import uuid
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-from psycopg import Connection
 from psycopg.types.json import Jsonb
 
 from app.jobs.status import TERMINAL, WAITING_SQL
+from app.kit.db import UnitOfWork
 from app.webhooks.payloads import body, load_event, load_job
 
 EVENT_COMPLETED = "event.completed"
@@ -59,8 +59,6 @@ SELECT m.id, m.endpoint_id, %(type)s, %(job_id)s, %(event_id)s, %(payload)s
 FROM unnest(%(ids)s::text[], %(endpoints)s::uuid[]) AS m(id, endpoint_id)
 """
 
-_woken = threading.local()
-
 
 def new_message_id() -> str:
     """A webhook-id: `msg_`, the time in microseconds (so ids sort as they were made) and
@@ -73,14 +71,14 @@ def _subscribed(endpoints: Sequence[Any], event_type: str) -> list[uuid.UUID]:
 
 
 def _insert(
-    conn: Connection[Any],
+    uow: UnitOfWork,
     endpoints: list[uuid.UUID],
     event_type: str,
     payload: dict[str, Any],
     job_id: uuid.UUID | None = None,
     event_id: str | None = None,
 ) -> None:
-    conn.execute(
+    uow.conn.execute(
         INSERT,
         {
             "ids": [new_message_id() for _ in endpoints],
@@ -91,28 +89,29 @@ def _insert(
             "payload": Jsonb(payload),
         },
     )
-    woken: set[uuid.UUID] = _woken.__dict__.setdefault("endpoints", set())
-    woken.update(endpoints)
+    uow.wake_endpoints(endpoints)
 
 
 def _complete_events(
-    conn: Connection[Any], endpoints: list[uuid.UUID], candidates: Iterable[str]
+    uow: UnitOfWork, endpoints: list[uuid.UUID], candidates: Iterable[str]
 ) -> None:
-    done = conn.execute(COMPLETE, {"events": list(candidates)}).fetchall()
+    done = uow.conn.execute(COMPLETE, {"events": list(candidates)}).fetchall()
     for (event_id,) in sorted(done):
-        event = load_event(conn, event_id)
+        event = load_event(uow.conn, event_id)
         if event is not None:
             _insert(
-                conn, endpoints, EVENT_COMPLETED, body(EVENT_COMPLETED, event), event_id=event_id
+                uow, endpoints, EVENT_COMPLETED, body(EVENT_COMPLETED, event), event_id=event_id
             )
 
 
-def record_terminal(conn: Connection[Any], job_id: uuid.UUID) -> None:
-    """Write the messages a job's terminal transition yields, in the caller's transaction.
+def record_terminal(uow: UnitOfWork, job_id: uuid.UUID) -> None:
+    """Write the messages a job's terminal transition yields, in the caller's unit of work
+    (their endpoints are woken once it commits).
 
     One `job.<status>` per enabled endpoint that takes it, and one `event.completed` per such
     endpoint for each event naming the job whose jobs are now all terminal (once per event).
     """
+    conn = uow.conn
     endpoints = conn.execute(ENDPOINTS).fetchall()
     if not endpoints:
         return
@@ -122,17 +121,15 @@ def record_terminal(conn: Connection[Any], job_id: uuid.UUID) -> None:
     event_type = f"job.{job.status}"
     for_job = _subscribed(endpoints, event_type)
     if for_job:
-        _insert(conn, for_job, event_type, body(event_type, job), job_id=job.id)
+        _insert(uow, for_job, event_type, body(event_type, job), job_id=job.id)
     for_events = _subscribed(endpoints, EVENT_COMPLETED)
     if for_events and job.event_ids:
         locked = [r[0] for r in conn.execute(LOCK_EVENTS, {"id": job_id}).fetchall()]
         if locked:
-            _complete_events(conn, for_events, locked)
+            _complete_events(uow, for_events, locked)
 
 
-def record_linked(
-    conn: Connection[Any], event_id: str, existing_job_ids: Sequence[uuid.UUID]
-) -> None:
+def record_linked(uow: UnitOfWork, event_id: str, existing_job_ids: Sequence[uuid.UUID]) -> None:
     """For ingest: a new event that names only jobs that already exist may be complete at once.
 
     Called in the ingest transaction after the event's links are written, with the ids of the
@@ -140,15 +137,9 @@ def record_linked(
     """
     if not existing_job_ids:
         return
-    endpoints = conn.execute(ENDPOINTS).fetchall()
+    endpoints = uow.conn.execute(ENDPOINTS).fetchall()
     for_events = _subscribed(endpoints, EVENT_COMPLETED)
     if not for_events:
         return
-    conn.execute(SHARE_JOBS, {"ids": list(existing_job_ids)})
-    _complete_events(conn, for_events, [event_id])
-
-
-def take_wakeups() -> list[uuid.UUID]:
-    """The endpoints this thread wrote messages for since the last call (publish after commit)."""
-    woken: set[uuid.UUID] = _woken.__dict__.pop("endpoints", set())
-    return sorted(woken)
+    uow.conn.execute(SHARE_JOBS, {"ids": list(existing_job_ids)})
+    _complete_events(uow, for_events, [event_id])

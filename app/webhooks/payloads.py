@@ -5,9 +5,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from app.reads import get_event as load_event
-from app.reads import get_job as load_job
-from app.schemas import EventPublic, JobPublic
+from app.events.queries import get_event as load_event
+from app.events.schemas import EventPublic
+from app.jobs.queries import get_job as load_job
+from app.jobs.schemas import JobPublic
 
 __all__ = ["body", "load_event", "load_job"]
 

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 
 from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
 
-from app.schemas import _printable
+from app.kit.text import printable
 
 EventType = Literal[
     "job.cancelled", "job.needs_refund", "job.refunded", "job.failed", "event.completed"
@@ -28,7 +28,7 @@ class EndpointCreate(BaseModel):
         list[EventType] | None, Field(min_length=1, max_length=16), AfterValidator(_unique)
     ] = None
     description: (
-        Annotated[str, StringConstraints(max_length=256), AfterValidator(_printable)] | None
+        Annotated[str, StringConstraints(max_length=256), AfterValidator(printable)] | None
     ) = None
 
 

@@ -10,10 +10,10 @@ import httpx
 import psycopg
 import pytest
 
-from app.auth import create_key
 from app.console.routes import CSP
 from app.kit.db import unit_of_work
 from app.main import app as the_app
+from app.operators.keys import create_key
 from tests.console.conftest import Tab
 from tests.console.seed import Seeded, seed
 from tests.support.factories import api_key

@@ -125,7 +125,7 @@ def test_lost_and_duplicated_wakeups_change_nothing(
 ) -> None:
     """Messages written without any wake-up are found by the sweep; ten wake-ups for one
     endpoint still send each message once."""
-    from app.webhooks import wake
+    from app.kit.dispatch import send_deliveries
     from tests.support.webhooks import finish_job
 
     key = hooks_key()
@@ -143,7 +143,7 @@ def test_lost_and_duplicated_wakeups_change_nothing(
         wait_until(lambda: len(receiver.accepted()) == 3, 30, "the sweep to send them")
         for (job_id,) in jobs[3:]:
             finish_job(db, job_id, "failed")
-        assert wake.publish([endpoint["id"]] * 10) == 10
+        assert send_deliveries([endpoint["id"]] * 10) == 10
         wait_until(lambda: len(receiver.accepted()) == 6, 30, "the rest")
         assert sorted(receiver.seen.values()) == [1] * 6
         assert receiver.unverified == []

@@ -15,7 +15,7 @@ import pytest
 from rich.console import Console
 from typer.testing import CliRunner, Result
 
-from app.cli_ops import jobs_table, parse_age
+from app.cli.jobs import jobs_table, parse_age
 from devtools.embedded import free_port, wait_for_port
 from devtools.launch import ROOT, api_command
 from tests.support.factories import auth, event
@@ -57,7 +57,7 @@ def stockout(
 
 def run(*args: str, env: dict[str, str] | None = None) -> Result:
     """The command in process (the subprocess form above is for the error paths)."""
-    from app.cli import cli
+    from app.cli.main import cli
 
     result = CliRunner().invoke(cli, list(args), env={"COLUMNS": "100", **(env or {})})
     return result

@@ -10,10 +10,10 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from app.audit import record_action
-from app.auth import Caller
 from app.console.routes import CSP
 from app.kit.db import unit_of_work
+from app.operators.audit import record_action
+from app.operators.keys import Caller
 from tests.support.factories import api_key, auth, event
 
 
@@ -192,7 +192,7 @@ def test_a_cross_site_form_post_cannot_act(
 def test_upstream_figures_cover_the_newest_calls_when_there_are_many(
     api: TestClient, key: str, service_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from app import activity
+    from app.operators import activity
 
     monkeypatch.setattr(activity, "SAMPLE_SIZE", 2)
     db = service_env["DATABASE_URL"]

@@ -17,6 +17,7 @@ from app.kit.redis_conn import get_redis
 from app.upstream.contract import CallObserver
 from app.upstream.iamport.client import IamportClient
 from app.upstream.payment import Payment
+from app.webhooks import outbox
 from devtools.sandbox.control import SandboxControl
 from tests.support.factories import auth, event
 from tests.support.settings import reset_caches
@@ -56,7 +57,7 @@ def run(
     settings = settings or get_settings()
     client = client or IamportClient.from_settings(settings, get_redis())
     with pool().connection() as conn:
-        return run_job(conn, client, job, settings, random.Random(1))
+        return run_job(conn, client, job, settings, random.Random(1), outbox.record_terminal)
 
 
 def mutating_calls(iamport: SandboxControl) -> list[str]:

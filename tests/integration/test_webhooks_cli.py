@@ -42,7 +42,7 @@ def run(args: list[str], env: dict[str, str], cwd: Path = ROOT) -> subprocess.Co
     """The `stockout` command in this process (the API it talks to is a real process)."""
     from typer.testing import CliRunner
 
-    from app.cli import cli
+    from app.cli.main import cli
 
     unset: dict[str, str | None] = {"STOCKOUT_API_URL": None, "STOCKOUT_API_KEY": None}
     previous = Path.cwd()

@@ -9,7 +9,8 @@ from typing import Any
 import psycopg
 from fastapi.testclient import TestClient
 
-from app.webhooks.outbox import record_terminal, take_wakeups
+from app.kit.db import UnitOfWork
+from app.webhooks.outbox import record_terminal
 from tests.support.factories import auth
 from tests.support.runs import run_now
 from tests.support.webhooks import FINISH, add_endpoint, finish_job, hooks_key, messages, post_event
@@ -43,9 +44,8 @@ def test_one_message_per_matching_endpoint_with_the_job_as_the_api_shows_it(
     assert api.delete(f"/v1/webhook-endpoints/{gone['id']}", headers=auth(key)).status_code == 204
     event = post_event(api, key, 2)
     first, second = event["jobs"]
-    take_wakeups()
 
-    finish_job(clean_db, first["id"], "cancelled")
+    woken = finish_job(clean_db, first["id"], "cancelled")
     rows = messages(clean_db)
     assert [(r["endpoint_id"], r["event_type"]) for r in rows] == [
         (uuid.UUID(everything["id"]), "job.cancelled")
@@ -56,7 +56,7 @@ def test_one_message_per_matching_endpoint_with_the_job_as_the_api_shows_it(
     job = api.get(f"/v1/jobs/{first['id']}", headers=auth(key)).json()
     assert msg["payload"]["type"] == "job.cancelled"
     assert msg["payload"]["data"] == job
-    assert take_wakeups() == [uuid.UUID(everything["id"])]
+    assert woken == [uuid.UUID(everything["id"])]
 
     finish_job(clean_db, second["id"], "failed")
     rows = messages(clean_db)
@@ -85,7 +85,7 @@ def test_rolled_back_transition_leaves_no_message(api: TestClient, clean_db: str
     job = post_event(api, key, 1)["jobs"][0]
     with psycopg.connect(clean_db) as conn:
         conn.execute(FINISH, {"status": "cancelled", "id": job["id"]})
-        record_terminal(conn, uuid.UUID(job["id"]))
+        record_terminal(UnitOfWork(conn), uuid.UUID(job["id"]))
         conn.rollback()
     assert messages(clean_db) == []
 
@@ -105,7 +105,7 @@ def test_event_completed_once_when_its_last_two_jobs_finish_concurrently(
                 with psycopg.connect(clean_db) as conn:
                     conn.execute(FINISH, {"status": "cancelled", "id": job_id})
                     barrier.wait(5)  # both jobs are terminal in their own open transaction
-                    record_terminal(conn, uuid.UUID(job_id))
+                    record_terminal(UnitOfWork(conn), uuid.UUID(job_id))
             except BaseException as exc:
                 errors.append(exc)
 
@@ -127,7 +127,9 @@ def test_second_transaction_waits_and_sends_when_the_first_commits(
     first, second = post_event(api, key, 2)["jobs"]
     t1 = psycopg.connect(clean_db)
     t1.execute(FINISH, {"status": "cancelled", "id": first["id"]})
-    record_terminal(t1, uuid.UUID(first["id"]))  # sees the second job running: not complete
+    record_terminal(
+        UnitOfWork(t1), uuid.UUID(first["id"])
+    )  # sees the second job running: not complete
     done = threading.Event()
 
     def finish_second() -> None:

@@ -10,8 +10,8 @@ import sys
 import psycopg
 from fastapi.testclient import TestClient
 
-from app.auth import revoke_key
 from app.kit.db import unit_of_work
+from app.operators.keys import revoke_key
 from devtools.launch import ROOT
 from tests.support.factories import api_key, auth
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import itertools
 from typing import Any
 
-from app.auth import create_key
 from app.kit.db import unit_of_work
+from app.operators.keys import create_key
 
 _seq = itertools.count(1)
 ALL_SCOPES = ["events:write", "jobs:read", "jobs:write", "webhooks:write"]

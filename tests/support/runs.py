@@ -11,6 +11,7 @@ from app.jobs.run import run_job
 from app.kit.db import pool
 from app.kit.redis_conn import get_redis
 from app.upstream.iamport.client import IamportClient
+from app.webhooks import outbox
 
 
 def run_now(job_id: str | uuid.UUID) -> str:
@@ -24,6 +25,6 @@ def run_now(job_id: str | uuid.UUID) -> str:
             )
             if job is None:
                 return "not_claimed"
-            return run_job(conn, client, job, settings, random.Random(0))
+            return run_job(conn, client, job, settings, random.Random(0), outbox.record_terminal)
     finally:
         client.close()

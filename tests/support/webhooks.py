@@ -8,6 +8,7 @@ from typing import Any
 import psycopg
 from fastapi.testclient import TestClient
 
+from app.kit.db import UnitOfWork
 from app.webhooks.outbox import record_terminal
 from tests.support.factories import api_key, auth, event
 
@@ -34,11 +35,14 @@ def post_event(api: TestClient, key: str, n: int = 1, **extra: Any) -> dict[str,
     return r.json()  # type: ignore[no-any-return]
 
 
-def finish_job(db: str, job_id: str | uuid.UUID, status: str = "cancelled") -> None:
-    """Move a job to a terminal status and record its messages, in one transaction."""
+def finish_job(db: str, job_id: str | uuid.UUID, status: str = "cancelled") -> list[uuid.UUID]:
+    """Move a job to a terminal status and record its messages, in one transaction; the
+    endpoints it would wake after the commit (nothing is published from here)."""
     with psycopg.connect(db) as conn:
         conn.execute(FINISH, {"status": status, "id": job_id})
-        record_terminal(conn, uuid.UUID(str(job_id)))
+        uow = UnitOfWork(conn)
+        record_terminal(uow, uuid.UUID(str(job_id)))
+    return sorted(uow.to_wake)
 
 
 def messages(db: str, endpoint_id: str | None = None) -> list[dict[str, Any]]:

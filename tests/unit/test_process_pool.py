@@ -79,6 +79,6 @@ def test_children_ignore_a_group_sigterm_and_finish_on_shutdown() -> None:
     ],
 )
 def test_a_message_spreads_over_the_idle_threads(jobs: int, idle: int, size: int) -> None:
-    from worker.tasks import MAX_JOBS_PER_GROUP, group_size
+    from worker.runner import MAX_JOBS_PER_GROUP, group_size
 
     assert group_size(jobs, idle) == size <= MAX_JOBS_PER_GROUP

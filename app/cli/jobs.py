@@ -1,6 +1,6 @@
 """Operators' commands: `stockout jobs list|show|retry|refund` and `stockout stats`.
 
-They go through the REST API (app/cli_api.py), never the database: an operator needs only the
+They go through the REST API (app/cli/client.py), never the database: an operator needs only the
 API's URL and a key, and sees exactly what `GET /v1/jobs` shows.
 """
 
@@ -17,7 +17,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.cli_api import ApiError, api_request
+from app.cli.client import ApiError, api_request
 from app.jobs.status import JobStatus
 
 STATUSES = tuple(s.value for s in JobStatus)

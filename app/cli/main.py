@@ -10,10 +10,10 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.auth import Scope, create_key, list_keys, revoke_key
-from app.cli_ops import register as register_operations
-from app.cli_webhooks import webhooks_cli
+from app.cli.jobs import register as register_operations
+from app.cli.webhooks import webhooks_cli
 from app.kit.db import unit_of_work
+from app.operators.keys import Scope, create_key, list_keys, revoke_key
 
 cli = typer.Typer(
     help="stockout-cancel: cancel CVS barcodes at iamport for orders we cannot ship.",
@@ -80,7 +80,3 @@ def main() -> None:
     except RuntimeError as exc:  # configuration problems: a message, not a traceback
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(1)
-
-
-if __name__ == "__main__":
-    main()

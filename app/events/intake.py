@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC
 from typing import Any
@@ -12,14 +14,13 @@ from psycopg import AsyncConnection
 from psycopg.errors import UniqueViolation
 
 from app.config import Settings
+from app.events.queries import event_job_ids, get_event
+from app.events.schemas import EventCreate, EventPublic
 from app.jobs import store
 from app.jobs.decide import Method, OnPaid
 from app.kit.db import UnitOfWork
 from app.kit.dispatch import publish_later
 from app.kit.errors import EventConflict
-from app.reads import event_job_ids, get_event
-from app.schemas import EventCreate, EventPublic
-from app.webhooks import outbox
 
 
 @dataclass(frozen=True)
@@ -57,7 +58,14 @@ def _new(event: EventCreate, settings: Settings) -> store.NewEvent:
     )
 
 
-def accept_event(uow: UnitOfWork, event: EventCreate, settings: Settings) -> Accepted:
+# What else a new event naming only existing jobs writes in its transaction (the webhook
+# outbox's event.completed): handed in by the caller, so the intake knows nothing of webhooks.
+OnLinked = Callable[[UnitOfWork, str, Sequence[uuid.UUID]], None]
+
+
+def accept_event(
+    uow: UnitOfWork, event: EventCreate, settings: Settings, on_linked: OnLinked
+) -> Accepted:
     """Record the event and its jobs in the unit of work; the new jobs are published after it.
 
     Concurrent duplicates are settled by the primary key on events.event_id (the losers wait
@@ -74,7 +82,7 @@ def accept_event(uow: UnitOfWork, event: EventCreate, settings: Settings) -> Acc
     if not intake.made:
         # Every payment had a job already: the event may be complete the moment it exists.
         linked = event_job_ids(uow.conn, event.event_id)
-        outbox.record_linked(uow.conn, event.event_id, linked)
+        on_linked(uow, event.event_id, linked)
     if intake.linked_existing:
         # Jobs that another event made are shown as they stand, with all their events.
         return Accepted(created=True, event=_read_back(uow, event.event_id))

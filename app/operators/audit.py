@@ -8,10 +8,10 @@ from typing import Any, Literal
 from psycopg import Connection
 from psycopg.types.json import Jsonb
 
-from app.auth import Caller
+from app.kit.db import rows
 from app.kit.errors import NotFound
-from app.reads import rows
-from app.schemas import ActionPublic
+from app.operators.keys import Caller
+from app.operators.schemas import ActionPublic
 
 Action = Literal["retry", "refund", "replay"]
 

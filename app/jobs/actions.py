@@ -1,4 +1,5 @@
-"""What people ask of a job: retry a failed one, refund a held one. Used by the API and CLI."""
+"""What people ask of a job: retry a failed one, refund a held one. Each change and its audit
+record are written in the caller's unit of work: they commit together or not at all."""
 
 from __future__ import annotations
 
@@ -6,14 +7,16 @@ import uuid
 
 from app.config import Settings
 from app.jobs import store
+from app.jobs.queries import require_job
+from app.jobs.schemas import JobPublic
 from app.jobs.status import JobStatus
 from app.kit.db import UnitOfWork
 from app.kit.errors import DomainError, NotFound, NotRefundable, NotRetryable
-from app.listing import require_job
-from app.schemas import JobPublic
+from app.operators.audit import record_action
+from app.operators.keys import Caller
 
 
-def retry_job(uow: UnitOfWork, job_id: uuid.UUID, settings: Settings) -> JobPublic:
+def retry_job(uow: UnitOfWork, job_id: uuid.UUID, settings: Settings, caller: Caller) -> JobPublic:
     """Put a failed job back to queued; it is published once the unit of work commits.
 
     The error stays as a record of why it failed, and so does a call that may have applied:
@@ -21,14 +24,19 @@ def retry_job(uow: UnitOfWork, job_id: uuid.UUID, settings: Settings) -> JobPubl
     """
     moved = store.retry(uow.conn, job_id, settings.dispatch_grace_seconds)
     why = f"only a {JobStatus.FAILED} job can be retried"
-    return _requeued(uow, job_id, moved, NotRetryable, why)
+    job = _requeued(uow, job_id, moved, NotRetryable, why)
+    record_action(uow.conn, caller, "retry", job_id=job.id, detail={"from": JobStatus.FAILED.value})
+    return job
 
 
-def refund_job(uow: UnitOfWork, job_id: uuid.UUID, settings: Settings) -> JobPublic:
+def refund_job(uow: UnitOfWork, job_id: uuid.UUID, settings: Settings, caller: Caller) -> JobPublic:
     """A person decided to give the money back: the job refunds the payment, then ends refunded."""
     moved = store.request_refund(uow.conn, job_id, settings.dispatch_grace_seconds)
     why = f"only a {JobStatus.NEEDS_REFUND} job can be refunded"
-    return _requeued(uow, job_id, moved, NotRefundable, why)
+    job = _requeued(uow, job_id, moved, NotRefundable, why)
+    detail = {"from": JobStatus.NEEDS_REFUND.value}
+    record_action(uow.conn, caller, "refund", job_id=job.id, detail=detail)
+    return job
 
 
 def _requeued(

@@ -10,7 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from app.cli_api import ApiError, api_request
+from app.cli.client import ApiError, api_request
 
 webhooks_cli = typer.Typer(help="Webhook endpoints (through the API).", no_args_is_help=True)
 out = Console()

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from psycopg import Connection
 
+from app.events.schemas import EventPage, EventPublic, EventSummary
+from app.jobs.queries import EVENT_IDS, JOB_COLUMNS, as_public
 from app.jobs.status import WAITING_SQL
 from app.kit import cursors
-from app.reads import rows
-from app.schemas import EventPage, EventSummary
+from app.kit.db import rows
 
 CURSOR_KIND = "events"
 
@@ -60,3 +62,35 @@ def list_events(conn: Connection[Any], limit: int, cursor: str | None = None) ->
         last = items[-1]
         next_cursor = cursors.encode(CURSOR_KIND, last.received_at, last.event_id)
     return EventPage(items=items, next_cursor=next_cursor)
+
+
+def get_event(conn: Connection[Any], event_id: str) -> EventPublic | None:
+    """One event with its jobs in the order the event named them, or None."""
+    found = rows(
+        conn,
+        "SELECT event_id, sku, reason, occurred_at, received_at FROM events WHERE event_id = %s",
+        (event_id,),
+    )
+    if not found:
+        return None
+    event = found[0]
+    jobs = rows(
+        conn,
+        f"SELECT {JOB_COLUMNS}, {EVENT_IDS} FROM event_jobs ej JOIN jobs j ON j.id = ej.job_id "  # noqa: S608
+        "WHERE ej.event_id = %s ORDER BY ej.position",
+        (event_id,),
+    )
+    return EventPublic(
+        event_id=event.event_id,
+        sku=event.sku,
+        reason=event.reason,
+        occurred_at=event.occurred_at,
+        received_at=event.received_at,
+        jobs=as_public(jobs),
+    )
+
+
+def event_job_ids(conn: Connection[Any], event_id: str) -> list[uuid.UUID]:
+    """The ids of the jobs an event names."""
+    found = conn.execute("SELECT job_id FROM event_jobs WHERE event_id = %s", (event_id,))
+    return [r[0] for r in found.fetchall()]

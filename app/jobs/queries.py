@@ -6,16 +6,18 @@ Plain functions on the caller's connection (a unit of work's), shared by the API
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from psycopg import Connection
 
+from app.jobs.schemas import AttemptPublic, JobPage, JobPublic, Stats, job_public
 from app.jobs.status import ALL, TERMINAL, WAITING_SQL
+from app.jobs.store import PUBLIC_COLUMNS
 from app.kit import cursors
+from app.kit.db import rows
 from app.kit.errors import NotFound
-from app.reads import get_job, load_jobs, rows
-from app.schemas import AttemptPublic, JobPage, JobPublic, Stats
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -139,3 +141,31 @@ def job_stats(conn: Connection[Any]) -> Stats:
         finished_last_minute=minute,
         finished_last_hour=hour,
     )
+
+
+JOB_COLUMNS = ", ".join(f"j.{c.strip()}" for c in PUBLIC_COLUMNS.split(","))
+
+
+# The events that name a job, oldest first.
+EVENT_IDS = (
+    "(SELECT array_agg(l.event_id ORDER BY e.received_at, l.event_id) FROM event_jobs l "
+    "JOIN events e ON e.event_id = l.event_id WHERE l.job_id = j.id) AS event_ids"
+)
+
+
+def as_public(rows: Sequence[Any]) -> list[JobPublic]:
+    return [job_public(r, list(r.event_ids or [])) for r in rows]
+
+
+def load_jobs(
+    conn: Connection[Any], where: str, params: dict[str, Any], tail: str = ""
+) -> list[JobPublic]:
+    """Jobs matching a SQL condition on `j`, each with its event ids."""
+    sql = f"SELECT {JOB_COLUMNS}, {EVENT_IDS} FROM jobs j WHERE {where} {tail}"  # noqa: S608
+    return as_public(rows(conn, sql, params))
+
+
+def get_job(conn: Connection[Any], job_id: uuid.UUID) -> JobPublic | None:
+    """One job, or None."""
+    jobs = load_jobs(conn, "j.id = %(id)s", {"id": job_id})
+    return jobs[0] if jobs else None

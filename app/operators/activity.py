@@ -11,8 +11,8 @@ from typing import Any
 
 from psycopg import Connection
 
-from app.reads import rows
-from app.schemas import Activity, MinuteCounts, UpstreamCalls, UpstreamLatency
+from app.kit.db import rows
+from app.operators.schemas import Activity, MinuteCounts, UpstreamCalls, UpstreamLatency
 
 DEFAULT_MINUTES = 30
 MAX_MINUTES = 180

@@ -8,14 +8,12 @@ import secrets
 import uuid
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Any
 
-from fastapi import Depends, Request
 from psycopg import AsyncConnection, Connection
 from psycopg.rows import dict_row
 
-from app.kit.db import loop_conns
-from app.kit.errors import Forbidden, Unauthenticated
+from app.kit.errors import Unauthenticated
 
 KEY_PREFIX = "sk"
 
@@ -125,25 +123,3 @@ async def authenticate(conn: AsyncConnection[Any], header: str | None) -> Caller
     cur = conn.cursor(row_factory=dict_row)
     row = await (await cur.execute(KEY_ROW, (prefix,))).fetchone()
     return _caller(row, secret)
-
-
-def require(scope: Scope | None) -> object:
-    """A dependency that admits callers holding `scope` (None: any valid key)."""
-
-    async def dependency(request: Request) -> Caller:
-        async with loop_conns(request).connection() as conn:
-            caller = await authenticate(conn, request.headers.get("authorization"))
-        if scope is not None and scope.value not in caller.scopes:
-            raise Forbidden(f"this key lacks the scope {scope.value}")
-        request.state.caller = caller
-        return caller
-
-    return Depends(dependency)
-
-
-# Any valid key, whatever its scopes (GET /v1/me).
-KeyHolder = Annotated[Caller, require(None)]
-EventsWriter = Annotated[Caller, require(Scope.EVENTS_WRITE)]
-JobsReader = Annotated[Caller, require(Scope.JOBS_READ)]
-JobsWriter = Annotated[Caller, require(Scope.JOBS_WRITE)]
-WebhooksWriter = Annotated[Caller, require(Scope.WEBHOOKS_WRITE)]

@@ -1,0 +1,1 @@
+"""The `stockout` command: keys on the database, everything else through the REST API."""

@@ -1,0 +1,1 @@
+"""Stockout events: the intake (idempotent, one job per payment) and the reads of events."""

@@ -1,0 +1,89 @@
+"""A job's shapes as the API shows them: the job, its attempts, the counts."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel
+
+from app.jobs.records import Cancellation, Refund, UpstreamError
+from app.jobs.status import JobStatus
+
+
+class JobPublic(BaseModel):
+    id: uuid.UUID
+    imp_uid: str
+    merchant_uid: str | None
+    status: JobStatus
+    pay_method: PayMethod
+    on_paid: OnPaidChoice
+    attempts: int
+    next_attempt_at: datetime | None
+    payment_status: str | None
+    cancellation: Cancellation | None
+    refund: Refund | None
+    error: UpstreamError | None
+    event_ids: list[str]
+    created_at: datetime
+    updated_at: datetime
+    finished_at: datetime | None
+
+
+class JobPage(BaseModel):
+    items: list[JobPublic]
+    next_cursor: str | None
+
+
+class AttemptPublic(BaseModel):
+    n: int
+    call: Literal["cancel", "refund", "lookup", "token"]
+    started_at: datetime
+    duration_ms: int | None
+    http_status: int | None
+    code: int | None
+    message: str | None
+    outcome: str | None
+
+
+class AttemptList(BaseModel):
+    items: list[AttemptPublic]
+
+
+class Stats(BaseModel):
+    counts: dict[str, int]
+    oldest_waiting_age_seconds: float | None
+    finished_last_minute: dict[str, int]
+    finished_last_hour: dict[str, int]
+
+
+def job_public(row: Any, event_ids: list[str]) -> JobPublic:
+    """A Job as the API shows it, from a jobs row."""
+    status = JobStatus(row.status)
+    cancellation = row.cancellation if status is JobStatus.CANCELLED else None
+    refund = row.refund if status is JobStatus.REFUNDED else None
+    return JobPublic(
+        id=row.id,
+        imp_uid=row.imp_uid,
+        merchant_uid=row.merchant_uid,
+        status=status,
+        pay_method=row.pay_method,
+        on_paid=row.on_paid,
+        attempts=row.attempts,
+        next_attempt_at=row.next_attempt_at if status is JobStatus.RETRY_WAIT else None,
+        payment_status=row.payment_status,
+        cancellation=Cancellation.model_validate(cancellation) if cancellation else None,
+        refund=Refund.model_validate(refund) if refund else None,
+        error=UpstreamError.model_validate(row.error) if row.error else None,
+        event_ids=event_ids,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at,
+    )
+
+
+PayMethod = Literal["cvs", "vbank"]
+
+
+OnPaidChoice = Literal["hold", "refund"]

@@ -1,0 +1,77 @@
+"""A worker's life: what its processes do when they start and stop (Celery's signals)."""
+
+from __future__ import annotations
+
+import contextlib
+
+from celery.signals import (
+    beat_init,
+    worker_init,
+    worker_process_init,
+    worker_process_shutdown,
+    worker_shutdown,
+)
+
+from app.config import get_settings
+from app.heap import freeze_startup_heap
+from app.kit import metrics
+from app.kit.db import close_pool
+from app.logs import configure
+from worker.celery_app import app
+from worker.runner import RUNNER
+
+
+@worker_init.connect
+def _check_credentials(**_: object) -> None:
+    # Without credentials every job would fail its run over and over; refuse to start instead.
+    settings = get_settings()
+    if settings.iamport_imp_key is None or settings.iamport_imp_secret is None:
+        raise SystemExit("IAMPORT_IMP_KEY and IAMPORT_IMP_SECRET must be set for the worker")
+
+
+# The threads pool runs tasks in the main process, which sends worker_init but never
+# worker_process_init (that one comes from prefork children): configure logging on all three.
+@worker_init.connect
+@worker_process_init.connect
+@beat_init.connect
+def _configure_logging(**_: object) -> None:
+    settings = get_settings()
+    configure(settings.log_level, settings.log_json)
+
+
+@worker_process_shutdown.connect
+def _close(**_: object) -> None:
+    close_pool()
+
+
+@worker_init.connect
+def _start_job_threads(sender: object, **_: object) -> None:
+    """The job threads, the worker's concurrency spread over one child process per core.
+
+    Celery's own pool (threads) then only receives, hands over and acknowledges messages; the
+    jobs run in the children, beside each other on every core. On one core they run in here.
+    """
+    RUNNER.start(concurrency(sender), _child_started, _child_stopping)
+    freeze_startup_heap()
+
+
+def concurrency(sender: object = None) -> int:
+    """The worker's -c, or the app's default."""
+    return int(getattr(sender, "concurrency", 0) or app.conf.worker_concurrency)
+
+
+@worker_shutdown.connect
+def _stop_children(**_: object) -> None:
+    # After Celery's soft shutdown: every task it waited for has had its answer.
+    RUNNER.stop(timeout=app.conf.worker_soft_shutdown_timeout)
+
+
+def _child_started() -> None:
+    _configure_logging()
+    freeze_startup_heap()
+
+
+def _child_stopping() -> None:
+    close_pool()
+    with contextlib.suppress(Exception):
+        metrics.push()

@@ -1,0 +1,175 @@
+"""The job runner of a worker process: where a message's jobs run, and with what.
+
+One object holds what a worker process keeps for its jobs: the gateway client (one HTTP pool
+and token cache a process), the job threads (in child processes, one per usable core, or in
+this process on one core) and the count of groups in flight that sizes the next groups.
+"""
+
+from __future__ import annotations
+
+import math
+import random
+import threading
+import uuid
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+
+import structlog
+
+from app.config import get_settings
+from app.jobs import store
+from app.jobs.run import run_job
+from app.kit.db import pool
+from app.kit.dispatch import chunks
+from app.kit.redis_conn import get_redis
+from app.upstream.iamport.client import IamportClient
+from app.webhooks import outbox
+from worker.process_pool import ChildLost, ThreadedProcessPool, usable_cores
+
+log = structlog.get_logger("worker")
+# A message's jobs go to the job threads in groups, each group's jobs run one after the
+# other on one thread: one job a group while threads are idle (the least latency), up to
+# this many once every thread is busy (the least hand-over cost per job).
+MAX_JOBS_PER_GROUP = 10
+
+
+def group_size(jobs: int, idle_threads: int) -> int:
+    """How many of a message's `jobs` one thread runs: enough to spread them over the idle
+    threads, at most MAX_JOBS_PER_GROUP."""
+    return max(1, min(MAX_JOBS_PER_GROUP, math.ceil(jobs / max(1, idle_threads))))
+
+
+def _parse(ids: list[str]) -> list[uuid.UUID]:
+    out = []
+    for i in ids:
+        try:
+            out.append(uuid.UUID(str(i)))
+        except ValueError:
+            log.warning("bad_job_id_in_message")
+    return out
+
+
+class Runner:
+    """The process's job threads and gateway client (see the module's docstring)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._client: IamportClient | None = None
+        self._rng = threading.local()
+        self.children: ThreadedProcessPool | None = None
+        self._local: ThreadPoolExecutor | None = None
+        self._local_size = 0
+        self._groups_running = 0
+
+    # -- the process's own jobs (in a child, or on one core in the worker itself) ------------
+
+    def gateway(self) -> IamportClient:
+        """One iamport client (one httpx pool) per process."""
+        with self._lock:
+            if self._client is None:
+                self._client = IamportClient.from_settings(get_settings(), get_redis())
+            return self._client
+
+    def rng(self) -> random.Random:
+        r: random.Random | None = getattr(self._rng, "r", None)
+        if r is None:
+            r = self._rng.r = random.Random()
+        return r
+
+    def run_jobs(self, job_ids: list[str]) -> int:
+        """Claim and run each job that is ready, one after the other; how many were run."""
+        settings = get_settings()
+        ids = _parse(job_ids)
+        if not ids:
+            return 0
+        ran = 0
+        with pool().connection() as conn:
+            for job_id in ids:
+                # Each job's lease starts when its own run starts, not when the batch arrived.
+                job = store.claim(
+                    conn, job_id, settings.lease_seconds, settings.cancel_settle_seconds
+                )
+                if job is None:
+                    continue  # not ready, or someone else's: a duplicate message costs nothing
+                structlog.contextvars.bind_contextvars(job_id=str(job.id), imp_uid=job.imp_uid)
+                try:
+                    run_job(conn, self.gateway(), job, settings, self.rng(), outbox.record_terminal)
+                finally:
+                    structlog.contextvars.clear_contextvars()
+                ran += 1
+        return ran
+
+    # -- the worker's side: where a message's groups go --------------------------------------
+
+    def start(
+        self,
+        concurrency: int,
+        child_started: Callable[[], None],
+        child_stopping: Callable[[], None],
+    ) -> None:
+        """One child process per usable core, `concurrency` spread over their threads; on one
+        core, `concurrency` threads in this process."""
+        processes = usable_cores()
+        if processes > 1:
+            threads = math.ceil(concurrency / processes)
+            self.children = ThreadedProcessPool(processes, threads, child_started, child_stopping)
+            log.info("job_processes_started", processes=processes, threads_each=threads)
+        else:
+            self._local_threads(concurrency)
+
+    def stop(self, timeout: float) -> None:
+        if self.children is not None:
+            self.children.shutdown(timeout=timeout)
+        if self._local is not None:
+            self._local.shutdown(wait=True)
+
+    def run_message(self, job_ids: list[str], concurrency: int) -> int:
+        """Spread a message's jobs over the job threads in groups and wait for them; how many
+        were run. Raises ChildLost if a child process died under one of its groups."""
+        threads = self._threads(concurrency)
+        futures: list[Future[int]] = []
+        for group in chunks(job_ids, group_size(len(job_ids), threads - self._groups_running)):
+            future = self._submit(group, concurrency)
+            self._count_group(+1)
+            future.add_done_callback(lambda _: self._count_group(-1))
+            futures.append(future)
+        ran, lost = 0, False
+        for future in futures:
+            try:
+                ran += future.result()
+            except ChildLost:
+                lost = True
+        if lost:
+            raise ChildLost("a child process died while it ran a group of this message")
+        return ran
+
+    def _submit(self, group: list[str], concurrency: int) -> Future[int]:
+        if self.children is not None:
+            return self.children.submit(run_jobs, group)
+        return self._local_threads(concurrency).submit(self.run_jobs, group)
+
+    def _threads(self, concurrency: int) -> int:
+        if self.children is not None:
+            return self.children.threads
+        # On one core: the threads made at start with the worker's concurrency (its -c).
+        self._local_threads(concurrency)
+        return self._local_size
+
+    def _count_group(self, change: int) -> None:
+        with self._lock:
+            self._groups_running += change
+
+    def _local_threads(self, concurrency: int) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._local is None:
+                self._local = ThreadPoolExecutor(concurrency, thread_name_prefix="job")
+                self._local_size = concurrency
+            return self._local
+
+
+RUNNER = Runner()
+
+
+def run_jobs(job_ids: list[str]) -> int:
+    """A group's work in a child process (a module function, so it pickles), on its runner."""
+    return RUNNER.run_jobs(job_ids)
