@@ -12,7 +12,7 @@ from fastapi.testclient import TestClient
 
 from devtools import apidoc
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 PUBLIC = {"/healthz", "/readyz", "/metrics"}
 
 

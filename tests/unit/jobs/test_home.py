@@ -8,7 +8,7 @@ from pathlib import Path
 
 from app.jobs.status import ALL, JobStatus
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 # Payment statuses are iamport's words and share two names with job statuses; the iamport
 # client speaks of payments only.
 PAYMENT_SIDE = ("app/upstream/iamport/",)

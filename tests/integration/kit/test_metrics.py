@@ -18,7 +18,7 @@ from app.kit import metrics
 from devtools.embedded import free_port
 from tests.support.factories import auth, event
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 WORKER = """
 from datetime import UTC, datetime
