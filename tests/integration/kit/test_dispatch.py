@@ -47,6 +47,41 @@ def test_a_lone_commit_is_sent_at_once(broker: redis.Redis) -> None:
     assert ids_in(broker) == [[str(job)]]
 
 
+def tasks_in(client: redis.Redis) -> list[tuple[str, list[str]]]:
+    """(task name, first argument) of each message in the queue."""
+    out = []
+    for raw in client.lrange(dispatch.QUEUE, 0, -1):
+        envelope = json.loads(raw)
+        args, _, _ = json.loads(base64.b64decode(envelope["body"]))
+        arg = args[0]
+        out.append((envelope["headers"]["task"], arg if isinstance(arg, list) else [arg]))
+    return out
+
+
+def test_a_unit_of_work_wakes_jobs_and_webhook_endpoints_only_after_its_commit(
+    broker: redis.Redis, clean_db: str
+) -> None:
+    """One after-commit channel: the jobs a unit of work published and the endpoints it woke
+    reach the broker once it commits, and nothing of a unit of work that rolled back."""
+    from app.kit.db import unit_of_work
+
+    job, endpoint = uuid.uuid4(), uuid.uuid4()
+    with pytest.raises(RuntimeError), unit_of_work() as uow:
+        uow.publish([uuid.uuid4()])
+        uow.wake_endpoints([uuid.uuid4()])
+        raise RuntimeError("rolled back")
+    with unit_of_work() as uow:
+        uow.publish([job])
+        uow.wake_endpoints([endpoint, endpoint])
+        uow.conn.execute("SELECT 1")
+        assert dispatch.drain() and broker.llen(dispatch.QUEUE) == 0  # nothing before commit
+    assert dispatch.drain()
+    assert sorted(tasks_in(broker)) == [
+        (dispatch.CANCEL_TASK, [str(job)]),
+        (dispatch.DELIVER_TASK, [str(endpoint)]),
+    ]
+
+
 def test_a_burst_rides_in_few_full_messages(broker: redis.Redis) -> None:
     jobs = [uuid.uuid4() for _ in range(300)]
     for job in jobs:
