@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -27,7 +28,7 @@ from app.api.problems import install_handlers, problem
 from app.config import get_settings
 from app.heap import freeze_startup_heap
 from app.kit.db import POOL_WAIT_SECONDS, loop_pool
-from app.logs import configure
+from app.logs import capture_output, configure
 
 log = structlog.get_logger(__name__)
 # The key check of every request and the common intake: short, no thread each.
@@ -56,6 +57,10 @@ async def startup_checks(_: FastAPI) -> AsyncIterator[None]:
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Checks first, then the connections used on the event loop: the confirm hook's own, and
     those of the key check and the intake."""
+    if sys.stderr is sys.__stderr__:
+        # A served API owns its streams: what is written to them, and uncaught exceptions,
+        # become records too. (Under a test runner the streams are the runner's.)
+        capture_output()
     async with (
         startup_checks(app),
         iamport_hooks.confirm_pool(app),

@@ -6,6 +6,7 @@ import contextlib
 
 from celery.signals import (
     beat_init,
+    setup_logging,
     worker_init,
     worker_process_init,
     worker_process_shutdown,
@@ -16,7 +17,7 @@ from app.config import get_settings
 from app.heap import freeze_startup_heap
 from app.kit import metrics
 from app.kit.db import close_pool
-from app.logs import configure
+from app.logs import capture_output, configure
 from worker.celery_app import app
 from worker.runner import RUNNER
 
@@ -31,12 +32,17 @@ def _check_credentials(**_: object) -> None:
 
 # The threads pool runs tasks in the main process, which sends worker_init but never
 # worker_process_init (that one comes from prefork children): configure logging on all three.
+# Answering setup_logging keeps Celery from adding its own plain-text handlers (root, task and
+# multiprocessing loggers) and from redirecting stdout/stderr to its LoggingProxy.
+@setup_logging.connect
 @worker_init.connect
 @worker_process_init.connect
 @beat_init.connect
 def _configure_logging(**_: object) -> None:
     settings = get_settings()
     configure(settings.log_level, settings.log_json)
+    # Celery's own redirection is off (worker_redirect_stdouts): it logs each write apart.
+    capture_output()
 
 
 @worker_process_shutdown.connect

@@ -47,6 +47,9 @@ app.conf.update(
     # Retries are scheduled in Postgres (next_attempt_at), never as ETA/countdown messages:
     # Redis redelivers those after the visibility timeout and they would run twice.
     worker_hijack_root_logger=False,
+    # Celery's LoggingProxy makes every write to stdout/stderr its own record (a traceback
+    # became one record per character); app.logs.capture_output does it per burst instead.
+    worker_redirect_stdouts=False,
     worker_send_task_events=False,
     task_send_sent_event=False,
     # Beat rewrites its schedule file after every task it sends, so the file's age tells a
