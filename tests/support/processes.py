@@ -6,7 +6,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from devtools.launch import ROOT, worker_command
@@ -34,7 +34,13 @@ def service_env(**overrides: str) -> dict[str, str]:
 
 
 def start_worker(
-    env: dict[str, str], log: Path, *, concurrency: int = 8, beat: bool = True, name: str = "w1"
+    env: dict[str, str],
+    log: Path,
+    *,
+    concurrency: int = 8,
+    beat: bool = True,
+    name: str = "w1",
+    extra: Sequence[str] = (),
 ) -> subprocess.Popen[bytes]:
     schedule = log.with_suffix(".beat") if beat else None
     args = [
@@ -43,6 +49,7 @@ def start_worker(
         ),
         "--without-mingle",
         "--without-gossip",
+        *extra,
     ]
     out = log.open("ab")
     return subprocess.Popen(

@@ -1,0 +1,24 @@
+"""Test-only tasks, loaded into a real worker with `-I tests.support.noisy_tasks`."""
+
+from __future__ import annotations
+
+from tests.support.noise import _boom, make_noise
+from worker import tasks
+from worker.celery_app import app
+
+NOISE_TASK = "tests.noise"
+RAISE_TASK = "tests.raise"
+
+
+@app.task(name=NOISE_TASK)
+def noise(noise: str, marker: str, in_child: bool) -> str:
+    if not in_child:
+        return make_noise(noise, marker)
+    if tasks._children is None:
+        raise RuntimeError("this worker runs no job processes (one core)")
+    return tasks._children.submit(make_noise, noise, marker).result(timeout=30)
+
+
+@app.task(name=RAISE_TASK)
+def fail(marker: str) -> None:
+    _boom(marker)  # Celery logs the task's exception with its traceback
