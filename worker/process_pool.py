@@ -26,6 +26,19 @@ T = TypeVar("T")
 RESTART_DELAY = 1.0  # between a child's death and its replacement: no tight crash loop
 
 
+def _forget_children_after_fork() -> None:
+    # A process forked from the worker (Celery's embedded beat, from billiard) inherits the
+    # list of our spawned children; at its exit multiprocessing joins them, which only their
+    # parent may do: "can only join a child process", a traceback at every shutdown.
+    # multiprocessing's own forked processes reset the list the same way.
+    children = getattr(multiprocessing.process, "_children", None)
+    if isinstance(children, set):
+        children.clear()
+
+
+os.register_at_fork(after_in_child=_forget_children_after_fork)
+
+
 class ChildLost(Exception):
     """The child process running a call died before answering."""
 

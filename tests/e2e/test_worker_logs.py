@@ -38,8 +38,12 @@ def noisy_worker(stack_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[Pa
     finally:
         sender.close()
         stop(proc)
-    # Nor did stopping it write a record a character (or a blank) long.
+    # Nor did stopping it write a record a character (or a blank) long, or a traceback.
     assert [r for r in records(log) if len(str(r.get("event", "")).strip()) <= 1] == []
+    stray = [
+        r for r in records(log) if "Traceback" in json.dumps(r) and "boom m" not in json.dumps(r)
+    ]
+    assert stray == []
 
 
 def records(log: Path) -> list[dict[str, Any]]:
