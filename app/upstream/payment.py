@@ -14,7 +14,9 @@ from pydantic import BaseModel, ConfigDict, field_validator
 
 PaymentStatus = Literal["ready", "paid", "cancelled", "failed"]
 
-MILLISECONDS_ABOVE = 10**11  # as seconds that is the year 5138; as milliseconds, 1973
+# As seconds that is the year 5138; as milliseconds, 1973: a larger value is in a finer unit
+# (milliseconds, microseconds, nanoseconds), each a thousand times the last.
+MILLISECONDS_ABOVE = 10**11
 KST = timezone(timedelta(hours=9))  # iamport's clock and console speak Korean time
 
 
@@ -25,9 +27,10 @@ def _zero_if_none(value: Any) -> Any:
 def unix_seconds(value: Any) -> float:
     """A timestamp as float UNIX seconds, from whatever iamport or a PG put there; 0 if none.
 
-    Accepts int or float seconds, milliseconds (any value above 10**11), numeric strings and
-    ISO-8601 strings (without an offset: Korean time). Timestamps are kept for the record and
-    never decide anything, so what cannot be read becomes 0 rather than failing the answer.
+    Accepts int or float seconds, milliseconds, microseconds or nanoseconds (told apart by
+    magnitude: above 10**11 a value is a thousand times finer), numeric strings and ISO-8601
+    strings (without an offset: Korean time). What cannot be read becomes 0 ("not known")
+    rather than failing the answer; a decision that reads a time treats 0 as unknown.
     """
     if value is None or isinstance(value, bool):
         return 0.0
@@ -44,7 +47,12 @@ def unix_seconds(value: Any) -> float:
     seconds = float(value)
     if not math.isfinite(seconds) or seconds <= 0:
         return 0.0
-    return seconds / 1000 if seconds > MILLISECONDS_ABOVE else seconds
+    for _ in ("ms", "us", "ns"):
+        if seconds <= MILLISECONDS_ABOVE:
+            return seconds
+        seconds /= 1000
+    # Finer than nanoseconds is no unit anyone uses: unknown, not a guess of long ago.
+    return seconds if seconds <= MILLISECONDS_ABOVE else 0.0
 
 
 def _iso_seconds(text: str) -> float:
@@ -133,3 +141,11 @@ class Payment(Lenient):
         if not self.cancel_history:
             return None
         return max(reversed(self.cancel_history), key=lambda e: e.cancelled_at)
+
+    def cancelled_time(self) -> float:
+        """When the payment's latest cancellation happened (iamport's clock, UNIX seconds);
+        0 when it does not say. The payment's `cancelled_at` and its newest cancel_history
+        entry may disagree: the later one is taken, the one a late call of ours could be."""
+        last = self.last_cancel()
+        return max(self.cancelled_at, last.cancelled_at if last is not None else 0.0)
+

@@ -19,6 +19,12 @@ T = 1764060000  # 2025-11-25 08:40:00 UTC
         (T + 0.25, T + 0.25),
         (T * 1000, T),
         (T * 1000 + 500, T + 0.5),
+        (T * 1_000_000, T),  # microseconds
+        (T * 1_000_000 + 250_000, T + 0.25),
+        (T * 1_000_000_000, T),  # nanoseconds
+        (str(T * 1_000_000), T),
+        (T * 10**12, 0),  # finer than nanoseconds: no unit, unknown rather than a guess
+        (10**11, 10**11),  # the boundary is still seconds
         (str(T), T),
         (f"{T}.75", T + 0.75),
         (str(T * 1000), T),
@@ -98,3 +104,29 @@ def test_unknown_fields_are_ignored_and_status_is_required() -> None:
     assert Payment.model_validate(BASE | {"brand_new": {"x": [1]}}).imp_uid == "imps_1"
     with pytest.raises(ValueError):
         Payment.model_validate({"imp_uid": "imps_1"})
+
+
+@pytest.mark.parametrize(
+    ("cancelled_at", "history", "when"),
+    [
+        (0, [], 0.0),
+        (T, [], T),
+        (0, [T], T),
+        (T * 1000, [T * 1000], T),  # milliseconds, as some PGs put them
+        (T, [T - 50, T + 7], T + 7),  # the later of the payment's and its newest entry's
+        (T + 9, [T - 50, T], T + 9),
+        (None, [None], 0.0),
+    ],
+)
+def test_cancelled_time_is_the_latest_cancellations(
+    cancelled_at: Any, history: list[Any], when: float
+) -> None:
+    payment = Payment.model_validate(
+        BASE
+        | {
+            "status": "cancelled",
+            "cancelled_at": cancelled_at,
+            "cancel_history": [{"cancelled_at": t, "amount": 1} for t in history],
+        }
+    )
+    assert payment.cancelled_time() == pytest.approx(when)
