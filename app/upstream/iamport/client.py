@@ -134,6 +134,12 @@ class IamportClient:
             else TokenProvider(redis_client, self.fetch_token, key_id(imp_key))
         )
 
+    def clock_skew(self) -> float | None:
+        """iamport's clock minus ours in seconds, as the token exchange measured it; None if not
+        known (a token source that does not measure it)."""
+        skew = getattr(self.tokens, "skew", None)
+        return float(skew) if isinstance(skew, int | float) else None
+
     @classmethod
     def from_settings(cls, settings: Settings, redis: redis.Redis) -> IamportClient:
         """The process's client: shared token and rate limit through `redis`."""

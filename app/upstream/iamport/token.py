@@ -92,6 +92,10 @@ class TokenProvider:
         self._redis = redis_client
         self._fetch = fetch
         self._key = f"iamport:token:{key_id}"
+        self._skew_key = f"iamport:clock-skew:{key_id}"
+        # iamport's clock minus ours, in seconds, as the last getToken showed it (its `now`,
+        # whole seconds, against our clock when the answer came); None until known.
+        self.skew: float | None = None
         self._lock_key = f"iamport:token-lock:{key_id}"
         self._margin = refresh_margin
         self._lock_ttl_ms = int(lock_ttl * 1000)
@@ -146,8 +150,7 @@ class TokenProvider:
         try:
             shared = _Token.decode(self._redis.get(self._key))
             if shared is not None and good(shared):
-                self._local = shared
-                return shared.value
+                return self._adopt(shared)
             deadline = time.monotonic() + self._wait_timeout
             while True:
                 lock = secrets.token_hex(16)
@@ -156,14 +159,17 @@ class TokenProvider:
                         # Someone may have stored a token between our read and our lock.
                         shared = _Token.decode(self._redis.get(self._key))
                         if shared is not None and good(shared):
-                            self._local = shared
-                            return shared.value
+                            return self._adopt(shared)
                         token = self._fetch_token(observer)
                         self._local = token
                         ttl_ms = int((token.expires_at - time.time()) * 1000)
                         if ttl_ms > 0:
                             with contextlib.suppress(redis.RedisError):
                                 self._redis.set(self._key, token.encode(), px=ttl_ms)
+                                if self.skew is not None:
+                                    # Beside the token, not in it: processes that adopt the
+                                    # token measure no skew of their own.
+                                    self._redis.set(self._skew_key, repr(self.skew), px=ttl_ms)
                         return token.value
                     finally:
                         assert self._release is not None
@@ -174,8 +180,7 @@ class TokenProvider:
                     time.sleep(self._poll)
                     shared = _Token.decode(self._redis.get(self._key))
                     if shared is not None and good(shared):
-                        self._local = shared
-                        return shared.value
+                        return self._adopt(shared)
                     if not self._redis.exists(self._lock_key):
                         break  # the holder gave up or died: try to take the lock ourselves
                 else:
@@ -184,6 +189,16 @@ class TokenProvider:
         except redis.RedisError:
             return self._store_local(self._fetch_token(observer))
 
+    def _adopt(self, shared: _Token) -> str:
+        """Use a token another process fetched, and the clock skew it measured."""
+        self._local = shared
+        if self.skew is None and self._redis is not None:
+            with contextlib.suppress(redis.RedisError, ValueError, TypeError):
+                raw = self._redis.get(self._skew_key)
+                if raw is not None:
+                    self.skew = float(raw.decode() if isinstance(raw, bytes) else raw)
+        return shared.value
+
     def _store_local(self, token: _Token) -> str:
         self._local = token
         return token.value
@@ -191,6 +206,7 @@ class TokenProvider:
     def _fetch_token(self, observer: CallObserver | None) -> _Token:
         answer = self._fetch(observer)
         now = time.time()
+        self.skew = float(answer.now) - now
         # Correct for clock skew: iamport's "now" and "expired_at" share iamport's clock.
         expires_at = now + (answer.expired_at - answer.now)
         refresh_at = expires_at - self._margin

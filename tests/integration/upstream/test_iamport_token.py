@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any, cast
 
+import pytest
 import redis
 
 from app.upstream.iamport import IamportClient, TokenProvider, TokenResponse
@@ -125,9 +126,26 @@ def test_token_is_shared_through_redis_under_a_hashed_key(clean_redis: str) -> N
     a, b = provider(r, fetch), provider(r, fetch)
     assert a.get() == "tok1" and b.get() == "tok1" and a.get() == "tok1"
     assert fetch.calls == 1
-    keys = [k.decode() for k in cast(list[bytes], r.keys("*"))]
-    assert keys == [f"iamport:token:{key_id(IMP_KEY)}"] and IMP_KEY not in keys[0]
-    assert 1790 <= r.ttl(keys[0]) <= 1800  # the lock was released, the token expires with iamport's
+    keys = sorted(k.decode() for k in cast(list[bytes], r.keys("*")))
+    # The lock was released; the token, and the clock skew measured with it, remain.
+    assert keys == [f"iamport:clock-skew:{key_id(IMP_KEY)}", f"iamport:token:{key_id(IMP_KEY)}"]
+    assert all(IMP_KEY not in k for k in keys)
+    for k in keys:
+        assert 1790 <= r.ttl(k) <= 1800  # they expire with iamport's token
+
+
+@pytest.mark.parametrize("skew", [0, 45, -45])
+def test_the_clock_skew_is_measured_and_shared_with_the_token(clean_redis: str, skew: int) -> None:
+    r = redis.Redis.from_url(clean_redis)
+    fetch = Fetcher()
+    fetch.skew = skew
+    a, b = provider(r, fetch), provider(r, fetch)
+    assert a.skew is None
+    a.get()
+    b.get()  # adopts a's token from Redis, and with it a's measure of iamport's clock
+    assert fetch.calls == 1
+    for p in (a, b):
+        assert p.skew is not None and abs(p.skew - skew) <= 1.1  # iamport's now: whole seconds
 
 
 def test_expiry_is_corrected_for_iamport_clock(clean_redis: str) -> None:
