@@ -82,6 +82,9 @@ class Policy:
     # Runs in a row that learn nothing (lookups that fail, statuses nobody documents, crashes)
     # before the job fails with a plain error instead of retrying forever.
     max_idle_runs: int = 30
+    # How much earlier than our first call a cancellation's own time must be to be upstream's:
+    # iamport's times are whole seconds (truncated), and so is the `now` the skew comes from.
+    credit_margin_seconds: float = 5.0
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]."""
@@ -99,6 +102,10 @@ class Result:
     error: UpstreamError | None = None
     # For a mutating step: the request left our side (known when it was sent, not guessed).
     sent: bool = True
+    # When a mutating call left our side (UNIX seconds, our clock), if it did.
+    sent_at: float | None = None
+    # The clock skew as known once the call was made (its token exchange may have measured it).
+    clock_skew: float | None = None
 
 
 @dataclass(frozen=True)
@@ -113,6 +120,10 @@ class JobState:
     look_first: bool = False  # a notification came: learn the payment's status first
     idle_runs: int = 0
     error: UpstreamError | None = None  # the job's recorded error, kept when a run adds none
+    # When the job's first cancel or refund left our side (UNIX seconds, our clock), ever.
+    first_sent_at: float | None = None
+    # iamport's clock minus ours, in seconds, as the token exchange measured it.
+    clock_skew: float | None = None
 
     @property
     def unsettled(self) -> bool:
@@ -156,6 +167,42 @@ def method_of(payment: Payment) -> Method | None:
 def balance_of(payment: Payment) -> float:
     """What is left to refund, as the payment shows it."""
     return max(payment.amount - payment.cancel_amount, 0.0)
+
+
+def cancelled_by(
+    cancelled_time: float,
+    first_sent_at: float | None,
+    clock_skew: float | None,
+    margin: float,
+    *,
+    ours_may_have: bool = True,
+) -> CancelledBy:
+    """Whose cancellation it is: `upstream` only when it happened before any call of ours
+    could have reached iamport.
+
+    `cancelled_time` is the cancellation's own time on iamport's clock (UNIX seconds, 0 when
+    it does not say); `first_sent_at` our first cancel or refund's start on our clock; the
+    skew (iamport's minus ours) moves one clock onto the other. Where any of them is missing
+    it cannot tell, and a call of ours that may have applied takes the credit.
+    `ours_may_have` is False when no call of ours can have applied (none was sent, or each
+    was answered with a refusal): then it is upstream's whatever the times say.
+    """
+    if not ours_may_have:
+        return "upstream"
+    if cancelled_time <= 0 or first_sent_at is None or clock_skew is None:
+        return "service"
+    on_our_clock = cancelled_time - clock_skew
+    return "upstream" if on_our_clock + margin < first_sent_at else "service"
+
+
+def _credit(payment: Payment, state: JobState, policy: Policy, ours_may_have: bool) -> CancelledBy:
+    return cancelled_by(
+        payment.cancelled_time(),
+        state.first_sent_at,
+        state.clock_skew,
+        policy.credit_margin_seconds,
+        ours_may_have=ours_may_have,
+    )
 
 
 def first_step(state: JobState) -> Step:
@@ -240,10 +287,12 @@ def _after_mutation(
                 method=method,
                 error=state.error,
             )
+        # "Done" may also be iamport accepting a cancel of a payment already cancelled: the
+        # cancellation's own time tells.
         return Decision(
             status=JobStatus.CANCELLED,
             payment_status=payment.status,
-            cancellation=cancellation_of(payment, "service"),
+            cancellation=cancellation_of(payment, _credit(payment, state, policy, True)),
             method=method,
             error=state.error,
         )
@@ -303,7 +352,9 @@ def _after_payment(
                 method=method,
                 error=state.error,
             )
-        by: CancelledBy = "service" if state.uncertain is Step.CANCEL else "upstream"
+        # An unanswered (or ended, or "done") cancel of ours may be what did it, unless the
+        # cancellation is older than our first call; without one, nothing of ours applied.
+        by = _credit(payment, state, policy, state.uncertain is Step.CANCEL)
         return Decision(
             status=JobStatus.CANCELLED,
             payment_status=status,
@@ -440,8 +491,12 @@ def drive(
             step = Step.LOOKUP
         started = elapsed()
         result = call(step, state.method, checksum)
+        if result.clock_skew is not None:
+            state = replace(state, clock_skew=result.clock_skew)
         if counts_as_attempt(step, result):
             state = replace(state, attempts=state.attempts + 1)
+            if state.first_sent_at is None and result.sent_at is not None:
+                state = replace(state, first_sent_at=result.sent_at)
             # An answer of any kind ends the call at iamport; only an unanswered one goes on.
             settled_at = started + policy.settle_seconds if result.kind is Kind.UNKNOWN else 0.0
         state = replace(state, settle_left=settled_at - elapsed())

@@ -105,6 +105,7 @@ class JobRun:
     sent: bool = False  # the current step's mutating call left our side
     answered: bool = False  # this run's last mutating call had a definite answer
     last_sent: Step | None = None  # the last cancel or refund this run sent
+    sent_at: float | None = None  # when the current step's mutating call left (our clock)
 
     def before_send(self, call: str) -> None:
         if call not in (Step.CANCEL, Step.REFUND):
@@ -128,6 +129,7 @@ class JobRun:
             # job before this call could end. The row is kept, marked as never sent.
             raise Held("too little of the lease is left to send")
         self.sent = True
+        self.sent_at = time.time()
         self.last_sent = Step(call)
 
     def after_call(self, record: CallRecord) -> None:
@@ -162,8 +164,21 @@ def call_step(
     checksum: float | None,
 ) -> Result:
     """Make the step's upstream call and reduce the answer to a Result."""
-    job = observer.job
     observer.sent = False
+    observer.sent_at = None
+    result = _call_step(client, observer, step, method, checksum)
+    sent_at = observer.sent_at if observer.sent else None
+    return replace(result, sent_at=sent_at, clock_skew=client.clock_skew())
+
+
+def _call_step(
+    client: IamportClient,
+    observer: JobRun,
+    step: Step,
+    method: Method,
+    checksum: float | None,
+) -> Result:
+    job = observer.job
     try:
         if step is Step.LOOKUP:
             payment = gateway.look_up(job.imp_uid, observer=observer)
@@ -217,6 +232,8 @@ def state_of(job: store.Claimed) -> JobState:
         look_first=job.look_first,
         idle_runs=job.idle_runs,
         error=UpstreamError.model_validate(job.error) if job.error else None,
+        # The age is by the database's clock; now minus it puts the start on ours.
+        first_sent_at=None if job.first_call_age is None else time.time() - job.first_call_age,
     )
 
 

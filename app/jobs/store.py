@@ -38,6 +38,13 @@ ATTEMPTS_SQL = """(SELECT count(*) FROM attempts a
 SETTLE_LEFT_SQL = """CASE WHEN jobs.uncertain_call IS NULL THEN 0.0 ELSE GREATEST(0.0,
   EXTRACT(EPOCH FROM jobs.last_call_at + make_interval(secs => %(settle)s) - now()))::float8 END"""
 
+# How long ago, by the database clock, this job's first cancel or refund was written ahead
+# (just before it was sent), ever, retries included; NULL if none was. A call never sent
+# (not_sent) could not have reached iamport.
+FIRST_CALL_AGE_SQL = """(SELECT EXTRACT(EPOCH FROM now() - min(a.started_at))::float8
+  FROM attempts a WHERE a.job_id = jobs.id AND a.call IN ('cancel', 'refund')
+    AND a.outcome IS DISTINCT FROM 'not_sent')"""
+
 
 # -- intake ----------------------------------------------------------------------------------
 
@@ -197,6 +204,9 @@ class Claimed:
     idle_runs: int
     reason: str | None
     error: dict[str, Any] | None
+    # Seconds since the first cancel or refund of this job was sent (None: none was); an age,
+    # not a time, so the database's clock does not mix with the worker's.
+    first_call_age: float | None = None
 
 
 # Guard: only a job that is ready (queued, due retry_wait, or running with an expired lease)
@@ -214,7 +224,7 @@ WHERE jobs.id = told.id
 RETURNING jobs.id, imp_uid, lease_token, {ATTEMPTS_SQL} AS attempts, uncertain_call,
     {SETTLE_LEFT_SQL} AS settle_left, pay_method, on_paid,
     refund_requested_at IS NOT NULL AS refund_requested, told.told AS look_first, idle_runs,
-    reason, error
+    reason, error, {FIRST_CALL_AGE_SQL} AS first_call_age
 """  # noqa: S608
 
 

@@ -26,6 +26,7 @@ from app.jobs.decide import (
     Step,
     after_crash,
     balance_of,
+    cancelled_by,
     counts_as_attempt,
     decide,
     drive,
@@ -1153,4 +1154,163 @@ def test_drive_gives_up_a_run_after_max_steps() -> None:
     assert ran.attempts == 3
     assert ran.decision == Decision(
         status=JobStatus.RETRY_WAIT, delay=backoff(3), payment_status="ready", method=Method.CVS
+    )
+
+
+# -- whose cancellation: the cancellation's own time against our first call --------------------
+
+FIRST = 1_796_000_000.0  # our first cancel's start, on our clock
+MARGIN = POLICY.credit_margin_seconds
+
+
+@pytest.mark.parametrize(
+    ("cancelled_time", "first_sent_at", "skew", "ours_may_have", "by"),
+    [
+        # nothing of ours can have applied (none sent, or each refused): upstream, always
+        (0.0, None, None, False, "upstream"),
+        (FIRST + 60, FIRST, 0.0, False, "upstream"),
+        (FIRST - 60, FIRST, None, False, "upstream"),
+        # it cannot tell: a call of ours that may have applied takes the credit
+        (0.0, FIRST, 0.0, True, "service"),  # the cancellation has no time
+        (FIRST - 60, None, 0.0, True, "service"),  # our first call's start is not known
+        (FIRST - 60, FIRST, None, True, "service"),  # iamport's clock is not known
+        # clocks agree
+        (FIRST - 60, FIRST, 0.0, True, "upstream"),  # long before our first call
+        (FIRST - MARGIN - 0.01, FIRST, 0.0, True, "upstream"),
+        (FIRST - MARGIN, FIRST, 0.0, True, "service"),  # inside the margin
+        (FIRST - 1, FIRST, 0.0, True, "service"),  # a second's truncation could be ours
+        (FIRST, FIRST, 0.0, True, "service"),
+        (FIRST + 3, FIRST, 0.0, True, "service"),  # after our call: it may be ours
+        # iamport's clock 30 s ahead of ours: its times are 30 s later than ours
+        (FIRST + 20, FIRST, 30.0, True, "upstream"),  # our clock: 10 s before
+        (FIRST + 27, FIRST, 30.0, True, "service"),  # our clock: 3 s before, inside the margin
+        (FIRST - 10, FIRST, 30.0, True, "upstream"),
+        # iamport's clock 30 s behind: a time 20 s before ours is 10 s after on our clock
+        (FIRST - 20, FIRST, -30.0, True, "service"),
+        (FIRST - 40, FIRST, -30.0, True, "upstream"),
+    ],
+)
+def test_cancelled_by_table(
+    cancelled_time: float,
+    first_sent_at: float | None,
+    skew: float | None,
+    ours_may_have: bool,
+    by: str,
+) -> None:
+    assert (
+        cancelled_by(cancelled_time, first_sent_at, skew, MARGIN, ours_may_have=ours_may_have) == by
+    )
+
+
+@pytest.mark.parametrize("skew", [None, -3600.0, -1.5, 0.0, 0.4, 30.0])
+@pytest.mark.parametrize("first_sent_at", [None, FIRST])
+@pytest.mark.parametrize("offset", [-86400.0, -6.0, -5.0, -0.5, 0.0, 0.5, 120.0])
+def test_cancelled_by_is_upstream_only_when_provably_before_our_first_call(
+    skew: float | None, first_sent_at: float | None, offset: float
+) -> None:
+    # Every combination: upstream exactly when all is known and the cancellation, moved onto
+    # our clock, is more than the margin before our first call.
+    cancelled_time = FIRST + offset + (skew or 0.0)
+    by = cancelled_by(cancelled_time, first_sent_at, skew, MARGIN)
+    provable = skew is not None and first_sent_at is not None and offset + MARGIN < 0
+    assert by == ("upstream" if provable else "service")
+    assert cancelled_by(cancelled_time, first_sent_at, skew, MARGIN, ours_may_have=False) == (
+        "upstream"
+    )
+
+
+def cancelled_long_ago(at: float = FIRST - 3600, unit: float = 1000.0) -> Payment:
+    """A payment cancelled at iamport before our first call, its times in milliseconds."""
+    return Payment.model_validate(
+        {
+            "imp_uid": "imp_1",
+            "status": "cancelled",
+            "pay_method": "cvs",
+            "amount": 1000,
+            "cancel_amount": 1000,
+            "cancelled_at": at * unit,
+            "cancel_history": [
+                {"pg_tid": "pg-1", "amount": 1000, "cancelled_at": at * unit, "reason": "x"}
+            ],
+        }
+    )
+
+
+TIMED = replace(PLAIN, first_sent_at=FIRST, clock_skew=0.0)
+
+
+@pytest.mark.parametrize("unit", [1.0, 1000.0, 1_000_000.0])
+@pytest.mark.parametrize("settle_left", [0.0, 60.0])
+def test_a_lookup_after_an_unanswered_cancel_credits_an_older_cancellation_upstream(
+    unit: float, settle_left: float
+) -> None:
+    state = replace(TIMED, uncertain=Step.CANCEL, settle_left=settle_left)
+    d = run(Step.LOOKUP, Result(Kind.OK, cancelled_long_ago(unit=unit)), state)
+    assert d.status is JobStatus.CANCELLED and d.cancellation is not None
+    assert d.cancellation.cancelled_by == "upstream"
+    assert d.cancellation.cancelled_at == datetime.fromtimestamp(FIRST - 3600, UTC)
+
+
+@pytest.mark.parametrize(
+    "state",
+    [
+        replace(TIMED, uncertain=Step.CANCEL),  # after our first call: it may be ours
+        replace(PLAIN, uncertain=Step.CANCEL, clock_skew=0.0),  # our start unknown
+        replace(PLAIN, uncertain=Step.CANCEL, first_sent_at=FIRST),  # iamport's clock unknown
+    ],
+)
+def test_a_lookup_after_an_unanswered_cancel_that_cannot_tell_credits_service(
+    state: JobState,
+) -> None:
+    late = cancelled_long_ago(at=FIRST + 2) if state.first_sent_at else cancelled_long_ago()
+    d = run(Step.LOOKUP, Result(Kind.OK, late), state)
+    assert d.cancellation is not None and d.cancellation.cancelled_by == "service"
+
+
+def test_a_done_answer_for_an_older_cancellation_is_upstreams() -> None:
+    # iamport answering "done" to a cancel of a payment cancelled an hour ago did not cancel it
+    d = run(Step.CANCEL, Result(Kind.OK, cancelled_long_ago()), TIMED)
+    assert d.cancellation is not None and d.cancellation.cancelled_by == "upstream"
+    d = run(Step.CANCEL, Result(Kind.OK, cancelled_long_ago(at=FIRST + 1)), TIMED)
+    assert d.cancellation is not None and d.cancellation.cancelled_by == "service"
+
+
+@pytest.mark.parametrize(
+    ("cancelled_at", "by"), [(FIRST - 3600, "upstream"), (FIRST + 0.5, "service")]
+)
+def test_drive_takes_the_first_calls_start_from_this_run(cancelled_at: float, by: str) -> None:
+    # A first cancel that ended unanswered-for (5xx) in this run: its start is the one to beat.
+    script = Script(
+        Result(Kind.ENDED, error=ERR, sent_at=FIRST, clock_skew=0.0),
+        Result(Kind.OK, cancelled_long_ago(at=cancelled_at), clock_skew=0.0),
+    )
+    decision = drive_it(JobState(method=Method.CVS), script).decision
+    assert decision.status is JobStatus.CANCELLED
+    assert decision.cancellation.cancelled_by == by
+
+
+def test_drive_keeps_the_earliest_start_and_learns_the_skew_from_the_calls() -> None:
+    # A job whose first cancel was an hour ago; this run's cancel (later) does not replace it.
+    # iamport's clock is 100 s ahead: its "FIRST - 3000" is on our clock FIRST - 3100.
+    state = JobState(method=Method.CVS, first_sent_at=FIRST - 3000.0)
+    script = Script(
+        Result(Kind.ENDED, error=ERR, sent_at=FIRST, clock_skew=100.0),
+        Result(Kind.OK, cancelled_long_ago(at=FIRST - 3000 + 100 - 6)),
+    )
+    decision = drive_it(state, script).decision
+    assert decision.cancellation.cancelled_by == "upstream"
+    script = Script(
+        Result(Kind.ENDED, error=ERR, sent_at=FIRST, clock_skew=100.0),
+        Result(Kind.OK, cancelled_long_ago(at=FIRST - 3000 + 100 - 4)),  # inside the margin
+    )
+    assert drive_it(state, script).decision.cancellation.cancelled_by == "service"
+
+
+def test_drive_a_refused_cancel_then_cancelled_is_upstream_whatever_the_times() -> None:
+    script = Script(
+        Result(Kind.REFUSED, error=ERR, sent_at=FIRST, clock_skew=0.0),
+        Result(Kind.OK, cancelled_long_ago(at=FIRST + 30)),
+    )
+    assert drive_it(JobState(method=Method.CVS), script).decision.cancellation.cancelled_by == (
+        "upstream"
     )
