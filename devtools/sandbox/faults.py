@@ -30,6 +30,7 @@ _CHOICES = {
     "refusal_style": REFUSAL_STYLES,
     "error_style": ERROR_STYLES,
     "retry_after_style": RETRY_AFTER_STYLES,
+    "odd_timestamps_style": ("mixed", *TIMESTAMP_STYLES),
 }
 
 
@@ -56,6 +57,7 @@ class Faults:
     trickle_interval_ms: float = 300.0
     trickle_bytes: float = 1.0
     odd_timestamps_rate: float = 0.0  # Payment timestamps in ms, with fractions, as strings
+    odd_timestamps_style: str = "mixed"  # one of TIMESTAMP_STYLES for them all, or drawn
     unknown_status_rate: float = 0.0  # lookups: a status outside ready|paid|cancelled|failed
     unknown_status: str = "pending_review"
     missing_history_rate: float = 0.0  # Payment without cancel_history (absent or null)
@@ -170,7 +172,8 @@ def decide(faults: Faults, rng: random.Random, call: str, imp_uid: str | None) -
     if call in ("token", "issue"):
         return decision
     if f.odd_timestamps_rate and rng.random() < f.odd_timestamps_rate:
-        decision.timestamps = rng.choice(TIMESTAMP_STYLES)
+        style = f.odd_timestamps_style
+        decision.timestamps = rng.choice(TIMESTAMP_STYLES) if style == "mixed" else style
     if call == "lookup" and f.unknown_status_rate and rng.random() < f.unknown_status_rate:
         decision.unknown_status = True
     if f.missing_history_rate and rng.random() < f.missing_history_rate:

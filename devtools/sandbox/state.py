@@ -285,6 +285,13 @@ class Sandbox:
         if not _positive_int(amount):
             raise ValueError("amount must be a positive integer")
         merchant_uid = spec.get("merchant_uid") or f"order-{imp_uid}"
+        # A payment cancelled (in the console, say) this many seconds before it is created here:
+        # one cancelled at iamport well before any call of ours could have reached it.
+        cancelled_ago = spec.get("cancelled_ago", 0)
+        if isinstance(cancelled_ago, bool) or not isinstance(cancelled_ago, int | float):
+            raise ValueError("cancelled_ago must be a number of seconds")
+        if not 0 <= cancelled_ago < 10**9 or (cancelled_ago and status != "cancelled"):
+            raise ValueError("cancelled_ago must be 0 or more, and only with status cancelled")
         now = int(self.clock())
         payment = SandboxPayment(
             imp_uid=imp_uid,
@@ -306,6 +313,9 @@ class Sandbox:
         self.by_merchant_uid[payment.merchant_uid] = imp_uid
         if status != "ready":
             self.set_status(imp_uid, status)
+        if cancelled_ago:
+            payment.cancelled_at = now - int(cancelled_ago)
+            payment.cancel_history[-1]["cancelled_at"] = payment.cancelled_at
         return payment
 
     def add_payments(self, specs: Iterable[dict[str, Any]]) -> list[SandboxPayment]:

@@ -427,3 +427,32 @@ def test_payload_oddities_are_drawn_for_payment_answers(sb: Sandbox) -> None:
     cancels = [sb.decide("cancel", "x") for _ in range(100)]
     assert not any(d.unknown_status for d in cancels)  # an unknown status is a lookup's
     assert all(sb.decide("token").timestamps is None for _ in range(50))
+
+
+def test_a_payment_created_cancelled_some_time_ago(sb: Sandbox, clock: Clock) -> None:
+    [p] = sb.add_payments([{"imp_uid": "imp_old", "status": "cancelled", "cancelled_ago": 120}])
+    body = p.to_api()
+    assert body["status"] == "cancelled"
+    assert body["cancelled_at"] == int(clock.now) - 120
+    assert body["cancel_history"][-1]["cancelled_at"] == int(clock.now) - 120
+    for bad in ({"status": "ready", "cancelled_ago": 5}, {"status": "cancelled", "cancelled_ago": -1},
+                {"status": "cancelled", "cancelled_ago": "soon"}):  # fmt: skip
+        with pytest.raises(ValueError, match="cancelled_ago"):
+            sb.add_payment({"imp_uid": "imp_bad", **bad})
+
+
+@pytest.mark.parametrize("style", ["ms", "fraction", "string", "iso"])
+def test_odd_timestamps_in_one_chosen_style(style: str) -> None:
+    import random
+
+    from app.sandbox.faults import Faults, decide, oddly
+
+    faults = Faults().merged({"odd_timestamps_rate": 1.0, "odd_timestamps_style": style})
+    rng = random.Random(3)
+    assert {decide(faults, rng, "lookup", "imp_1").timestamps for _ in range(20)} == {style}
+    payment = {"imp_uid": "imp_1", "cancelled_at": 1_800_000_000, "cancel_history": []}
+    out = oddly(payment, decide(faults, rng, "lookup", "imp_1"), "x")
+    if style == "ms":
+        assert out["cancelled_at"] == 1_800_000_000_123
+    with pytest.raises(ValueError, match="odd_timestamps_style"):
+        Faults().merged({"odd_timestamps_style": "weeks"})
