@@ -3,6 +3,7 @@ when the till guard is off."""
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 
@@ -96,3 +97,22 @@ def test_sweep_noise_is_dropped_at_info() -> None:
     other = {"name": "stockout.cancel", "id": "2", "args": "()", "kwargs": "{}"}
     assert quiet.filter(record("celery.worker.strategy", "Task %(name)s received", other))
     assert quiet.filter(record("celery.app.trace", "failed", done, logging.ERROR))
+
+
+def test_a_served_api_logs_a_traceback_as_one_json_record() -> None:
+    # uvicorn's own loggers print a failed startup's traceback as many plain lines; through
+    # the service's handler it is one JSON record, like every other line it writes.
+    env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "REDIS_URL")}
+    result = subprocess.run(
+        api_command(free_port()),
+        env={**env, "LOG_JSON": "true"},
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode != 0
+    records = [json.loads(line) for line in result.stderr.splitlines()]  # every line is JSON
+    tracebacks = [r for r in records if "Traceback (most recent call last)" in json.dumps(r)]
+    assert len(tracebacks) == 1
+    assert "DATABASE_URL, REDIS_URL not set" in tracebacks[0]["event"]
