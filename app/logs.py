@@ -260,6 +260,7 @@ def capture_output() -> None:
     if not isinstance(sys.stderr, StreamToLog):
         sys.stderr = StreamToLog(logging.getLogger("stderr"), logging.WARNING, sys.stderr)
     if not isinstance(sys.stdout, StreamToLog):
-        sys.stdout = StreamToLog(logging.getLogger("stdout"), logging.INFO, sys.stdout)
+        # At WARNING, as Celery's redirection had it: a print must not vanish under LOG_LEVEL.
+        sys.stdout = StreamToLog(logging.getLogger("stdout"), logging.WARNING, sys.stdout)
     sys.excepthook = _log_uncaught
     threading.excepthook = _log_thread_exception

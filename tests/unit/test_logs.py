@@ -192,3 +192,26 @@ def test_captured_stream_reports_the_real_descriptor() -> None:
     stream = logs.StreamToLog(logging.getLogger("stderr"), logging.WARNING, real)
     assert stream.fileno() == real.fileno()
     assert stream.writable() and not stream.isatty()
+
+
+def test_capture_output_makes_both_streams_and_uncaught_exceptions_records(
+    out: io.StringIO,
+) -> None:
+    saved = (sys.stdout, sys.stderr, sys.excepthook, threading.excepthook)
+    sys.stdout, sys.stderr = io.StringIO(), io.StringIO()
+    try:
+        logs.capture_output()
+        logs.capture_output()  # twice is once
+        assert isinstance(sys.stderr, logs.StreamToLog)
+        assert isinstance(sys.stdout, logs.StreamToLog)
+        assert not isinstance(sys.stderr.target, logs.StreamToLog)
+        assert sys.excepthook is logs._log_uncaught
+        assert threading.excepthook is logs._log_thread_exception
+        print("to stdout", flush=True)
+        print("to\nstderr", file=sys.stderr, flush=True)
+    finally:
+        sys.stdout, sys.stderr, sys.excepthook, threading.excepthook = saved
+    assert [(r["event"], r["level"]) for r in records(out)] == [
+        ("to stdout", "warning"),  # as Celery's redirection had it: not lost under WARNING
+        ("to\nstderr", "warning"),
+    ]
