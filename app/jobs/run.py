@@ -166,13 +166,13 @@ def call_step(
     """Make the step's upstream call and reduce the answer to a Result."""
     observer.sent = False
     observer.sent_at = None
-    result = _call_step(client, observer, step, method, checksum)
+    result = _call_step(gateway, observer, step, method, checksum)
     sent_at = observer.sent_at if observer.sent else None
-    return replace(result, sent_at=sent_at, clock_skew=client.clock_skew())
+    return replace(result, sent_at=sent_at, clock_skew=gateway.clock_skew())
 
 
 def _call_step(
-    client: IamportClient,
+    gateway: Gateway,
     observer: JobRun,
     step: Step,
     method: Method,

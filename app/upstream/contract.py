@@ -42,6 +42,10 @@ class CallObserver(Protocol):
 class Gateway(Protocol):
     """The calls a job's run makes; each may raise any outcome of app.upstream.errors."""
 
+    def clock_skew(self) -> float | None:
+        """The gateway's clock minus ours in seconds, as last measured; None if not known."""
+        ...
+
     def look_up(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
         """The payment as the gateway knows it now."""
         ...

@@ -148,4 +148,3 @@ class Payment(Lenient):
         entry may disagree: the later one is taken, the one a late call of ours could be."""
         last = self.last_cancel()
         return max(self.cancelled_at, last.cancelled_at if last is not None else 0.0)
-

@@ -445,7 +445,7 @@ def test_a_payment_created_cancelled_some_time_ago(sb: Sandbox, clock: Clock) ->
 def test_odd_timestamps_in_one_chosen_style(style: str) -> None:
     import random
 
-    from app.sandbox.faults import Faults, decide, oddly
+    from devtools.sandbox.faults import Faults, decide, oddly
 
     faults = Faults().merged({"odd_timestamps_rate": 1.0, "odd_timestamps_style": style})
     rng = random.Random(3)

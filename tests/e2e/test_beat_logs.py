@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from app.launch import ROOT, beat_command
+from devtools.launch import ROOT, beat_command
 from tests.support.processes import service_env, stop
 
 pytestmark = pytest.mark.slow

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
-from app.sandbox.control import SandboxControl
+from devtools.sandbox.control import SandboxControl
 from tests.e2e.test_worker import drain
 from tests.support.factories import auth
 

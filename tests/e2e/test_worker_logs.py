@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from celery import Celery
 
-from app.dispatch import QUEUE
+from app.kit.dispatch import QUEUE
 from tests.support.noise import NOISES
 from tests.support.noisy_tasks import NOISE_TASK, RAISE_TASK
 from tests.support.processes import start_worker, stop, wait_until

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from tests.support.noise import _boom, make_noise
-from worker import tasks
 from worker.celery_app import app
+from worker.runner import RUNNER
 
 NOISE_TASK = "tests.noise"
 RAISE_TASK = "tests.raise"
@@ -14,9 +14,9 @@ RAISE_TASK = "tests.raise"
 def noise(noise: str, marker: str, in_child: bool) -> str:
     if not in_child:
         return make_noise(noise, marker)
-    if tasks._children is None:
+    if RUNNER.children is None:
         raise RuntimeError("this worker runs no job processes (one core)")
-    return tasks._children.submit(make_noise, noise, marker).result(timeout=30)
+    return RUNNER.children.submit(make_noise, noise, marker).result(timeout=30)
 
 
 @app.task(name=RAISE_TASK)
