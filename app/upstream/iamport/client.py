@@ -113,8 +113,11 @@ class IamportClient:
         transport: httpx.BaseTransport | None = None,
         include_sandbox: bool = False,
         redis_client: redis.Redis | None = None,
+        tier: str | None = None,
     ) -> None:
         self._imp_key = imp_key
+        # An agency's sub-merchant: the `Tier` header goes on every call, getToken included.
+        self._headers = {**_HEADERS, "Tier": tier} if tier else _HEADERS
         self._imp_secret = imp_secret
         self._secrets = tuple(s for s in (imp_key, imp_secret) if s)
         self._limiter = limiter
@@ -382,7 +385,7 @@ class IamportClient:
             self._base_url + path,
             params=params,
             json=json,
-            headers=_HEADERS if headers is None else {**_HEADERS, **headers},
+            headers=self._headers if headers is None else {**self._headers, **headers},
             extensions={"timeout": httpx.Timeout(left).as_dict()},
         )
         response = self._transport.handle_request(request)

@@ -144,6 +144,28 @@ def test_lookup_parses_payment_and_sends_bearer_token() -> None:
     assert "include_sandbox" not in req.url.params
 
 
+def test_a_tier_is_sent_on_every_call_get_token_included() -> None:
+    seen: list[httpx.Request] = []
+    up = Upstream(ok(payment_body()))
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return up(request)
+
+    client = make_client(up, tier="A01")
+    client._transport = httpx.MockTransport(handler)
+    client.look_up(IMP_UID)
+    assert [r.url.path for r in seen] == ["/users/getToken", f"/payments/{IMP_UID}"]
+    assert all(r.headers["tier"] == "A01" for r in seen)
+    assert seen[1].headers["authorization"] == "Bearer t1"
+
+
+def test_no_tier_no_tier_header() -> None:
+    up = Upstream(ok(payment_body()))
+    make_client(up).look_up(IMP_UID)
+    assert "tier" not in up.requests[0].headers
+
+
 def test_lookup_include_sandbox_and_path_is_encoded() -> None:
     up = Upstream(ok(payment_body()))
     make_client(up, include_sandbox=True).look_up("a/b?c")
