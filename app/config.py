@@ -37,6 +37,10 @@ class Settings(BaseSettings):
 
     iamport_webhook_token: SecretStr | None = None
 
+    # A TOML file of merchant accounts (app/upstream/accounts.py); without it the IAMPORT_*
+    # variables make the one account, `default`.
+    accounts_file: str = ""
+
     # Signed webhooks to the order services.
     webhook_max_attempts: int = Field(default=12, ge=1)
     webhook_retry_base_seconds: float = Field(default=5.0, ge=0)
