@@ -1,4 +1,4 @@
-"""The `stockout` command: API keys and operators' views; the dev tools add theirs where installed."""
+"""The `stockout` command: API keys, accounts and operators' views; the dev tools add theirs where installed."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from app.cli.accounts import accounts_cli
 from app.cli.jobs import register as register_operations
 from app.cli.webhooks import webhooks_cli
 from app.kit.db import unit_of_work
@@ -22,6 +23,7 @@ cli = typer.Typer(
 keys = typer.Typer(help="API keys.", no_args_is_help=True)
 cli.add_typer(keys, name="keys")
 cli.add_typer(webhooks_cli, name="webhooks")
+cli.add_typer(accounts_cli, name="accounts")
 register_operations(cli)
 # The dev install adds `dev`, `demo` and `sandbox` (devtools); the runtime install has none.
 for _plugin in entry_points(group="stockout.commands"):
