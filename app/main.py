@@ -29,6 +29,7 @@ from app.config import get_settings
 from app.heap import freeze_startup_heap
 from app.kit.db import POOL_WAIT_SECONDS, loop_pool
 from app.logs import capture_output, configure
+from app.upstream.accounts import AccountsError, load_accounts
 
 log = structlog.get_logger(__name__)
 # The key check of every request and the common intake: short, no thread each.
@@ -81,6 +82,11 @@ def create_app() -> FastAPI:
     """Wire routers, error handlers and the body limit."""
     settings = get_settings()
     configure(settings.log_level, settings.log_json)
+    try:
+        load_accounts(settings)
+    except AccountsError as exc:
+        # Before uvicorn's start-up: one line and status 1, not a lifespan traceback.
+        raise SystemExit(f"cannot start: {exc}") from None
     app = FastAPI(
         title="stockout-cancel",
         version="0.1.0",

@@ -18,6 +18,7 @@ from app.heap import freeze_startup_heap
 from app.kit import metrics
 from app.kit.db import close_pool
 from app.logs import capture_output, configure
+from app.upstream.accounts import AccountsError, load_accounts
 from worker.celery_app import app
 from worker.runner import RUNNER
 
@@ -26,8 +27,22 @@ from worker.runner import RUNNER
 def _check_credentials(**_: object) -> None:
     # Without credentials every job would fail its run over and over; refuse to start instead.
     settings = get_settings()
+    _check_accounts()
     if settings.iamport_imp_key is None or settings.iamport_imp_secret is None:
         raise SystemExit("IAMPORT_IMP_KEY and IAMPORT_IMP_SECRET must be set for the worker")
+
+
+@beat_init.connect
+def _check_beat(**_: object) -> None:
+    _check_accounts()
+
+
+def _check_accounts() -> None:
+    """A bad ACCOUNTS_FILE stops the process: one line naming the account and the field."""
+    try:
+        load_accounts(get_settings())
+    except AccountsError as exc:
+        raise SystemExit(f"cannot start: {exc}") from None
 
 
 # The threads pool runs tasks in the main process, which sends worker_init but never

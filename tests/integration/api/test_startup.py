@@ -1,12 +1,14 @@
-"""The API refuses to start without its stores, answers any 5xx as problem details, and warns
-when the till guard is off."""
+"""The API refuses to start without its stores or with a bad accounts file, answers any 5xx as
+problem details, and warns when the till guard is off."""
 
 from __future__ import annotations
 
 import json
 import os
 import subprocess
+from pathlib import Path
 
+import pytest
 from fastapi.testclient import TestClient
 
 from devtools.embedded import free_port
@@ -116,3 +118,49 @@ def test_a_served_api_logs_a_traceback_as_one_json_record() -> None:
     tracebacks = [r for r in records if "Traceback (most recent call last)" in json.dumps(r)]
     assert len(tracebacks) == 1
     assert "DATABASE_URL, REDIS_URL not set" in tracebacks[0]["event"]
+
+
+BAD_ACCOUNTS = [
+    pytest.param(
+        '[accounts.main]\napi = "v1"\nimp_key = "k"\nimp_secret = "inline-secret-value"\n',
+        "account main: imp_secret: a secret is given by reference only",
+        id="inline-secret",
+    ),
+    pytest.param(
+        '[accounts.main]\napi = "v1"\nimp_key = "k"\nimp_secret_env = "T_UNSET_SECRET"\n',
+        "account main: imp_secret: variable T_UNSET_SECRET is not set",
+        id="unset-secret",
+    ),
+    pytest.param(
+        '[accounts.shop2]\napi = "v2"\nstore_id = "s"\nimp_key = "k"\n',
+        "account shop2: imp_key: a v1 field",
+        id="v1-field-on-v2",
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD_ACCOUNTS)
+def test_refuses_to_start_with_a_bad_accounts_file(
+    service_env: dict[str, str], tmp_path: Path, text: str, expected: str
+) -> None:
+    path = tmp_path / "accounts.toml"
+    path.write_text(text)
+    env = {**os.environ, **service_env, "ACCOUNTS_FILE": str(path)}
+    env.pop("T_UNSET_SECRET", None)
+    result = subprocess.run(
+        api_command(free_port()), env=env, cwd=ROOT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"cannot start: ACCOUNTS_FILE {path}: {expected}")
+    assert "inline-secret-value" not in result.stderr + result.stdout
+
+
+def test_starts_with_a_good_accounts_file(service_env: dict[str, str], tmp_path: Path) -> None:
+    path = tmp_path / "accounts.toml"
+    path.write_text(
+        '[accounts.main]\napi = "v1"\nimp_key = "k"\nimp_secret_env = "T_MAIN_SECRET"\n'
+    )
+    env = {**os.environ, **service_env, "ACCOUNTS_FILE": str(path), "T_MAIN_SECRET": "s"}
+    assert "startup complete" in _startup_log(env)
