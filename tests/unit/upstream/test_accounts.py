@@ -167,6 +167,16 @@ BAD = [
     pytest.param(
         V1 + 'imp_secret_file = "/nonexistent/x"\n', "main: imp_secret: give", id="env-and-file"
     ),
+    pytest.param(
+        V1.replace('imp_secret_env = "T_MAIN_SECRET"', 'imp_secret_file = "/dev/null"'),
+        "main: imp_secret: file /dev/null is empty",
+        id="empty-file",
+    ),
+    pytest.param(
+        V2.replace('api_secret_env = "T_MAIN_SECRET"', 'api_secret_env = "T_UNSET_VARIABLE"'),
+        "shop2: api_secret: variable T_UNSET_VARIABLE is not set",
+        id="unset-variable-v2",
+    ),
     pytest.param(V1 + 'tier = "a1"\n', "account main: tier:", id="bad-tier"),
     pytest.param(V1 + "max_rps = 0\n", "account main: max_rps:", id="zero-rps"),
     pytest.param(V1 + 'max_rps = "20"\n', "account main: max_rps:", id="string-rps"),
