@@ -6,11 +6,11 @@ command has them only where this package is installed.
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 
 def register(cli: typer.Typer) -> None:
@@ -39,12 +39,16 @@ def dev(
     ] = False,
 ) -> None:
     """Run the whole stack: Postgres, Redis, migrations, API, worker, beat and the sandbox."""
-    from devtools.dev import Ports, run_dev
+    from devtools.dev import Ports, StopAsked, run_dev, stop_on_signals
 
-    # Ctrl-C and SIGTERM both end in an orderly shutdown.
-    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt))
+    stop_on_signals()
     ports = Ports(api=port, sandbox=sandbox_port, postgres=postgres_port, redis=redis_port)
-    raise typer.Exit(run_dev(host, ports, data_dir, concurrency, real_iamport))
+    try:
+        status = run_dev(host, ports, data_dir, concurrency, real_iamport)
+    except StopAsked as asked:  # before everything was up: what had started is stopped
+        Console(stderr=True).print(f"stopped before it was up, as asked ({asked.signal_name})")
+        status = 0
+    raise typer.Exit(status)
 
 
 def demo(

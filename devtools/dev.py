@@ -43,6 +43,31 @@ class DevError(RuntimeError):
     """A problem the person starting `stockout dev` can fix; printed as one line."""
 
 
+class StopAsked(BaseException):
+    """SIGINT or SIGTERM reached `stockout dev`: stop everything, and say it was asked for."""
+
+    def __init__(self, signum: int) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signal_name = signal.Signals(signum).name
+
+
+def _ask_to_stop(signum: int, _frame: object) -> None:
+    # Later signals during the stop are ignored: the stop is bounded already (Children.stop).
+    for name in STOP_SIGNALS:
+        signal.signal(name, signal.SIG_IGN)
+    raise StopAsked(signum)
+
+
+# SIGHUP too: the children have sessions of their own, so a closed terminal reaches only us.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def stop_on_signals() -> None:
+    """SIGINT (Ctrl-C), SIGTERM or SIGHUP sent to `stockout dev` alone ends in an orderly stop."""
+    for name in STOP_SIGNALS:
+        signal.signal(name, _ask_to_stop)
+
+
 @dataclass(frozen=True)
 class Ports:
     """Stable defaults, so the URLs in .stockout/env and the README stay the same."""
@@ -51,6 +76,11 @@ class Ports:
     sandbox: int = 8001
     postgres: int = 54329
     redis: int = 63799
+
+
+# The children get this long to stop; with Postgres and Redis after them, `stockout dev`
+# ends well within the 15 s a process supervisor gives.
+STOP_SECONDS = 8.0
 
 
 @dataclass
@@ -63,8 +93,15 @@ class Children:
         self, name: str, args: list[str], env: dict[str, str], log_dir: Path
     ) -> subprocess.Popen[bytes]:
         log = (log_dir / f"{name}.log").open("ab")
+        # A session of its own: a terminal's Ctrl-C reaches `stockout dev` alone, which stops
+        # the children in order, instead of every child dying at once (and being counted dead).
         proc = subprocess.Popen(
-            args, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            args,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
         )
         self.procs.append((name, proc))
         return proc
@@ -73,10 +110,12 @@ class Children:
         return [name for name, p in self.procs if p.poll() is not None]
 
     def stop(self) -> None:
+        """SIGTERM to every child at once; whatever still runs after STOP_SECONDS is killed
+        (its jobs are taken up again when their leases end), so the whole stop stays bounded."""
         for _, proc in reversed(self.procs):
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + STOP_SECONDS
         for _, proc in reversed(self.procs):
             try:
                 proc.wait(max(0.1, deadline - time.monotonic()))
@@ -304,8 +343,8 @@ def run_dev(
         try:
             while not children.dead():
                 time.sleep(0.5)
-        except KeyboardInterrupt:
-            console.print("\nstopping…")
+        except StopAsked as asked:
+            console.print(f"\nstopping, as asked ({asked.signal_name})…")
             return 0
         console.print(f"[red]stopped unexpectedly:[/] {', '.join(children.dead())}; see {logs}")
         return 1

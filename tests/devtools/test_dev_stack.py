@@ -189,3 +189,22 @@ def test_a_taken_port_is_one_plain_line(dev: Dev) -> None:
     assert result.stderr.strip() == (
         f"error: port {port} (for the API) is already in use; stop what holds it or pass --port N"
     )
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_a_signal_to_dev_alone_stops_everything_as_asked(dev: Dev, signum: int) -> None:
+    """SIGTERM or SIGINT to `stockout dev` alone (not its process group, as a supervisor or
+    `kill` sends it) stops every process it started within 15 s, and it says it was asked to."""
+    dev.start()
+    assert dev.proc is not None
+    children = psutil.Process(dev.proc.pid).children(recursive=True)
+    assert len(children) >= 5  # postgres, redis, sandbox, api, worker, beat and theirs
+    dev.proc.send_signal(signum)
+    assert dev.proc.wait(15) == 0
+    out = dev.output()
+    assert f"stopping, as asked ({signal.Signals(signum).name})" in out
+    assert "stopped unexpectedly" not in out
+    _, alive = psutil.wait_procs(children, timeout=1)
+    # An orphan's zombie is dead already (this machine's init may be slow to reap it).
+    running = [p for p in alive if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert [" ".join(p.cmdline()) for p in running] == []
