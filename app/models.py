@@ -13,10 +13,12 @@ from sqlalchemy import (
     Column,
     DateTime,
     ForeignKey,
+    ForeignKeyConstraint,
     Index,
     Integer,
     MetaData,
     String,
+    UniqueConstraint,
     text,
 )
 from sqlalchemy.dialects.postgresql import ARRAY, JSONB, UUID
@@ -47,6 +49,8 @@ class Event(SQLModel, table=True):
     # The console lists events newest first.
     __table_args__ = (Index("ix_events_received", text("received_at DESC"), text("event_id DESC")),)
 
+    # event_id is unique per account: two merchants' producers may both say "evt-1".
+    account: str = Field(default="default", primary_key=True, max_length=40)
     event_id: str = Field(primary_key=True, max_length=128)
     sku: str = Field(max_length=128, index=True)
     reason: str = Field(max_length=256)
@@ -59,10 +63,11 @@ class Event(SQLModel, table=True):
 
 
 class Job(SQLModel, table=True):
-    """The cancellation of one payment's barcode: one per imp_uid, ever."""
+    """The cancellation of one payment's barcode: one per (account, imp_uid), ever."""
 
     __tablename__ = "jobs"
     __table_args__ = (
+        UniqueConstraint("account", "imp_uid", name="uq_jobs_account"),
         Index("ix_jobs_status_created", "status", text("created_at DESC"), text("id DESC")),
         Index("ix_jobs_created", text("created_at DESC"), text("id DESC")),
         # The sweeps read only non-terminal jobs whose time has come.
@@ -82,7 +87,11 @@ class Job(SQLModel, table=True):
             UUID(as_uuid=True), primary_key=True, server_default=text("gen_random_uuid()")
         )
     )
-    imp_uid: str = Field(max_length=64, unique=True)
+    account: str = Field(
+        default="default",
+        sa_column=Column(String(40), nullable=False, server_default="default"),
+    )
+    imp_uid: str = Field(max_length=64)
     merchant_uid: str | None = Field(default=None, max_length=128, index=True)
     status: str = Field(
         default=JobStatus.QUEUED.value,
@@ -133,8 +142,16 @@ class EventJob(SQLModel, table=True):
     """Which jobs an event names, in the event's order; a job may belong to several events."""
 
     __tablename__ = "event_jobs"
+    __table_args__ = (
+        ForeignKeyConstraint(
+            ["account", "event_id"],
+            ["events.account", "events.event_id"],
+            name="fk_event_jobs_account_events",
+        ),
+    )
 
-    event_id: str = Field(foreign_key="events.event_id", primary_key=True, max_length=128)
+    account: str = Field(default="default", primary_key=True, max_length=40)
+    event_id: str = Field(primary_key=True, max_length=128)
     job_id: uuid.UUID = Field(
         sa_column=Column(UUID(as_uuid=True), ForeignKey("jobs.id"), primary_key=True, index=True)
     )
@@ -178,6 +195,10 @@ class ApiKey(SQLModel, table=True):
     prefix: str = Field(max_length=16, unique=True)
     secret_hash: str = Field(max_length=64)
     scopes: list[str] = Field(sa_column=Column(ARRAY(String(32)), nullable=False))
+    # NULL: an operator key, for every account; else the accounts it sees and changes.
+    accounts: list[str] | None = Field(
+        default=None, sa_column=Column(ARRAY(String(40)), nullable=True)
+    )
     created_at: datetime = _ts(server_default=text("now()"))
     revoked_at: datetime | None = _ts(nullable=True)
 
@@ -225,6 +246,8 @@ class WebhookEndpoint(SQLModel, table=True):
         default=None, sa_column=Column(ARRAY(String(32)), nullable=True)
     )
     description: str | None = Field(default=None, max_length=256)
+    # NULL: messages of every account (an operator's endpoint); else that account's only.
+    account: str | None = Field(default=None, max_length=40)
     enabled: bool = Field(
         default=True, sa_column=Column(Boolean, nullable=False, server_default=text("true"))
     )

@@ -156,6 +156,14 @@ class ThreadedProcessPool:
                 child.process.join(5)
 
 
+_threads_here = 0  # in a child: how many job threads it runs
+
+
+def child_threads() -> int:
+    """The job threads of this child process; 0 outside one."""
+    return _threads_here
+
+
 def _child_main(
     conn: Connection,
     threads: int,
@@ -166,6 +174,8 @@ def _child_main(
     # process group (Ctrl-C, a supervisor's SIGTERM) must not cut the runs in here short.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    global _threads_here
+    _threads_here = threads
     if initializer is not None:
         initializer()
     send_lock = threading.Lock()

@@ -16,15 +16,18 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import structlog
 
-from app.config import get_settings
+from app.config import Settings, get_settings
 from app.jobs import store
 from app.jobs.run import run_job
 from app.kit.db import pool
 from app.kit.dispatch import chunks
+from app.kit.errors import UnknownAccount
 from app.kit.redis_conn import get_redis
+from app.upstream.accounts import accounts_of
+from app.upstream.guard import Guard, GuardPolicy
 from app.upstream.iamport.client import IamportClient
 from app.webhooks import outbox
-from worker.process_pool import ChildLost, ThreadedProcessPool, usable_cores
+from worker.process_pool import ChildLost, ThreadedProcessPool, child_threads, usable_cores
 
 log = structlog.get_logger("worker")
 # A message's jobs go to the job threads in groups, each group's jobs run one after the
@@ -54,7 +57,7 @@ class Runner:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._client: IamportClient | None = None
+        self._clients: dict[str, IamportClient] = {}
         self._rng = threading.local()
         self.children: ThreadedProcessPool | None = None
         self._local: ThreadPoolExecutor | None = None
@@ -63,12 +66,32 @@ class Runner:
 
     # -- the process's own jobs (in a child, or on one core in the worker itself) ------------
 
-    def gateway(self) -> IamportClient:
-        """One iamport client (one httpx pool) per process."""
+    def gateway(self, account: str) -> IamportClient:
+        """One gateway client (one httpx pool, token and rate limit) per account and process."""
         with self._lock:
-            if self._client is None:
-                self._client = IamportClient.from_settings(get_settings(), get_redis())
-            return self._client
+            client = self._clients.get(account)
+            if client is None:
+                settings = get_settings()
+                found = accounts_of(settings).get(account)
+                if found is None:
+                    raise UnknownAccount(f"no account {account} is configured")
+                guard = Guard(GuardPolicy(max_in_flight=self._account_share(settings)))
+                client = IamportClient.for_account(found, settings, get_redis(), guard)
+                self._clients[account] = client
+            return client
+
+    @property
+    def threads_here(self) -> int:
+        """The job threads of this process: a child's, or the one-core worker's own."""
+        return child_threads() or self._local_size or 1
+
+    def _account_share(self, settings: Settings) -> int | None:
+        """How many of this process's job threads one account may hold: all of them when it
+        is the only account, else three quarters, so a stalled account leaves the rest to the
+        others while a busy one still has most threads when the others are idle."""
+        if len(accounts_of(settings)) <= 1:
+            return None
+        return max(1, math.ceil(self.threads_here * 3 / 4))
 
     def rng(self) -> random.Random:
         r: random.Random | None = getattr(self._rng, "r", None)
@@ -91,9 +114,19 @@ class Runner:
                 )
                 if job is None:
                     continue  # not ready, or someone else's: a duplicate message costs nothing
-                structlog.contextvars.bind_contextvars(job_id=str(job.id), imp_uid=job.imp_uid)
+                structlog.contextvars.bind_contextvars(
+                    job_id=str(job.id), account=job.account, imp_uid=job.imp_uid
+                )
                 try:
-                    run_job(conn, self.gateway(), job, settings, self.rng(), outbox.record_terminal)
+                    gateway = self.gateway(job.account)
+                except UnknownAccount:
+                    # Its account left the accounts file: nothing can be sent for it. The
+                    # lease lapses and the job runs again once the account is back.
+                    log.error("job_account_not_configured")
+                    structlog.contextvars.clear_contextvars()
+                    continue
+                try:
+                    run_job(conn, gateway, job, settings, self.rng(), outbox.record_terminal)
                 finally:
                     structlog.contextvars.clear_contextvars()
                 ran += 1

@@ -1,8 +1,10 @@
 """The two URLs iamport calls: the barcode's confirm_url and the payment notification URL.
 
-No API key: iamport authenticates with the shared token in the query string,
-compared in constant time. Without IAMPORT_WEBHOOK_TOKEN both answer 404. The query string
-carries that token, so it is never logged (app/api/middleware.py logs the path alone).
+No API key: iamport authenticates with the shared token in the query string, compared in
+constant time, and the token says whose payment it is: each v1 account has its own
+(`webhook_token_env`, or IAMPORT_WEBHOOK_TOKEN for `default`). With no token configured both
+answer 404. The query string carries the token, so it is never logged (app/api/middleware.py
+logs the path alone).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from app.config import get_settings
 from app.jobs.notifications import CONFIRM_STATEMENT_TIMEOUT_MS, has_job, note_notification
 from app.kit.db import loop_pool, unit_of_work
 from app.kit.errors import DB_RETRY_AFTER_SECONDS, DomainError, NotFound, Unauthenticated
+from app.upstream.accounts import accounts_of
 from app.upstream.iamport.hooks import BadPayload, imp_uid_of, parse_fields
 
 router = APIRouter(prefix="/v1/iamport", tags=["iamport"])
@@ -54,18 +57,25 @@ class BadHookPayload(DomainError):
     status, code = 400, "bad_payload"
 
 
-def _check_token(request: Request) -> None:
-    configured = get_settings().iamport_webhook_token
-    expected = configured.get_secret_value() if configured is not None else ""
-    if not expected:
+def _account_of(request: Request) -> str:
+    """The v1 account whose webhook token the URL carries, or 401 (404 when none has one)."""
+    tokens = [
+        (a.name, token)
+        for a in accounts_of(get_settings()).values()
+        if a.api == "v1" and (token := a.secret("webhook_token"))
+    ]
+    if not tokens:
         raise NotFound("not found")
-    given = request.query_params.get("token", "")
-    # Hash both sides first: the comparison then takes the same time whatever the lengths.
-    same = hmac.compare_digest(
-        hashlib.sha256(given.encode()).digest(), hashlib.sha256(expected.encode()).digest()
-    )
-    if not same:
+    given = hashlib.sha256(request.query_params.get("token", "").encode()).digest()
+    found = None
+    # Every token is compared, each in constant time (hashed first, so lengths tell nothing),
+    # and the loop does not stop at a match: timing says nothing of which one matched.
+    for name, token in tokens:
+        if hmac.compare_digest(given, hashlib.sha256(token.encode()).digest()):
+            found = name
+    if found is None:
         raise Unauthenticated("the token is missing or wrong")
+    return found
 
 
 async def _imp_uid(request: Request) -> str:
@@ -90,12 +100,12 @@ async def cvs_confirm(request: Request) -> JSONResponse:
     Any doubt blocks: a bad body, a database that cannot answer at once. Blocking a payment
     is safer than taking money for goods we do not have.
     """
-    _check_token(request)
+    account = _account_of(request)
     imp_uid = await _imp_uid(request)
     pool: AsyncConnectionPool[Any] = request.app.state.confirm_pool
     try:
         async with pool.connection() as conn:
-            blocked = await has_job(conn, imp_uid)
+            blocked = await has_job(conn, account, imp_uid)
     except (PsycopgError, PoolTimeout) as exc:
         log.warning("confirm_database_unavailable", imp_uid=imp_uid, error=type(exc).__name__)
         return problem(
@@ -104,7 +114,7 @@ async def cvs_confirm(request: Request) -> JSONResponse:
             "cannot check the payment now; blocked",
             {"Retry-After": str(DB_RETRY_AFTER_SECONDS)},
         )
-    log.info("cvs_confirm", imp_uid=imp_uid, allowed=not blocked)
+    log.info("cvs_confirm", account=account, imp_uid=imp_uid, allowed=not blocked)
     if blocked:
         return problem(409, "payment_blocked", "this order cannot be fulfilled; payment blocked")
     return JSONResponse({"status": "allowed"})
@@ -123,13 +133,13 @@ async def notification(request: Request) -> JSONResponse:
     The body is never believed and iamport is not called here: the job's own run looks the
     payment up (a worker, woken after the commit) and only that lookup moves the job.
     """
-    _check_token(request)
+    account = _account_of(request)
     imp_uid = await _imp_uid(request)
-    status = await run_in_threadpool(_note, imp_uid)
-    log.info("notification_received", imp_uid=imp_uid, job_status=status)
+    status = await run_in_threadpool(_note, account, imp_uid)
+    log.info("notification_received", account=account, imp_uid=imp_uid, job_status=status)
     return JSONResponse({"status": "ok"})
 
 
-def _note(imp_uid: str) -> str | None:
+def _note(account: str, imp_uid: str) -> str | None:
     with unit_of_work() as uow:
-        return note_notification(uow, imp_uid)
+        return note_notification(uow, account, imp_uid)

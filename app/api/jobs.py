@@ -10,6 +10,7 @@ from pydantic import AfterValidator, StringConstraints
 
 from app.api.deps import JobsReader, JobsWriter
 from app.config import get_settings
+from app.events.schemas import AccountName
 from app.jobs.actions import refund_job, retry_job
 from app.jobs.queries import (
     DEFAULT_LIMIT,
@@ -34,7 +35,8 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "not_found"}}
 
 @router.get("", response_model=JobPage, responses={400: {"description": "invalid_cursor"}})
 def read_jobs(
-    _: JobsReader,
+    caller: JobsReader,
+    account: Annotated[AccountName | None, Query()] = None,
     status: Annotated[JobStatus | None, Query()] = None,
     imp_uid: Annotated[Filter | None, Query()] = None,
     merchant_uid: Annotated[Filter | None, Query()] = None,
@@ -44,29 +46,30 @@ def read_jobs(
     cursor: Annotated[str | None, Query()] = None,
 ) -> JobPage:
     """Jobs newest first, filtered; follow `next_cursor` for the next page."""
-    filters = JobFilters(status, imp_uid, merchant_uid, sku, event_id)
+    filters = JobFilters(caller.visible(account), status, imp_uid, merchant_uid, sku, event_id)
     with unit_of_work() as uow:
         return list_jobs(uow.conn, filters, limit, cursor)
 
 
 @router.get("/{job_id}", response_model=JobPublic, responses=NOT_FOUND)
-def read_job(job_id: uuid.UUID, _: JobsReader) -> JobPublic:
+def read_job(job_id: uuid.UUID, caller: JobsReader) -> JobPublic:
     """One job."""
     with unit_of_work() as uow:
-        return require_job(uow.conn, job_id)
+        return require_job(uow.conn, job_id, caller.visible())
 
 
 @router.get("/{job_id}/attempts", response_model=AttemptList, responses=NOT_FOUND)
-def read_attempts(job_id: uuid.UUID, _: JobsReader) -> AttemptList:
+def read_attempts(job_id: uuid.UUID, caller: JobsReader) -> AttemptList:
     """Every upstream call made for the job, in order."""
     with unit_of_work() as uow:
-        return AttemptList(items=list_attempts(uow.conn, job_id))
+        return AttemptList(items=list_attempts(uow.conn, job_id, caller.visible()))
 
 
 @router.get("/{job_id}/actions", response_model=ActionList, responses=NOT_FOUND)
-def read_actions(job_id: uuid.UUID, _: JobsReader) -> ActionList:
+def read_actions(job_id: uuid.UUID, caller: JobsReader) -> ActionList:
     """What people did to the job (retry, refund), who and when, oldest first."""
     with unit_of_work() as uow:
+        require_job(uow.conn, job_id, caller.visible())
         return ActionList(items=list_job_actions(uow.conn, job_id))
 
 

@@ -12,5 +12,8 @@ router = APIRouter(prefix="/v1/me", tags=["keys"])
 
 @router.get("", response_model=CallerPublic)
 def read_me(caller: KeyHolder) -> CallerPublic:
-    """The calling key's id, name and scopes; any valid key may ask."""
-    return CallerPublic(id=caller.key_id, name=caller.name, scopes=sorted(caller.scopes))
+    """The calling key's id, name, scopes and accounts; any valid key may ask."""
+    accounts = sorted(caller.accounts) if caller.accounts is not None else None
+    return CallerPublic(
+        id=caller.key_id, name=caller.name, scopes=sorted(caller.scopes), accounts=accounts
+    )

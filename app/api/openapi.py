@@ -83,6 +83,7 @@ _CANCELLATION = {
 _ERROR = {"http_status": 200, "code": -1, "message": "already paid"}
 _JOB = {
     "id": _JOB_ID,
+    "account": "main",
     "imp_uid": "imps_410124208172",
     "merchant_uid": "order-1001",
     "status": "cancelled",
@@ -141,6 +142,7 @@ _ACTION = {
     "detail": {"from": JobStatus.NEEDS_REFUND.value},
 }
 _EVENT_SUMMARY = {
+    "account": "main",
     "event_id": "inv-2026-11-25-0001",
     "sku": "SKU-123",
     "reason": "out of stock",
@@ -166,6 +168,7 @@ _LATENCY = {
 _ENDPOINT_ID = "61822c39-60ed-4c13-acc2-371b98073593"
 _ENDPOINT = {
     "id": _ENDPOINT_ID,
+    "account": "main",
     "url": "https://orders.example.com/hooks/stockout",
     "event_types": ["job.cancelled", "job.needs_refund", "job.refunded", "job.failed"],
     "description": "order service: release or refund the order",
@@ -189,6 +192,7 @@ _DELIVERY = {
 EXAMPLES: dict[str, Any] = {
     "PaymentRef": {"imp_uid": "imps_410124208172", "merchant_uid": "order-1001"},
     "EventCreate": {
+        "account": "main",
         "event_id": "inv-2026-11-25-0001",
         "sku": "SKU-123",
         "reason": "out of stock",
@@ -202,6 +206,7 @@ EXAMPLES: dict[str, Any] = {
     "UpstreamError": _ERROR,
     "JobPublic": _JOB,
     "EventPublic": {
+        "account": "main",
         "event_id": "inv-2026-11-25-0001",
         "sku": "SKU-123",
         "reason": "out of stock",
@@ -244,6 +249,7 @@ EXAMPLES: dict[str, Any] = {
         "id": _KEY_ID,
         "name": "ops-console",
         "scopes": ["jobs:read", "jobs:write", "webhooks:write"],
+        "accounts": ["main"],
     },
     "EventSummary": _EVENT_SUMMARY,
     "EventPage": {
@@ -290,6 +296,7 @@ EXAMPLES: dict[str, Any] = {
         "upstream_since": "2026-11-25T05:58:02Z",
     },
     "EndpointCreate": {
+        "account": "main",
         "url": "https://orders.example.com/hooks/stockout",
         "event_types": ["job.cancelled", "job.needs_refund", "job.refunded", "job.failed"],
         "description": "order service: release or refund the order",

@@ -7,6 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 
 from app.api.deps import JobsReader
+from app.events.schemas import AccountName
 from app.jobs.queries import job_stats
 from app.jobs.schemas import Stats
 from app.kit.db import unit_of_work
@@ -17,17 +18,19 @@ router = APIRouter(prefix="/v1/stats", tags=["stats"])
 
 
 @router.get("", response_model=Stats)
-def read_stats(_: JobsReader) -> Stats:
-    """Counts by status, the oldest waiting job's age, and finishes in the last minute and hour."""
+def read_stats(caller: JobsReader, account: Annotated[AccountName | None, Query()] = None) -> Stats:
+    """Counts by status, the oldest waiting job's age, and finishes in the last minute and hour,
+    for one account or every account this key sees."""
     with unit_of_work() as uow:
-        return job_stats(uow.conn)
+        return job_stats(uow.conn, caller.visible(account))
 
 
 @router.get("/activity", response_model=Activity)
 def read_activity(
-    _: JobsReader,
+    caller: JobsReader,
+    account: Annotated[AccountName | None, Query()] = None,
     minutes: Annotated[int, Query(ge=1, le=MAX_MINUTES)] = DEFAULT_MINUTES,
 ) -> Activity:
     """Jobs finished per minute by status, upstream calls by outcome, and their latency."""
     with unit_of_work() as uow:
-        return recent_activity(uow.conn, minutes)
+        return recent_activity(uow.conn, minutes, caller.visible(account))

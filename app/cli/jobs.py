@@ -70,6 +70,7 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     ):
         widest = max((len(str(v)) for v in values), default=len(name))
         table.add_column(name, no_wrap=True, min_width=widest)
+    table.add_column("account", no_wrap=True)
     table.add_column("status", no_wrap=True, min_width=12)
     table.add_column("attempts", justify="right")
     table.add_column("payment")
@@ -80,6 +81,7 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
         table.add_row(
             j["id"],
             j["imp_uid"],
+            j.get("account") or "",
             _styled(j["status"]),
             str(j["attempts"]),
             j.get("payment_status") or "",
@@ -130,6 +132,7 @@ def resolve_job(ref: str) -> dict[str, Any]:
 
 @jobs_cli.command("list")
 def jobs_list(
+    account: Annotated[str | None, typer.Option(help="one account's jobs")] = None,
     status: Annotated[str | None, typer.Option(help=" | ".join(STATUSES))] = None,
     imp_uid: Annotated[str | None, typer.Option("--imp-uid")] = None,
     merchant_uid: Annotated[str | None, typer.Option("--merchant-uid")] = None,
@@ -141,6 +144,7 @@ def jobs_list(
 ) -> None:
     """Jobs, newest first."""
     params = {
+        "account": account,
         "status": status,
         "imp_uid": imp_uid,
         "merchant_uid": merchant_uid,
@@ -296,9 +300,12 @@ def jobs_refund(
         raise typer.Exit(1)
 
 
-def stats(json: JsonFlag = False) -> None:
+def stats(
+    account: Annotated[str | None, typer.Option(help="one account's figures")] = None,
+    json: JsonFlag = False,
+) -> None:
     """Jobs by status, the oldest waiting job's age, and recent finishes."""
-    s = api_request("GET", "/v1/stats")
+    s = api_request("GET", "/v1/stats", params={"account": account} if account else None)
     if json:
         _print_json(s)
         return

@@ -13,8 +13,10 @@ from rich.table import Table
 from app.cli.accounts import accounts_cli
 from app.cli.jobs import register as register_operations
 from app.cli.webhooks import webhooks_cli
+from app.config import get_settings
 from app.kit.db import unit_of_work
 from app.operators.keys import Scope, create_key, list_keys, revoke_key
+from app.upstream.accounts import AccountsError, accounts_of
 
 cli = typer.Typer(
     help="stockout-cancel: cancel CVS barcodes at iamport for orders we cannot ship.",
@@ -38,12 +40,35 @@ def keys_create(
         list[Scope],
         typer.Option("--scope", help="events:write, jobs:read, jobs:write or webhooks:write"),
     ],
+    account: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--account",
+            help="bind the key to this account (repeat for several); none: every account",
+        ),
+    ] = None,
 ) -> None:
     """Create a key; the key alone is the last line printed."""
+    bound = sorted(set(account or []))
+    try:
+        configured = accounts_of(get_settings())
+    except AccountsError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        raise typer.Exit(1) from None
+    unknown = [a for a in bound if a not in configured]
+    if unknown:
+        err.print(
+            f"[red]error:[/] no account {unknown[0]}; the accounts are {', '.join(configured)}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(1)
     with unit_of_work() as uow:
-        new = create_key(uow.conn, name, [s.value for s in scope])
+        new = create_key(uow.conn, name, [s.value for s in scope], bound or None)
+    which = f"accounts {', '.join(new.accounts)}" if new.accounts else "every account"
     err.print(
-        f"created key {new.id} ({new.name}) with scopes {', '.join(new.scopes)}; it is shown only once"
+        f"created key {new.id} ({new.name}) with scopes {', '.join(new.scopes)} for {which}; "
+        "it is shown only once"
     )
     print(new.key)
 
@@ -51,7 +76,7 @@ def keys_create(
 @keys.command("list")
 def keys_list() -> None:
     """Every key (never the secret)."""
-    table = Table("id", "name", "prefix", "scopes", "created", "revoked")
+    table = Table("id", "name", "prefix", "scopes", "accounts", "created", "revoked")
     with unit_of_work() as uow:
         for k in list_keys(uow.conn):
             table.add_row(
@@ -59,6 +84,7 @@ def keys_list() -> None:
                 str(k["name"]),
                 str(k["prefix"]),
                 ", ".join(k["scopes"]),
+                ", ".join(k["accounts"]) if k["accounts"] else "all",
                 str(k["created_at"]),
                 str(k["revoked_at"] or ""),
             )

@@ -21,6 +21,7 @@ from app.jobs.decide import Method, OnPaid
 from app.kit.db import UnitOfWork
 from app.kit.dispatch import publish_later
 from app.kit.errors import EventConflict
+from app.upstream.accounts import Account
 
 
 @dataclass(frozen=True)
@@ -41,56 +42,61 @@ def content_hash(event: EventCreate) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _new(event: EventCreate, settings: Settings) -> store.NewEvent:
+def _new(event: EventCreate, account: Account, settings: Settings) -> store.NewEvent:
     jobs = [
         store.NewJob(p.imp_uid, p.merchant_uid, Method(p.pay_method))
         for p in event.unique_payments()
     ]
     return store.NewEvent(
+        account.name,
         event.event_id,
         event.sku,
         event.reason,
         event.occurred_at,
         content_hash(event),
         jobs,
-        OnPaid(event.on_paid or settings.on_paid),
+        OnPaid(event.on_paid or account.on_paid),
         settings.dispatch_grace_seconds,
     )
 
 
 # What else a new event naming only existing jobs writes in its transaction (the webhook
 # outbox's event.completed): handed in by the caller, so the intake knows nothing of webhooks.
-OnLinked = Callable[[UnitOfWork, str, Sequence[uuid.UUID]], None]
+OnLinked = Callable[[UnitOfWork, str, str, Sequence[uuid.UUID]], None]
 
 
 def accept_event(
-    uow: UnitOfWork, event: EventCreate, settings: Settings, on_linked: OnLinked
+    uow: UnitOfWork,
+    event: EventCreate,
+    account: Account,
+    settings: Settings,
+    on_linked: OnLinked,
 ) -> Accepted:
     """Record the event and its jobs in the unit of work; the new jobs are published after it.
 
-    Concurrent duplicates are settled by the primary key on events.event_id (the losers wait
-    for the winner's commit, then see its row); concurrent events naming one imp_uid by the
-    unique constraint on jobs.imp_uid.
+    Concurrent duplicates are settled by the primary key on events (account, event_id) (the
+    losers wait for the winner's commit, then see its row); concurrent events naming one
+    imp_uid by the unique constraint on jobs (account, imp_uid).
     """
-    new = _new(event, settings)
+    new = _new(event, account, settings)
     intake = store.accept_event(uow.conn, new)
     if intake.received_at is None:
-        if store.event_hash(uow.conn, event.event_id) != new.digest:
+        if store.event_hash(uow.conn, account.name, event.event_id) != new.digest:
             raise EventConflict(f"event {event.event_id} is known with different content")
-        return Accepted(created=False, event=_read_back(uow, event.event_id))
+        return Accepted(created=False, event=_read_back(uow, account.name, event.event_id))
     uow.publish(job["id"] for job in intake.made)
     if not intake.made:
         # Every payment had a job already: the event may be complete the moment it exists.
-        linked = event_job_ids(uow.conn, event.event_id)
-        on_linked(uow, event.event_id, linked)
+        linked = event_job_ids(uow.conn, account.name, event.event_id)
+        on_linked(uow, account.name, event.event_id, linked)
     if intake.linked_existing:
         # Jobs that another event made are shown as they stand, with all their events.
-        return Accepted(created=True, event=_read_back(uow, event.event_id))
-    return Accepted(created=True, event=_new_event(event, intake))
+        return Accepted(created=True, event=_read_back(uow, account.name, event.event_id))
+    return Accepted(created=True, event=_new_event(event, account.name, intake))
 
 
 async def accept_new_event(
-    conn: AsyncConnection[Any], event: EventCreate, settings: Settings
+    conn: AsyncConnection[Any], event: EventCreate, account: Account, settings: Settings
 ) -> EventPublic | None:
     """The common case on the event loop: a new event whose payments no other event named.
     One statement in autocommit, and the answer built from what it returned.
@@ -99,20 +105,21 @@ async def accept_new_event(
     is answered None: accept_event then decides it, in a worker thread.
     """
     try:
-        intake = await store.accept_new_event(conn, _new(event, settings))
+        intake = await store.accept_new_event(conn, _new(event, account, settings))
     except UniqueViolation:
         return None
     if intake.received_at is None:
         return None
     publish_later(job["id"] for job in intake.made)
-    return _new_event(event, intake)
+    return _new_event(event, account.name, intake)
 
 
-def _new_event(event: EventCreate, intake: store.Intake) -> EventPublic:
+def _new_event(event: EventCreate, account: str, intake: store.Intake) -> EventPublic:
     """A new event whose jobs are all new, as a read would show it (a test compares the two
     byte for byte), validated in one pass from the rows the insert returned."""
     return EventPublic.model_validate(
         {
+            "account": account,
             "event_id": event.event_id,
             "sku": event.sku,
             "reason": event.reason,
@@ -124,7 +131,7 @@ def _new_event(event: EventCreate, intake: store.Intake) -> EventPublic:
     )
 
 
-def _read_back(uow: UnitOfWork, event_id: str) -> EventPublic:
-    public = get_event(uow.conn, event_id)
+def _read_back(uow: UnitOfWork, account: str, event_id: str) -> EventPublic:
+    public = get_event(uow.conn, account, event_id)
     assert public is not None  # written or found in this transaction
     return public

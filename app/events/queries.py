@@ -12,13 +12,14 @@ from app.jobs.queries import EVENT_IDS, JOB_COLUMNS, as_public
 from app.jobs.status import WAITING_SQL
 from app.kit import cursors
 from app.kit.db import rows
+from app.kit.scope import Accounts, as_list, in_accounts
 
 CURSOR_KIND = "events"
 
 # One page of events, then each event's job counts by status (a LATERAL aggregate per row,
 # so the cost follows the page, not the table).
 PAGE = f"""
-SELECT e.event_id, e.sku, e.reason, e.occurred_at, e.received_at,
+SELECT e.account, e.event_id, e.sku, e.reason, e.occurred_at, e.received_at,
        coalesce(c.counts, '{{}}'::jsonb) AS counts,
        coalesce(c.total, 0) AS total, coalesce(c.terminal, 0) AS terminal
 FROM events e
@@ -28,7 +29,7 @@ LEFT JOIN LATERAL (
     FROM (
         SELECT j.status, (j.{WAITING_SQL}) AS waiting, count(*) AS n
         FROM event_jobs ej JOIN jobs j ON j.id = ej.job_id
-        WHERE ej.event_id = e.event_id GROUP BY 1, 2
+        WHERE ej.account = e.account AND ej.event_id = e.event_id GROUP BY 1, 2
     ) s
 ) c ON TRUE
 WHERE __WHERE__
@@ -36,16 +37,19 @@ ORDER BY e.received_at DESC, e.event_id DESC LIMIT %(limit)s
 """  # noqa: S608
 
 
-def list_events(conn: Connection[Any], limit: int, cursor: str | None = None) -> EventPage:
-    """One page of events, newest first by (received_at, event_id)."""
-    where = "TRUE"
-    params: dict[str, Any] = {"limit": limit + 1}
+def list_events(
+    conn: Connection[Any], limit: int, cursor: str | None = None, accounts: Accounts = None
+) -> EventPage:
+    """One page of these accounts' events, newest first by (received_at, event_id)."""
+    where = in_accounts("e.account")
+    params: dict[str, Any] = {"limit": limit + 1, "accounts": as_list(accounts)}
     if cursor is not None:
         params["c_at"], params["c_id"] = cursors.decode(CURSOR_KIND, cursor, str)
-        where = "(e.received_at, e.event_id) < (%(c_at)s, %(c_id)s)"
+        where += " AND (e.received_at, e.event_id) < (%(c_at)s, %(c_id)s)"
     found = rows(conn, PAGE.replace("__WHERE__", where), params)
     items = [
         EventSummary(
+            account=r.account,
             event_id=r.event_id,
             sku=r.sku,
             reason=r.reason,
@@ -64,12 +68,14 @@ def list_events(conn: Connection[Any], limit: int, cursor: str | None = None) ->
     return EventPage(items=items, next_cursor=next_cursor)
 
 
-def get_event(conn: Connection[Any], event_id: str) -> EventPublic | None:
-    """One event with its jobs in the order the event named them, or None."""
+def get_event(conn: Connection[Any], account: str, event_id: str) -> EventPublic | None:
+    """One event of the account with its jobs in the order the event named them, or None."""
+    key = (account, event_id)
     found = rows(
         conn,
-        "SELECT event_id, sku, reason, occurred_at, received_at FROM events WHERE event_id = %s",
-        (event_id,),
+        "SELECT account, event_id, sku, reason, occurred_at, received_at FROM events "
+        "WHERE account = %s AND event_id = %s",
+        key,
     )
     if not found:
         return None
@@ -77,10 +83,11 @@ def get_event(conn: Connection[Any], event_id: str) -> EventPublic | None:
     jobs = rows(
         conn,
         f"SELECT {JOB_COLUMNS}, {EVENT_IDS} FROM event_jobs ej JOIN jobs j ON j.id = ej.job_id "  # noqa: S608
-        "WHERE ej.event_id = %s ORDER BY ej.position",
-        (event_id,),
+        "WHERE ej.account = %s AND ej.event_id = %s ORDER BY ej.position",
+        key,
     )
     return EventPublic(
+        account=event.account,
         event_id=event.event_id,
         sku=event.sku,
         reason=event.reason,
@@ -90,7 +97,9 @@ def get_event(conn: Connection[Any], event_id: str) -> EventPublic | None:
     )
 
 
-def event_job_ids(conn: Connection[Any], event_id: str) -> list[uuid.UUID]:
+def event_job_ids(conn: Connection[Any], account: str, event_id: str) -> list[uuid.UUID]:
     """The ids of the jobs an event names."""
-    found = conn.execute("SELECT job_id FROM event_jobs WHERE event_id = %s", (event_id,))
+    found = conn.execute(
+        "SELECT job_id FROM event_jobs WHERE account = %s AND event_id = %s", (account, event_id)
+    )
     return [r[0] for r in found.fetchall()]

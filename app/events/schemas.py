@@ -15,6 +15,11 @@ EventId = Annotated[
 ]
 
 
+AccountName = Annotated[
+    str, StringConstraints(min_length=1, max_length=40, pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")
+]
+
+
 ImpUid = Annotated[
     str, StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
 ]
@@ -34,6 +39,9 @@ class EventCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
+    # The merchant account whose payments these are; default: the key's only account, else
+    # `default`.
+    account: AccountName | None = None
     event_id: EventId
     sku: Annotated[Text, StringConstraints(min_length=1, max_length=128)]
     reason: Annotated[Text, StringConstraints(min_length=1, max_length=256)] = "out of stock"
@@ -51,6 +59,7 @@ class EventCreate(BaseModel):
 
 
 class EventPublic(BaseModel):
+    account: str
     event_id: str
     sku: str
     reason: str
@@ -60,6 +69,7 @@ class EventPublic(BaseModel):
 
 
 class EventSummary(BaseModel):
+    account: str
     event_id: str
     sku: str
     reason: str

@@ -22,6 +22,7 @@ def retry_job(uow: UnitOfWork, job_id: uuid.UUID, settings: Settings, caller: Ca
     The error stays as a record of why it failed, and so does a call that may have applied:
     the run then looks the payment up before it sends anything.
     """
+    require_job(uow.conn, job_id, caller.visible())  # another account's job is not found
     moved = store.retry(uow.conn, job_id, settings.dispatch_grace_seconds)
     why = f"only a {JobStatus.FAILED} job can be retried"
     job = _requeued(uow, job_id, moved, NotRetryable, why)
@@ -31,6 +32,7 @@ def retry_job(uow: UnitOfWork, job_id: uuid.UUID, settings: Settings, caller: Ca
 
 def refund_job(uow: UnitOfWork, job_id: uuid.UUID, settings: Settings, caller: Caller) -> JobPublic:
     """A person decided to give the money back: the job refunds the payment, then ends refunded."""
+    require_job(uow.conn, job_id, caller.visible())  # another account's job is not found
     moved = store.request_refund(uow.conn, job_id, settings.dispatch_grace_seconds)
     why = f"only a {JobStatus.NEEDS_REFUND} job can be refunded"
     job = _requeued(uow, job_id, moved, NotRefundable, why)

@@ -26,25 +26,33 @@ CONFIRM_STATEMENT_TIMEOUT_MS = 500
 # -- confirm_url -----------------------------------------------------------------------------
 
 
-async def has_job(conn: AsyncConnection[Any], imp_uid: str) -> bool:
+async def has_job(conn: AsyncConnection[Any], account: str, imp_uid: str) -> bool:
     """Whether a job exists for the payment, whatever its status: one unique-index probe."""
-    cur = await conn.execute("SELECT 1 FROM jobs WHERE imp_uid = %s", (imp_uid,))
+    cur = await conn.execute(
+        "SELECT 1 FROM jobs WHERE account = %s AND imp_uid = %s", (account, imp_uid)
+    )
     return await cur.fetchone() is not None
 
 
 # -- notifications ---------------------------------------------------------------------------
 
 
-def note_notification(uow: UnitOfWork, imp_uid: str) -> str | None:
+def note_notification(uow: UnitOfWork, account: str, imp_uid: str) -> str | None:
     """Make the payment's waiting job look it up now; the job's status, or None if none waits.
 
     Duplicates are harmless: they only make a lookup due again. A finished job is left alone,
     so an old notification never overwrites what a later lookup saw.
     """
-    noted = store.note_news(uow.conn, imp_uid)
+    noted = store.note_news(uow.conn, account, imp_uid)
     if noted is None:
         return None
     job_id, status = noted
     uow.publish([job_id])
-    log.info("notification_noted", job_id=str(job_id), imp_uid=imp_uid, status=status.value)
+    log.info(
+        "notification_noted",
+        account=account,
+        job_id=str(job_id),
+        imp_uid=imp_uid,
+        status=status.value,
+    )
     return status.value

@@ -18,6 +18,7 @@ from app.jobs.store import PUBLIC_COLUMNS
 from app.kit import cursors
 from app.kit.db import rows
 from app.kit.errors import NotFound
+from app.kit.scope import Accounts, as_list, in_accounts
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
@@ -27,6 +28,7 @@ ATTEMPT_CALLS = ("cancel", "refund", "lookup", "token")
 
 @dataclass(frozen=True)
 class JobFilters:
+    accounts: Accounts = None
     status: str | None = None
     imp_uid: str | None = None
     merchant_uid: str | None = None
@@ -45,8 +47,8 @@ def list_jobs(
 ) -> JobPage:
     """One page of jobs, newest first by (created_at, id)."""
     limit = max(1, min(limit, MAX_LIMIT))
-    where = ["TRUE"]
-    params: dict[str, Any] = {"limit": limit + 1}
+    where = [in_accounts("j.account")]
+    params: dict[str, Any] = {"limit": limit + 1, "accounts": as_list(filters.accounts)}
     if filters.status is not None:
         where.append("j.status = %(status)s")
         params["status"] = filters.status
@@ -63,7 +65,8 @@ def list_jobs(
         params["event_id"] = filters.event_id
     if filters.sku is not None:
         where.append(
-            "EXISTS (SELECT 1 FROM event_jobs f JOIN events e ON e.event_id = f.event_id "
+            "EXISTS (SELECT 1 FROM event_jobs f "
+            "JOIN events e ON e.account = f.account AND e.event_id = f.event_id "
             "WHERE f.job_id = j.id AND e.sku = %(sku)s)"
         )
         params["sku"] = filters.sku
@@ -84,17 +87,20 @@ def list_jobs(
     return JobPage(items=jobs, next_cursor=next_cursor)
 
 
-def require_job(conn: Connection[Any], job_id: uuid.UUID) -> JobPublic:
-    """One job, or NotFound."""
-    job = get_job(conn, job_id)
+def require_job(conn: Connection[Any], job_id: uuid.UUID, accounts: Accounts = None) -> JobPublic:
+    """One job of these accounts, or NotFound (another account's job is not revealed)."""
+    job = get_job(conn, job_id, accounts)
     if job is None:
         raise NotFound(f"no job {job_id}")
     return job
 
 
-def list_attempts(conn: Connection[Any], job_id: uuid.UUID) -> list[AttemptPublic]:
+def list_attempts(
+    conn: Connection[Any], job_id: uuid.UUID, accounts: Accounts = None
+) -> list[AttemptPublic]:
     """Every upstream call made for the job, oldest first, numbered from 1; NotFound if none."""
-    if not rows(conn, "SELECT 1 FROM jobs WHERE id = %s", (job_id,)):
+    seen = f"SELECT 1 FROM jobs WHERE id = %(id)s AND {in_accounts('account')}"  # noqa: S608
+    if not rows(conn, seen, {"id": job_id, "accounts": as_list(accounts)}):
         raise NotFound(f"no job {job_id}")
     found = rows(
         conn,
@@ -106,38 +112,42 @@ def list_attempts(conn: Connection[Any], job_id: uuid.UUID) -> list[AttemptPubli
     return [AttemptPublic.model_validate(r._asdict()) for r in found]
 
 
-def status_counts(conn: Connection[Any]) -> dict[str, int]:
+def status_counts(conn: Connection[Any], accounts: Accounts = None) -> dict[str, int]:
     """Jobs per status, every status present (zero when none)."""
     counts = dict.fromkeys((s.value for s in ALL), 0)
-    for status, n in conn.execute("SELECT status, count(*) FROM jobs GROUP BY status"):
+    sql = f"SELECT status, count(*) FROM jobs WHERE {in_accounts('account')} GROUP BY status"  # noqa: S608
+    for status, n in conn.execute(sql, {"accounts": as_list(accounts)}):
         counts[status] = int(n)
     return counts
 
 
-def oldest_waiting_age(conn: Connection[Any]) -> float | None:
+def oldest_waiting_age(conn: Connection[Any], accounts: Accounts = None) -> float | None:
     """Seconds since the oldest non-terminal job was created, or None when none waits."""
     row = conn.execute(
         "SELECT EXTRACT(EPOCH FROM now() - min(created_at))::float8 "  # noqa: S608
-        f"FROM jobs WHERE {WAITING_SQL}"
+        f"FROM jobs WHERE {WAITING_SQL} AND {in_accounts('account')}",
+        {"accounts": as_list(accounts)},
     ).fetchone()
     oldest = row[0] if row else None
     return max(float(oldest), 0.0) if oldest is not None else None
 
 
-def job_stats(conn: Connection[Any]) -> Stats:
+def job_stats(conn: Connection[Any], accounts: Accounts = None) -> Stats:
     """Counts by status, the oldest waiting job's age, and recent finishes by status."""
     minute = dict.fromkeys(sorted(s.value for s in TERMINAL), 0)
     hour = dict.fromkeys(sorted(s.value for s in TERMINAL), 0)
     found = conn.execute(
-        "SELECT status, count(*) FILTER (WHERE finished_at > now() - interval '1 minute'), "
-        "count(*) FROM jobs WHERE finished_at > now() - interval '1 hour' GROUP BY status"
+        "SELECT status, count(*) FILTER (WHERE finished_at > now() - interval '1 minute'), "  # noqa: S608
+        "count(*) FROM jobs WHERE finished_at > now() - interval '1 hour' "
+        f"AND {in_accounts('account')} GROUP BY status",
+        {"accounts": as_list(accounts)},
     )
     for status, last_minute, last_hour in found:
         minute[status] = int(last_minute)
         hour[status] = int(last_hour)
     return Stats(
-        counts=status_counts(conn),
-        oldest_waiting_age_seconds=oldest_waiting_age(conn),
+        counts=status_counts(conn, accounts),
+        oldest_waiting_age_seconds=oldest_waiting_age(conn, accounts),
         finished_last_minute=minute,
         finished_last_hour=hour,
     )
@@ -149,7 +159,8 @@ JOB_COLUMNS = ", ".join(f"j.{c.strip()}" for c in PUBLIC_COLUMNS.split(","))
 # The events that name a job, oldest first.
 EVENT_IDS = (
     "(SELECT array_agg(l.event_id ORDER BY e.received_at, l.event_id) FROM event_jobs l "
-    "JOIN events e ON e.event_id = l.event_id WHERE l.job_id = j.id) AS event_ids"
+    "JOIN events e ON e.account = l.account AND e.event_id = l.event_id "
+    "WHERE l.job_id = j.id) AS event_ids"
 )
 
 
@@ -165,7 +176,10 @@ def load_jobs(
     return as_public(rows(conn, sql, params))
 
 
-def get_job(conn: Connection[Any], job_id: uuid.UUID) -> JobPublic | None:
-    """One job, or None."""
-    jobs = load_jobs(conn, "j.id = %(id)s", {"id": job_id})
+def get_job(
+    conn: Connection[Any], job_id: uuid.UUID, accounts: Accounts = None
+) -> JobPublic | None:
+    """One job of these accounts, or None."""
+    where = f"j.id = %(id)s AND {in_accounts('j.account')}"
+    jobs = load_jobs(conn, where, {"id": job_id, "accounts": as_list(accounts)})
     return jobs[0] if jobs else None

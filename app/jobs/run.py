@@ -133,7 +133,7 @@ class JobRun:
         self.last_sent = Step(call)
 
     def after_call(self, record: CallRecord) -> None:
-        metrics.observe_upstream(record)
+        metrics.observe_upstream(record, self.job.account)
         if self.pending is not None and record.call in (Step.CANCEL, Step.REFUND):
             attempt_id, _ = self.pending
             self.written[attempt_id] = record
@@ -296,7 +296,7 @@ def record(
         log.warning("lease_lost_at_finish", job_id=str(job.id), imp_uid=job.imp_uid)
         return "lease_lost"
     if outcome.terminal:
-        metrics.job_finished(decision.status)
+        metrics.job_finished(decision.status, job.account)
         if decision.idle and decision.status is JobStatus.FAILED:
             metrics.job_given_up()
     log.info(

@@ -14,6 +14,7 @@ from app.jobs.status import JobStatus
 
 class JobPublic(BaseModel):
     id: uuid.UUID
+    account: str
     imp_uid: str
     merchant_uid: str | None
     status: JobStatus
@@ -65,6 +66,7 @@ def job_public(row: Any, event_ids: list[str]) -> JobPublic:
     refund = row.refund if status is JobStatus.REFUNDED else None
     return JobPublic(
         id=row.id,
+        account=row.account,
         imp_uid=row.imp_uid,
         merchant_uid=row.merchant_uid,
         status=status,

@@ -50,36 +50,36 @@ FIRST_CALL_AGE_SQL = """(SELECT EXTRACT(EPOCH FROM now() - min(a.started_at))::f
 
 # The columns a job is shown with (app/reads.py reads them; ACCEPT_EVENT returns them).
 PUBLIC_COLUMNS = (
-    "id, imp_uid, merchant_uid, status, pay_method, on_paid, attempts, next_attempt_at, "
+    "id, account, imp_uid, merchant_uid, status, pay_method, on_paid, attempts, next_attempt_at, "
     "payment_status, cancellation, refund, error, created_at, updated_at, finished_at"
 )
-# A new event, its jobs and their links in one statement. Guards: the primary key on event_id
-# (a concurrent duplicate waits for the winner's commit and inserts nothing: no row comes back,
-# the caller compares content hashes) and the unique constraint on jobs.imp_uid, one job per
-# payment ever. Jobs go in sorted by imp_uid so two events naming the same payments lock them
+# A new event, its jobs and their links in one statement. Guards: the primary key on
+# (account, event_id) (a concurrent duplicate waits for the winner's commit and inserts
+# nothing: no row comes back, the caller compares content hashes) and the unique constraint on
+# jobs (account, imp_uid), one job per payment ever. Jobs go in sorted by imp_uid so two events naming the same payments lock them
 # in one order (no deadlock). The links can only join the jobs made here (a statement does not
 # see its own inserts elsewhere, nor what another transaction committed while it waited).
 _ACCEPT = """
 WITH event AS (
-  INSERT INTO events (event_id, sku, reason, occurred_at, content_hash)
-  VALUES (%(event_id)s, %(sku)s, %(reason)s, %(occurred_at)s, %(hash)s)
-  ON CONFLICT (event_id) DO NOTHING
+  INSERT INTO events (account, event_id, sku, reason, occurred_at, content_hash)
+  VALUES (%(account)s, %(event_id)s, %(sku)s, %(reason)s, %(occurred_at)s, %(hash)s)
+  ON CONFLICT (account, event_id) DO NOTHING
   RETURNING received_at, occurred_at AS event_occurred_at
 ), wanted AS (
   SELECT w.imp_uid, w.merchant_uid, w.pay_method, w.position
   FROM unnest(%(imp_uids)s::text[], %(merchant_uids)s::text[], %(methods)s::text[])
        WITH ORDINALITY AS w(imp_uid, merchant_uid, pay_method, position)
 ), made AS (
-  INSERT INTO jobs (imp_uid, merchant_uid, pay_method, on_paid, reason, due_at)
-  SELECT w.imp_uid, w.merchant_uid, w.pay_method, %(on_paid)s, %(reason)s,
+  INSERT INTO jobs (account, imp_uid, merchant_uid, pay_method, on_paid, reason, due_at)
+  SELECT %(account)s, w.imp_uid, w.merchant_uid, w.pay_method, %(on_paid)s, %(reason)s,
          now() + make_interval(secs => %(grace)s)
   FROM wanted w WHERE EXISTS (SELECT FROM event)
   ORDER BY w.imp_uid
   {on_conflict}
   RETURNING {columns}
 ), linked AS (
-  INSERT INTO event_jobs (event_id, job_id, position)
-  SELECT %(event_id)s, m.id, w.position FROM made m JOIN wanted w USING (imp_uid)
+  INSERT INTO event_jobs (account, event_id, job_id, position)
+  SELECT %(account)s, %(event_id)s, m.id, w.position FROM made m JOIN wanted w USING (imp_uid)
 )
 SELECT event.received_at, event.event_occurred_at, m.*
 FROM event LEFT JOIN (made m JOIN wanted w USING (imp_uid)) ON true
@@ -88,20 +88,20 @@ ORDER BY w.position
 # In a transaction: payments whose job already existed are skipped here and linked by
 # LINK_JOBS, a statement of its own, after this one.
 ACCEPT_EVENT = _ACCEPT.format(
-    on_conflict="ON CONFLICT (imp_uid) DO NOTHING", columns=PUBLIC_COLUMNS
+    on_conflict="ON CONFLICT (account, imp_uid) DO NOTHING", columns=PUBLIC_COLUMNS
 )
 # On its own, in autocommit: all or nothing. A payment that has a job already fails the whole
 # statement with a unique violation (nothing is written), so what commits is always complete.
 ACCEPT_NEW_EVENT = _ACCEPT.format(on_conflict="", columns=PUBLIC_COLUMNS)
-# Guard: the primary key on (event_id, job_id): links made above stay as they are. It sees the
+# Guard: the primary key on (account, event_id, job_id): links made above stay as they are. It sees the
 # jobs another event made meanwhile (the insert above waited for them), so every payment links
 # to its one job, in the event's order.
 LINK_JOBS = """
-INSERT INTO event_jobs (event_id, job_id, position)
-SELECT %(event_id)s, j.id, w.position
+INSERT INTO event_jobs (account, event_id, job_id, position)
+SELECT %(account)s, %(event_id)s, j.id, w.position
 FROM unnest(%(imp_uids)s::text[]) WITH ORDINALITY AS w(imp_uid, position)
-JOIN jobs j ON j.imp_uid = w.imp_uid
-ON CONFLICT (event_id, job_id) DO NOTHING
+JOIN jobs j ON j.account = %(account)s AND j.imp_uid = w.imp_uid
+ON CONFLICT (account, event_id, job_id) DO NOTHING
 """
 
 
@@ -126,6 +126,7 @@ class Intake:
 class NewEvent:
     """What ACCEPT_EVENT writes: an event and the jobs its payments need."""
 
+    account: str
     event_id: str
     sku: str
     reason: str
@@ -137,6 +138,7 @@ class NewEvent:
 
     def params(self) -> dict[str, Any]:
         return {
+            "account": self.account,
             "event_id": self.event_id,
             "sku": self.sku,
             "reason": self.reason,
@@ -157,7 +159,8 @@ def accept_event(conn: Conn, new: NewEvent) -> Intake:
     found = conn.cursor(row_factory=dict_row).execute(ACCEPT_EVENT, params).fetchall()
     intake = _intake(found, len(new.jobs))
     if intake.linked_existing:
-        conn.execute(LINK_JOBS, {"event_id": new.event_id, "imp_uids": params["imp_uids"]})
+        links = {k: params[k] for k in ("account", "event_id", "imp_uids")}
+        conn.execute(LINK_JOBS, links)
     return intake
 
 
@@ -178,10 +181,11 @@ def _intake(found: list[dict[str, Any]], wanted: int) -> Intake:
     return Intake(first["received_at"], first["event_occurred_at"], made, len(made) < wanted)
 
 
-def event_hash(conn: Conn, event_id: str) -> str | None:
+def event_hash(conn: Conn, account: str, event_id: str) -> str | None:
     """The content hash a known event was accepted with."""
     row = conn.execute(
-        "SELECT content_hash FROM events WHERE event_id = %s", (event_id,)
+        "SELECT content_hash FROM events WHERE account = %s AND event_id = %s",
+        (account, event_id),
     ).fetchone()
     return str(row[0]) if row else None
 
@@ -192,6 +196,7 @@ def event_hash(conn: Conn, event_id: str) -> str | None:
 @dataclass(frozen=True)
 class Claimed:
     id: uuid.UUID
+    account: str
     imp_uid: str
     lease_token: uuid.UUID
     attempts: int
@@ -221,7 +226,7 @@ WHERE jobs.id = told.id
   AND (status = 'queued'
        OR (status = 'retry_wait' AND next_attempt_at <= now())
        OR (status = 'running' AND lease_until < now()))
-RETURNING jobs.id, imp_uid, lease_token, {ATTEMPTS_SQL} AS attempts, uncertain_call,
+RETURNING jobs.id, account, imp_uid, lease_token, {ATTEMPTS_SQL} AS attempts, uncertain_call,
     {SETTLE_LEFT_SQL} AS settle_left, pay_method, on_paid,
     refund_requested_at IS NOT NULL AS refund_requested, told.told AS look_first, idle_runs,
     reason, error, {FIRST_CALL_AGE_SQL} AS first_call_age
@@ -490,12 +495,12 @@ UPDATE jobs SET look_first = true,
     next_attempt_at = CASE WHEN status = 'retry_wait' THEN now() ELSE next_attempt_at END,
     due_at = CASE WHEN status = 'running' THEN due_at ELSE now() END,
     updated_at = now()
-WHERE imp_uid = %(imp_uid)s AND {WAITING_SQL}
+WHERE account = %(account)s AND imp_uid = %(imp_uid)s AND {WAITING_SQL}
 RETURNING id, status
 """  # noqa: S608
 
 
-def note_news(conn: Conn, imp_uid: str) -> tuple[uuid.UUID, JobStatus] | None:
-    """Make a waiting job look its payment up now; its id and status, or None."""
-    row = conn.execute(NOTE_NEWS, {"imp_uid": imp_uid}).fetchone()
+def note_news(conn: Conn, account: str, imp_uid: str) -> tuple[uuid.UUID, JobStatus] | None:
+    """Make a waiting job of the account look its payment up now; its id and status, or None."""
+    row = conn.execute(NOTE_NEWS, {"account": account, "imp_uid": imp_uid}).fetchone()
     return (row[0], JobStatus(row[1])) if row else None

@@ -54,3 +54,14 @@ class InvalidCursor(DomainError):
 
 class InvalidUrl(DomainError):
     status, code = 422, "invalid_url"
+
+
+class UnknownAccount(DomainError):
+    """An account that is not configured, or that the caller's key is not bound to."""
+
+    status, code = 422, "unknown_account"
+
+    def __init__(self, detail: str) -> None:
+        # Shaped like a validation error (an `errors` list), as every 422 is.
+        error = {"loc": ["body", "account"], "msg": detail, "type": "unknown_account"}
+        super().__init__(detail, errors=[error])

@@ -81,21 +81,21 @@ class _Local:
         )
         self.upstream_calls = Counter(
             "stockout_upstream_calls",
-            "Calls to iamport, by call (token, lookup, cancel) and result.",
-            ["call", "outcome"],
+            "Calls to the gateway, by account, call (token, lookup, cancel) and result.",
+            ["account", "call", "outcome"],
             registry=self.registry,
         )
         self.upstream_duration = Histogram(
             "stockout_upstream_call_duration_seconds",
-            "Latency of calls to iamport, by call.",
-            ["call"],
+            "Latency of calls to the gateway, by account and call.",
+            ["account", "call"],
             buckets=UPSTREAM_BUCKETS,
             registry=self.registry,
         )
         self.jobs_finished = Counter(
             "stockout_jobs_finished",
-            "Jobs that reached a terminal status, by status.",
-            ["status"],
+            "Jobs that reached a terminal status, by account and status.",
+            ["account", "status"],
             registry=self.registry,
         )
         self.runs_crashed = Counter(
@@ -156,17 +156,18 @@ def _redis() -> redis.Redis:
 # -- observing -------------------------------------------------------------------------------
 
 
-def observe_upstream(record: UpstreamRecord) -> None:
-    """Count one upstream call by call and result, and time it."""
+def observe_upstream(record: UpstreamRecord, account: str = "default") -> None:
+    """Count one upstream call of the account by call and result, and time it."""
     local = _local
-    local.upstream_calls.labels(record.call, record.outcome).inc()
-    local.upstream_duration.labels(record.call).observe(max(record.duration_ms, 0) / 1000)
+    local.upstream_calls.labels(account, record.call, record.outcome).inc()
+    seconds = max(record.duration_ms, 0) / 1000
+    local.upstream_duration.labels(account, record.call).observe(seconds)
     _ensure_pusher()
 
 
-def job_finished(status: str) -> None:
-    """Count a job reaching a terminal status."""
-    _local.jobs_finished.labels(status).inc()
+def job_finished(status: str, account: str = "default") -> None:
+    """Count a job of the account reaching a terminal status."""
+    _local.jobs_finished.labels(account, status).inc()
     _ensure_pusher()
 
 

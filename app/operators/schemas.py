@@ -27,6 +27,8 @@ class CallerPublic(BaseModel):
     id: uuid.UUID
     name: str
     scopes: list[str]
+    # None: an operator key, every account.
+    accounts: list[str] | None = None
 
 
 class MinuteCounts(BaseModel):

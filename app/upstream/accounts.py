@@ -18,6 +18,8 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 
+from app.kit.errors import UnknownAccount
+
 if TYPE_CHECKING:
     from app.config import Settings
 
@@ -40,6 +42,36 @@ ONLY: dict[str, frozenset[str]] = {
         {"store_id", *(f"{s}_{how}" for s, _ in SECRETS["v2"] for how in ("env", "file"))}
     ),
 }
+
+
+_loaded: tuple[Settings, dict[str, Account]] | None = None
+
+
+def accounts_of(settings: Settings) -> dict[str, Account]:
+    """The accounts of these settings, loaded once (a process checks them at start, so a
+    problem here is one the start-up check would have stopped it for)."""
+    global _loaded
+    loaded = _loaded
+    if loaded is None or loaded[0] is not settings:
+        loaded = _loaded = (settings, load_accounts(settings))
+    return loaded[1]
+
+
+def require_account(settings: Settings, name: str) -> Account:
+    """The configured account of that name, or UnknownAccount (422)."""
+    found = accounts_of(settings).get(name)
+    if found is None:
+        raise UnknownAccount(f"no account {name} is configured")
+    return found
+
+
+def require_runnable(settings: Settings, name: str) -> Account:
+    """The configured account whose jobs the workers can run, or UnknownAccount (422)."""
+    found = require_account(settings, name)
+    if found.api != "v1":
+        # Refused at the door rather than accepted into jobs no worker can run.
+        raise UnknownAccount(f"account {name} is a PortOne V2 account; its jobs cannot run yet")
+    return found
 
 
 class AccountsError(Exception):
@@ -145,7 +177,7 @@ def read_accounts(settings: Settings) -> dict[str, Account]:
     accounts list` shows it).
     """
     if not settings.accounts_file:
-        return {DEFAULT: _default(settings)}
+        return {DEFAULT: default_account(settings)}
     path = Path(settings.accounts_file)
     where = _where(settings.accounts_file)
     try:
@@ -165,7 +197,7 @@ def read_accounts(settings: Settings) -> dict[str, Account]:
     return {name: _account(where, name, raw, settings) for name, raw in tables.items()}
 
 
-def _default(settings: Settings) -> Account:
+def default_account(settings: Settings) -> Account:
     """The one v1 account the IAMPORT_* variables make."""
     secrets = {"imp_secret": _setting("IAMPORT_IMP_SECRET", settings.iamport_imp_secret)}
     token = settings.iamport_webhook_token

@@ -13,22 +13,28 @@ from psycopg import Connection
 
 from app.kit.db import rows
 from app.kit.errors import InvalidUrl, NotFound
+from app.kit.scope import Accounts, as_list, in_accounts
 from app.webhooks import signing, urls
 from app.webhooks.schemas import EndpointCreate, EndpointPublic, EndpointWithSecret
 
-PUBLIC_COLUMNS = "id, url, event_types, description, enabled, created_at"
+PUBLIC_COLUMNS = "id, account, url, event_types, description, enabled, created_at"
 INSERT = (
-    "INSERT INTO webhook_endpoints (url, event_types, description, secret) "
-    "VALUES (%(url)s, %(types)s, %(description)s, %(secret)s) "
-    "RETURNING id, url, event_types, description, enabled, created_at"
+    "INSERT INTO webhook_endpoints (account, url, event_types, description, secret) "  # noqa: S608
+    "VALUES (%(account)s, %(url)s, %(types)s, %(description)s, %(secret)s) "
+    f"RETURNING {PUBLIC_COLUMNS}"
 )
-SELECT = f"SELECT {PUBLIC_COLUMNS} FROM webhook_endpoints WHERE deleted_at IS NULL"  # noqa: S608
+# A bound key sees its accounts' endpoints only; an operator's (account NULL) takes every
+# account's messages, so it is an operator's to see.
+SELECT = (
+    f"SELECT {PUBLIC_COLUMNS} FROM webhook_endpoints "  # noqa: S608
+    f"WHERE deleted_at IS NULL AND {in_accounts('account')}"
+)
 # The old secret goes on signing, as a second signature, for 24 hours.
 ROTATE = (
-    "UPDATE webhook_endpoints SET previous_secret = secret, "
+    "UPDATE webhook_endpoints SET previous_secret = secret, "  # noqa: S608
     "previous_secret_until = now() + interval '24 hours', secret = %(secret)s "
-    "WHERE id = %(id)s AND deleted_at IS NULL "
-    "RETURNING id, url, event_types, description, enabled, created_at"
+    f"WHERE id = %(id)s AND deleted_at IS NULL AND {in_accounts('account')} "
+    f"RETURNING {PUBLIC_COLUMNS}"
 )
 
 
@@ -37,9 +43,10 @@ def _public(row: Any) -> EndpointPublic:
 
 
 def create_endpoint(
-    conn: Connection[Any], body: EndpointCreate, allow_private: bool
+    conn: Connection[Any], body: EndpointCreate, account: str | None, allow_private: bool
 ) -> EndpointWithSecret:
-    """Store a new endpoint (its URL checked first) and return it with its secret, once."""
+    """Store a new endpoint (its URL checked first) and return it with its secret, once.
+    `account`: the one account whose messages it takes (None: every account's)."""
     try:
         urls.check(body.url, allow_private)
     except urls.UrlRefused as exc:
@@ -51,6 +58,7 @@ def create_endpoint(
         conn,
         INSERT,
         {
+            "account": account,
             "url": body.url,
             "types": body.event_types,
             "description": body.description,
@@ -60,30 +68,36 @@ def create_endpoint(
     return EndpointWithSecret(**_public(row).model_dump(), secret=secret)
 
 
-def list_endpoints(conn: Connection[Any]) -> list[EndpointPublic]:
+def list_endpoints(conn: Connection[Any], accounts: Accounts = None) -> list[EndpointPublic]:
     """Every endpoint not deleted, oldest first (never a secret)."""
-    return [_public(r) for r in rows(conn, SELECT + " ORDER BY created_at, id")]
+    found = rows(conn, SELECT + " ORDER BY created_at, id", {"accounts": as_list(accounts)})
+    return [_public(r) for r in found]
 
 
-def get_endpoint(conn: Connection[Any], endpoint_id: uuid.UUID) -> EndpointPublic:
-    """One endpoint, or NotFound."""
-    found = rows(conn, SELECT + " AND id = %(id)s", {"id": endpoint_id})
+def get_endpoint(
+    conn: Connection[Any], endpoint_id: uuid.UUID, accounts: Accounts = None
+) -> EndpointPublic:
+    """One endpoint these accounts see, or NotFound."""
+    params = {"id": endpoint_id, "accounts": as_list(accounts)}
+    found = rows(conn, SELECT + " AND id = %(id)s", params)
     if not found:
         raise NotFound(f"no webhook endpoint {endpoint_id}")
     return _public(found[0])
 
 
-def delete_endpoint(conn: Connection[Any], endpoint_id: uuid.UUID) -> None:
+def delete_endpoint(
+    conn: Connection[Any], endpoint_id: uuid.UUID, accounts: Accounts = None
+) -> None:
     """Delete an endpoint: nothing more is sent to it, its pending messages end as failed.
 
     The row stays (deleted_at) because its messages refer to it; its secrets are wiped.
     """
     found = rows(
         conn,
-        "UPDATE webhook_endpoints SET deleted_at = now(), enabled = false, "
+        "UPDATE webhook_endpoints SET deleted_at = now(), enabled = false, "  # noqa: S608
         "secret = '', previous_secret = NULL, previous_secret_until = NULL "
-        "WHERE id = %(id)s AND deleted_at IS NULL RETURNING id",
-        {"id": endpoint_id},
+        f"WHERE id = %(id)s AND deleted_at IS NULL AND {in_accounts('account')} RETURNING id",
+        {"id": endpoint_id, "accounts": as_list(accounts)},
     )
     if not found:
         raise NotFound(f"no webhook endpoint {endpoint_id}")
@@ -94,10 +108,13 @@ def delete_endpoint(conn: Connection[Any], endpoint_id: uuid.UUID) -> None:
     )
 
 
-def rotate_secret(conn: Connection[Any], endpoint_id: uuid.UUID) -> EndpointWithSecret:
+def rotate_secret(
+    conn: Connection[Any], endpoint_id: uuid.UUID, accounts: Accounts = None
+) -> EndpointWithSecret:
     """A new secret; the old one goes on signing (a second signature) for 24 hours."""
     secret = signing.new_secret()
-    found = rows(conn, ROTATE, {"id": endpoint_id, "secret": secret})
+    params = {"id": endpoint_id, "secret": secret, "accounts": as_list(accounts)}
+    found = rows(conn, ROTATE, params)
     if not found:
         raise NotFound(f"no webhook endpoint {endpoint_id}")
     return EndpointWithSecret(**_public(found[0]).model_dump(), secret=secret)

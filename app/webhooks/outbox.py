@@ -29,25 +29,26 @@ EVENT_COMPLETED = "event.completed"
 
 
 # One cheap statement when there is no endpoint: the hot path's whole cost then. The table
-# holds a handful of rows, so no index is needed; deleted endpoints are disabled too.
-ENDPOINTS = "SELECT id, event_types FROM webhook_endpoints WHERE enabled"
+# holds a handful of rows, so no index is needed; deleted endpoints are disabled too. An
+# endpoint bound to an account takes that account's messages only (`_for_account`).
+ENDPOINTS = "SELECT id, event_types, account FROM webhook_endpoints WHERE enabled"
 
 # Lock the not-yet-completed events that name the job, in one fixed order (no deadlocks).
 # Two transactions finishing an event's last two jobs queue up here; the second one's next
 # statement sees the first one's job as terminal, so exactly one of them sees it complete.
 LOCK_EVENTS = """
 SELECT e.event_id FROM events e
-WHERE e.completed_at IS NULL
+WHERE e.completed_at IS NULL AND e.account = %(account)s
   AND e.event_id IN (SELECT l.event_id FROM event_jobs l WHERE l.job_id = %(id)s)
 ORDER BY e.event_id
 FOR UPDATE OF e
 """
 COMPLETE = f"""
 UPDATE events e SET completed_at = now()
-WHERE e.event_id = ANY(%(events)s) AND e.completed_at IS NULL
+WHERE e.account = %(account)s AND e.event_id = ANY(%(events)s) AND e.completed_at IS NULL
   AND NOT EXISTS (
     SELECT 1 FROM event_jobs l JOIN jobs j ON j.id = l.job_id
-    WHERE l.event_id = e.event_id AND j.{WAITING_SQL})
+    WHERE l.account = e.account AND l.event_id = e.event_id AND j.{WAITING_SQL})
 RETURNING e.event_id
 """  # noqa: S608
 # Ingest linking jobs that already exist to a new event: wait for any transition of theirs
@@ -68,6 +69,11 @@ def new_message_id() -> str:
 
 def _subscribed(endpoints: Sequence[Any], event_type: str) -> list[uuid.UUID]:
     return [e[0] for e in endpoints if e[1] is None or event_type in e[1]]
+
+
+def _for_account(endpoints: Sequence[Any], account: str) -> list[Any]:
+    """The endpoints that take this account's messages: its own and the operators' (NULL)."""
+    return [e for e in endpoints if e[2] is None or e[2] == account]
 
 
 def _insert(
@@ -93,11 +99,12 @@ def _insert(
 
 
 def _complete_events(
-    uow: UnitOfWork, endpoints: list[uuid.UUID], candidates: Iterable[str]
+    uow: UnitOfWork, endpoints: list[uuid.UUID], account: str, candidates: Iterable[str]
 ) -> None:
-    done = uow.conn.execute(COMPLETE, {"events": list(candidates)}).fetchall()
+    params = {"account": account, "events": list(candidates)}
+    done = uow.conn.execute(COMPLETE, params).fetchall()
     for (event_id,) in sorted(done):
-        event = load_event(uow.conn, event_id)
+        event = load_event(uow.conn, account, event_id)
         if event is not None:
             _insert(
                 uow, endpoints, EVENT_COMPLETED, body(EVENT_COMPLETED, event), event_id=event_id
@@ -118,18 +125,22 @@ def record_terminal(uow: UnitOfWork, job_id: uuid.UUID) -> None:
     job = load_job(conn, job_id)
     if job is None or job.status not in TERMINAL:
         return
+    endpoints = _for_account(endpoints, job.account)
     event_type = f"job.{job.status}"
     for_job = _subscribed(endpoints, event_type)
     if for_job:
         _insert(uow, for_job, event_type, body(event_type, job), job_id=job.id)
     for_events = _subscribed(endpoints, EVENT_COMPLETED)
     if for_events and job.event_ids:
-        locked = [r[0] for r in conn.execute(LOCK_EVENTS, {"id": job_id}).fetchall()]
+        params = {"id": job_id, "account": job.account}
+        locked = [r[0] for r in conn.execute(LOCK_EVENTS, params).fetchall()]
         if locked:
-            _complete_events(uow, for_events, locked)
+            _complete_events(uow, for_events, job.account, locked)
 
 
-def record_linked(uow: UnitOfWork, event_id: str, existing_job_ids: Sequence[uuid.UUID]) -> None:
+def record_linked(
+    uow: UnitOfWork, account: str, event_id: str, existing_job_ids: Sequence[uuid.UUID]
+) -> None:
     """For ingest: a new event that names only jobs that already exist may be complete at once.
 
     Called in the ingest transaction after the event's links are written, with the ids of the
@@ -137,9 +148,9 @@ def record_linked(uow: UnitOfWork, event_id: str, existing_job_ids: Sequence[uui
     """
     if not existing_job_ids:
         return
-    endpoints = uow.conn.execute(ENDPOINTS).fetchall()
+    endpoints = _for_account(uow.conn.execute(ENDPOINTS).fetchall(), account)
     for_events = _subscribed(endpoints, EVENT_COMPLETED)
     if not for_events:
         return
     uow.conn.execute(SHARE_JOBS, {"ids": list(existing_job_ids)})
-    _complete_events(uow, for_events, [event_id])
+    _complete_events(uow, for_events, account, [event_id])

@@ -23,6 +23,9 @@ def _unique(values: list[str] | None) -> list[str] | None:
 class EndpointCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
+    # Whose messages it takes: one account's (a key bound to one account: that one), or every
+    # account's when omitted by an operator key.
+    account: Annotated[str, StringConstraints(pattern=r"^[a-z0-9][a-z0-9-]{0,39}$")] | None = None
     url: Annotated[str, StringConstraints(min_length=1, max_length=2048)]
     event_types: Annotated[
         list[EventType] | None, Field(min_length=1, max_length=16), AfterValidator(_unique)
@@ -34,6 +37,7 @@ class EndpointCreate(BaseModel):
 
 class EndpointPublic(BaseModel):
     id: uuid.UUID
+    account: str | None
     url: str
     event_types: list[str] | None
     description: str | None

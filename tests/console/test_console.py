@@ -250,7 +250,7 @@ def test_events_show_progress_and_their_jobs(tab: Tab, data: Seeded, writer: str
     progress = [m.group(0) for t in rows.all_inner_texts() if (m := re.search(r"\d+ of \d+", t))]
     assert len(progress) == 6 and all(p.endswith("of 6") for p in progress)
     tab.shot("events")
-    tab.page.click(f"#events-table a[href='#/events/{newest}']")
+    tab.page.click(f"#events-table a[href='#/events/{newest}?account=default']")
     tab.page.locator("#event-jobs tbody tr").nth(5).wait_for()
     assert "of 6 jobs terminal" in tab.page.locator(".title-row").inner_text()
 

@@ -12,9 +12,10 @@ _seq = itertools.count(1)
 ALL_SCOPES = ["events:write", "jobs:read", "jobs:write", "webhooks:write"]
 
 
-def api_key(*scopes: str) -> str:
+def api_key(*scopes: str, accounts: list[str] | None = None) -> str:
     with unit_of_work() as uow:
-        return create_key(uow.conn, f"test-{next(_seq)}", list(scopes or ALL_SCOPES)).key
+        name = f"test-{next(_seq)}"
+        return create_key(uow.conn, name, list(scopes or ALL_SCOPES), accounts).key
 
 
 def auth(key: str) -> dict[str, str]:

@@ -25,6 +25,7 @@ import redis
 from pydantic import ValidationError
 
 from app.kit.deadline import deadline_scope, deadline_transport
+from app.upstream.accounts import Account, default_account
 from app.upstream.contract import CallObserver, CallRecord
 from app.upstream.errors import (
     GatewayError,
@@ -37,6 +38,7 @@ from app.upstream.errors import (
     Unauthorized,
     Unavailable,
 )
+from app.upstream.guard import Blocked, Guard
 from app.upstream.iamport.schemas import TokenResponse
 from app.upstream.iamport.token import TokenProvider, key_id
 from app.upstream.payment import Payment
@@ -114,6 +116,8 @@ class IamportClient:
         include_sandbox: bool = False,
         redis_client: redis.Redis | None = None,
         tier: str | None = None,
+        tokens_key: str | None = None,
+        guard: Guard | None = None,
     ) -> None:
         self._imp_key = imp_key
         # An agency's sub-merchant: the `Tier` header goes on every call, getToken included.
@@ -121,6 +125,7 @@ class IamportClient:
         self._imp_secret = imp_secret
         self._secrets = tuple(s for s in (imp_key, imp_secret) if s)
         self._limiter = limiter
+        self._guard = guard
         self._max_wait = rate_limit_max_wait
         self._lookup_params = {"include_sandbox": "true"} if include_sandbox else None
         self._timeout = timeout
@@ -134,7 +139,7 @@ class IamportClient:
         self.tokens: TokenSource = (
             tokens
             if tokens is not None
-            else TokenProvider(redis_client, self.fetch_token, key_id(imp_key))
+            else TokenProvider(redis_client, self.fetch_token, tokens_key or key_id(imp_key))
         )
 
     def clock_skew(self) -> float | None:
@@ -145,21 +150,41 @@ class IamportClient:
 
     @classmethod
     def from_settings(cls, settings: Settings, redis: redis.Redis) -> IamportClient:
-        """The process's client: shared token and rate limit through `redis`."""
-        redis_client = redis
+        """The client of the `default` account the IAMPORT_* variables make."""
         if settings.iamport_imp_key is None or settings.iamport_imp_secret is None:
             raise RuntimeError("IAMPORT_IMP_KEY and IAMPORT_IMP_SECRET must be set")
-        imp_key = settings.iamport_imp_key.get_secret_value()
-        account = key_id(imp_key)
-        limiter = RateLimiter(redis_client, f"iamport:rate:{account}", settings.iamport_max_rps)
+        return cls.for_account(default_account(settings), settings, redis)
+
+    @classmethod
+    def for_account(
+        cls,
+        account: Account,
+        settings: Settings,
+        redis: redis.Redis,
+        guard: Guard | None = None,
+    ) -> IamportClient:
+        """A process's client for one v1 account: its own token, rate limit and 429 pause,
+        shared by the account's clients in every process through `redis`, and by no other
+        account's (one account's 429s or 401s never pause or refresh another's)."""
+        secret = account.secret("imp_secret")
+        if account.api != "v1" or account.imp_key is None or secret is None:
+            raise RuntimeError(f"account {account.name} is not a v1 account with its credentials")
+        imp_key = account.imp_key.get_secret_value()
+        # The account's name and tier are in the key: an agency's sub-merchants share the
+        # imp_key but not their tokens' fate.
+        name = key_id(f"{imp_key}\n{account.name}\n{account.tier or ''}")
+        limiter = RateLimiter(redis, f"iamport:rate:{name}", account.max_rps)
         return cls(
-            base_url=settings.iamport_base_url,
+            base_url=account.base_url,
             imp_key=imp_key,
-            imp_secret=settings.iamport_imp_secret.get_secret_value(),
+            imp_secret=secret,
             timeout=settings.iamport_timeout_seconds,
+            tokens_key=name,
             limiter=limiter,
             rate_limit_max_wait=settings.rate_limit_max_wait_seconds,
-            redis_client=redis_client,
+            redis_client=redis,
+            tier=account.tier,
+            guard=guard,
         )
 
     def __repr__(self) -> str:
@@ -291,6 +316,30 @@ class IamportClient:
         json: Any = None,
     ) -> Any:
         """One rate-limited, observed HTTP exchange: `parse(envelope's response)` or an error."""
+        if self._guard is None:
+            return self._limited(call, method, path, observer, token, parse, params, json)
+        try:
+            trial = self._guard.enter()
+        except Blocked as blocked:
+            raise RateLimited(call, retry_after=blocked.retry_after, message=blocked.why) from None
+        outcome: list[str] = []
+        try:
+            return self._limited(call, method, path, observer, token, parse, params, json, outcome)
+        finally:
+            self._guard.leave(outcome[-1] if outcome else None, trial)
+
+    def _limited(
+        self,
+        call: str,
+        method: str,
+        path: str,
+        observer: CallObserver | None,
+        token: str | None,
+        parse: Callable[[Any], Any],
+        params: dict[str, str] | None,
+        json: Any,
+        outcome: list[str] | None = None,
+    ) -> Any:
         if self._limiter is not None:
             try:
                 self._limiter.acquire(self._max_wait)
@@ -355,6 +404,8 @@ class IamportClient:
             error = failure.error
             if error.http_status is None and http_status is not None:
                 error.http_status = http_status
+            if outcome is not None:
+                outcome.append(failure.outcome)
             self._notify(
                 observer,
                 call,
@@ -366,6 +417,8 @@ class IamportClient:
                 failure.outcome,
             )
             raise error from failure.__cause__
+        if outcome is not None:
+            outcome.append("ok")
         self._notify(observer, call, started_at, started, http_status, code, message, "ok")
         return answer
 
@@ -406,6 +459,8 @@ class IamportClient:
             response.close()
 
     def _pause_everyone(self, seconds: float) -> None:
+        if self._guard is not None:
+            self._guard.pause(seconds)
         if self._limiter is None:
             return
         # Best effort: the failing call still waits; others would find out from their own 429s.

@@ -57,6 +57,7 @@ def test_list_is_newest_first_with_all_fields(api: TestClient, key: str) -> None
     job = body["items"][0]
     assert set(job) == {
         "id",
+        "account",
         "imp_uid",
         "merchant_uid",
         "status",

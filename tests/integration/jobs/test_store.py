@@ -36,7 +36,7 @@ def accept(conn: Any, event_id: str, jobs: list[store.NewJob], on_paid: OnPaid) 
 
 
 def new_event(event_id: str, jobs: list[store.NewJob], on_paid: OnPaid) -> store.NewEvent:
-    return store.NewEvent(event_id, "SKU", "out of stock", None, "h", jobs, on_paid, 0)
+    return store.NewEvent("default", event_id, "SKU", "out of stock", None, "h", jobs, on_paid, 0)
 
 
 def row(job_id: uuid.UUID) -> dict[str, Any]:
@@ -306,8 +306,11 @@ def test_a_notification_never_touches_a_finished_job() -> None:
     waiting, done = make_jobs(2)
     set_row(done, "status = 'needs_refund', payment_status = 'paid'")
     with unit_of_work() as uow:
-        assert store.note_news(uow.conn, row(waiting)["imp_uid"]) == (waiting, JobStatus.QUEUED)
-        assert store.note_news(uow.conn, row(done)["imp_uid"]) is None
+        assert store.note_news(uow.conn, "default", row(waiting)["imp_uid"]) == (
+            waiting,
+            JobStatus.QUEUED,
+        )
+        assert store.note_news(uow.conn, "default", row(done)["imp_uid"]) is None
     assert row(done)["look_first"] is False and row(waiting)["look_first"] is True
 
 

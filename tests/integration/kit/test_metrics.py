@@ -104,12 +104,14 @@ def test_worker_snapshots_are_merged(api: TestClient, service_env: dict[str, str
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
 
-    assert delta("stockout_upstream_calls_total", call="cancel", outcome="ok") == 4
-    assert delta("stockout_upstream_calls_total", call="cancel", outcome="timeout") == 2
-    assert delta("stockout_upstream_call_duration_seconds_count", call="cancel") == 6
-    assert delta("stockout_upstream_call_duration_seconds_bucket", call="cancel", le="0.25") == 4
-    assert delta("stockout_upstream_call_duration_seconds_bucket", call="cancel", le="+Inf") == 6
-    assert delta("stockout_jobs_finished_total", status="cancelled") == 2
+    mine = {"account": "default"}
+    assert delta("stockout_upstream_calls_total", **mine, call="cancel", outcome="ok") == 4
+    assert delta("stockout_upstream_calls_total", **mine, call="cancel", outcome="timeout") == 2
+    assert delta("stockout_upstream_call_duration_seconds_count", **mine, call="cancel") == 6
+    bucket = "stockout_upstream_call_duration_seconds_bucket"
+    assert delta(bucket, **mine, call="cancel", le="0.25") == 4
+    assert delta(bucket, **mine, call="cancel", le="+Inf") == 6
+    assert delta("stockout_jobs_finished_total", **mine, status="cancelled") == 2
     # Without decode_responses, redis-py answers bytes (its stubs say bytes | str).
     keys = cast(
         list[bytes], redis.Redis.from_url(service_env["REDIS_URL"]).zrange(metrics.PROCS_KEY, 0, -1)

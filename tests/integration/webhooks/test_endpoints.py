@@ -22,6 +22,7 @@ def test_create_list_get_delete(api: TestClient, capfd: pytest.CaptureFixture[st
     )
     assert set(created) == {
         "id",
+        "account",
         "url",
         "event_types",
         "description",

@@ -2,7 +2,7 @@
 import { api, ApiError, optional, withQuery } from "../api.js";
 import { progress } from "../charts.js";
 import { ago, clear, el, every, fmtTime, panel, STATUSES, table, TERMINAL } from "../util.js";
-import { jobColumns } from "./jobs.js";
+import { eventHref, jobColumns } from "./jobs.js";
 
 const REFRESH_MS = 10000;
 
@@ -26,7 +26,8 @@ export async function renderEvents({ view }) {
   function draw() {
     clear(holder).append(table([
       { title: "received", cell: (e) => el("span", { title: fmtTime(e.received_at) }, ago(e.received_at)) },
-      { title: "event_id", cell: (e) => el("a", { href: `#/events/${encodeURIComponent(e.event_id)}`, class: "mono" }, e.event_id) },
+      { title: "account", cell: (e) => e.account, class: "mono" },
+      { title: "event_id", cell: (e) => el("a", { href: eventHref(e.account, e.event_id), class: "mono" }, e.event_id) },
       { title: "sku", cell: (e) => e.sku, class: "mono" },
       { title: "reason", cell: (e) => e.reason },
       { title: "progress", cell: (e) => el("span", { class: "progress-cell" }, progress(e.jobs_terminal, e.jobs_total), ` ${e.jobs_terminal} of ${e.jobs_total}`) },
@@ -58,7 +59,8 @@ export async function renderEvents({ view }) {
   return every(REFRESH_MS, async () => { if (events.length <= 50) await firstPage(); });
 }
 
-export async function renderEvent({ view }, eventId) {
+export async function renderEvent({ view, params }, eventId) {
+  const account = params.get("account");
   const head = el("div", { class: "title-row" });
   const facts = el("dl", { class: "facts" });
   const holder = el("div", { id: "event-jobs" });
@@ -72,7 +74,7 @@ export async function renderEvent({ view }, eventId) {
   async function load() {
     let event;
     try {
-      event = await api(`/v1/stockout-events/${encodeURIComponent(eventId)}`);
+      event = await api(withQuery(`/v1/stockout-events/${encodeURIComponent(eventId)}`, account ? { account } : {}));
     } catch (e) {
       if (e instanceof ApiError && e.status === 404) {
         clear(head).append(el("h1", {}, "No such event"));
@@ -85,7 +87,7 @@ export async function renderEvent({ view }, eventId) {
     for (const j of event.jobs) counts[j.status] = (counts[j.status] || 0) + 1;
     clear(head).append(el("h1", {}, el("span", { class: "mono" }, event.event_id)), el("span", { class: "progress-cell big-progress" }, progress(done, event.jobs.length), ` ${done} of ${event.jobs.length} jobs terminal`));
     clear(facts);
-    for (const [k, v] of [["sku", event.sku], ["reason", event.reason], ["occurred", fmtTime(event.occurred_at)], ["received", fmtTime(event.received_at)], ["jobs", countBadges(counts)], ["list", el("a", { href: `#/jobs?event_id=${encodeURIComponent(event.event_id)}` }, "open in Jobs")]]) {
+    for (const [k, v] of [["account", event.account], ["sku", event.sku], ["reason", event.reason], ["occurred", fmtTime(event.occurred_at)], ["received", fmtTime(event.received_at)], ["jobs", countBadges(counts)], ["list", el("a", { href: `#/jobs?event_id=${encodeURIComponent(event.event_id)}` }, "open in Jobs")]]) {
       facts.append(el("dt", {}, k), el("dd", {}, v));
     }
     clear(holder).append(table(jobColumns(), event.jobs, { empty: "No jobs." }));

@@ -2,21 +2,27 @@
 import { api, withQuery } from "../api.js";
 import { clear, el, every, fmtTime, ago, STATUSES, statusBadge, table } from "../util.js";
 
-const FILTERS = ["status", "imp_uid", "merchant_uid", "sku", "event_id"];
+const FILTERS = ["status", "account", "imp_uid", "merchant_uid", "sku", "event_id"];
 const REFRESH_MS = 10000;
 
 export function jobColumns() {
   return [
     { title: "created", cell: (j) => el("span", { title: fmtTime(j.created_at) }, ago(j.created_at)) },
+    { title: "account", cell: (j) => j.account, class: "mono" },
     { title: "imp_uid", cell: (j) => el("a", { href: `#/jobs/${j.id}`, class: "mono" }, j.imp_uid) },
     { title: "merchant_uid", cell: (j) => j.merchant_uid || "—", class: "mono" },
     { title: "status", cell: (j) => statusBadge(j.status) },
     { title: "payment", cell: (j) => j.payment_status || "—" },
     { title: "attempts", cell: (j) => j.attempts, class: "num" },
-    { title: "events", cell: (j) => j.event_ids.map((e, i) => [i ? ", " : "", el("a", { href: `#/events/${encodeURIComponent(e)}` }, e)]) },
+    { title: "events", cell: (j) => j.event_ids.map((e, i) => [i ? ", " : "", el("a", { href: eventHref(j.account, e) }, e)]) },
     { title: "error", cell: (j) => (j.error ? el("span", { class: "err-text", title: j.error.message || "" }, errorSummary(j.error)) : "") },
     { title: "updated", cell: (j) => el("span", { title: fmtTime(j.updated_at) }, ago(j.updated_at)) },
   ];
+}
+
+// An event is named by its account and id: two accounts may use the same event_id.
+export function eventHref(account, eventId) {
+  return `#/events/${encodeURIComponent(eventId)}?account=${encodeURIComponent(account)}`;
 }
 
 export function errorSummary(error) {

@@ -1,5 +1,5 @@
 // Overview: counts by status, finishes per minute, the oldest waiting job, upstream health.
-import { api, optional } from "../api.js";
+import { api, optional, withQuery } from "../api.js";
 import { hbars, stackedBars } from "../charts.js";
 import { clear, el, every, fmtAge, panel, setBadges, STATUSES, table, TERMINAL } from "../util.js";
 
@@ -8,7 +8,19 @@ const REFRESH_MS = 5000;
 const ACTIVITY_EVERY = 3;
 const LINKS = { needs_refund: "#/queues/needs_refund", failed: "#/queues/failed" };
 
-export async function renderOverview({ view }) {
+// One account's overview or every account's the key sees: `#/?account=NAME`.
+function accountForm(current) {
+  const input = el("input", { name: "account", id: "f-account", value: current || "", placeholder: "all accounts", autocomplete: "off" });
+  return el("form", { class: "filters", id: "account-filter", onsubmit: (e) => {
+    e.preventDefault();
+    const name = input.value.trim();
+    location.hash = name ? `#/?account=${encodeURIComponent(name)}` : "#/";
+  } }, el("label", {}, "account", input), el("button", { type: "submit" }, "Show"));
+}
+
+export async function renderOverview({ view, params }) {
+  const account = params.get("account") || "";
+  const scope = account ? { account } : {};
   const cards = el("div", { class: "cards", id: "status-cards" });
   const oldest = el("div", { class: "stat-line", id: "oldest" });
   const finishedChart = el("div", { class: "chart-box", id: "finished-chart" });
@@ -24,7 +36,8 @@ export async function renderOverview({ view }) {
       panel("Upstream latency", latency)),
   ];
   view.append(
-    el("div", { class: "title-row" }, el("h1", {}, "Overview"), updated),
+    el("div", { class: "title-row" }, el("h1", {}, account ? `Overview: ${account}` : "Overview"), updated),
+    accountForm(account),
     cards,
     panel("Waiting work", oldest),
     ...activityPanels,
@@ -34,7 +47,7 @@ export async function renderOverview({ view }) {
   let activity;
   async function refresh() {
     const wantActivity = round++ % ACTIVITY_EVERY === 0;
-    const [stats, fresh] = await Promise.all([api("/v1/stats"), wantActivity ? optional("/v1/stats/activity?minutes=30") : undefined]);
+    const [stats, fresh] = await Promise.all([api(withQuery("/v1/stats", scope)), wantActivity ? optional(withQuery("/v1/stats/activity", { ...scope, minutes: 30 })) : undefined]);
     if (wantActivity) activity = fresh;
     setBadges(stats.counts);
     clear(cards);
