@@ -78,8 +78,9 @@ def sandbox(
     merchant: Annotated[
         list[str] | None,
         typer.Option(
-            help="another merchant account, KEY:SECRET or KEY:SECRET:TIER (a sub-merchant of "
-            "the agency KEY:SECRET); repeat for more",
+            # Not "KEY:SECRET:TIER": rich's help would render ":SECRET:" as an emoji.
+            help="another merchant account as KEY:SECRET, with :TIER appended for a "
+            "sub-merchant of the agency KEY; repeat for more",
             metavar="KEY:SECRET[:TIER]",
         ),
     ] = None,
