@@ -75,9 +75,24 @@ def sandbox(
     notice_url: Annotated[
         str | None, typer.Option(help="notice_url of payments created without one")
     ] = None,
+    merchant: Annotated[
+        list[str] | None,
+        typer.Option(
+            # Not "KEY:SECRET:TIER": rich's help would render ":SECRET:" as an emoji.
+            help="another merchant account as KEY:SECRET, with :TIER appended for a "
+            "sub-merchant of the agency KEY; repeat for more",
+            metavar="KEY:SECRET[:TIER]",
+        ),
+    ] = None,
 ) -> None:
     """Run the iamport simulator."""
+    from devtools.sandbox.merchants import parse_merchant
     from devtools.sandbox.server import run
+
+    try:
+        merchants = [parse_merchant(m) for m in merchant or []]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--merchant") from None
 
     run(
         host=host,
@@ -88,4 +103,5 @@ def sandbox(
         seed=seed,
         confirm_url=confirm_url,
         notice_url=notice_url,
+        merchants=merchants,
     )

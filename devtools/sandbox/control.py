@@ -20,6 +20,19 @@ class CallLogEntry(TypedDict):
     applied: bool | None  # mutating calls: whether it changed the payment (so far)
     applied_at: float | None  # when it did; after ended_at for a late apply
     fault: str | None
+    key_id: str | None  # the short id of the imp_key it spoke with (token or getToken body)
+    tier: str | None  # the Tier header it carried
+
+
+class MerchantInfo(TypedDict):
+    """A merchant account the sandbox knows (never its secret)."""
+
+    id: str  # key_id, and `/TIER` for a sub-merchant: the key of stats()["by_merchant"]
+    key_id: str
+    imp_key: str
+    tier: str | None
+    default: bool
+    faults: dict[str, Any] | None  # its own faults; None: it gets the unscoped ones
 
 
 class Tally(TypedDict):
@@ -73,7 +86,8 @@ class SandboxControl:
 
     def create_payments(self, payments: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Bulk-create payments (`imp_uid`, `merchant_uid`, `amount`, `status`, `pay_method`
-        cvs|vbank|card, `confirm_url`, `notice_url`, all optional); returns their truth."""
+        cvs|vbank|card, `confirm_url`, `notice_url`, `imp_key` and `tier` of the merchant it
+        belongs to, all optional); returns their truth."""
         body = self._call("POST", "/payments", json={"payments": payments})
         return cast(list[dict[str, Any]], body["payments"])
 
@@ -115,33 +129,55 @@ class SandboxControl:
         body = {"amount": amount, "cancel_amount": cancel_amount}
         return cast(dict[str, Any], self._call("POST", f"/payments/{imp_uid}/amounts", json=body))
 
-    def faults(self) -> dict[str, Any]:
-        """The faults in force."""
-        return cast(dict[str, Any], self._call("GET", "/faults"))
+    def faults(self, imp_key: str | None = None, tier: str | None = None) -> dict[str, Any]:
+        """The faults in force (with `imp_key`: those that merchant's calls get)."""
+        return cast(dict[str, Any], self._call("GET", "/faults", params=_scope(imp_key, tier)))
 
     def set_faults(self, **faults: Any) -> dict[str, Any]:
         """Merge into the faults in force; the fields are those of devtools.sandbox.faults.Faults
         (latency_ms, rate_429, retry_after_style, error_rate, error_after_rate, error_style,
         drop_after_rate, late_apply_rate, late_apply_seconds, trickle_rate, odd_timestamps_rate,
-        unknown_status_rate, missing_history_rate, calls, imp_uids, seed...)."""
+        unknown_status_rate, missing_history_rate, calls, imp_uids, seed...). With `imp_key`
+        (and `tier`): that merchant's own faults, which its calls get instead."""
         return cast(dict[str, Any], self._call("POST", "/faults", json=faults))
 
-    def clear_faults(self) -> dict[str, Any]:
-        """No faults any more."""
-        return cast(dict[str, Any], self._call("DELETE", "/faults"))
+    def clear_faults(self, imp_key: str | None = None, tier: str | None = None) -> dict[str, Any]:
+        """No faults any more, for anyone (with `imp_key`: that merchant's own are dropped)."""
+        return cast(dict[str, Any], self._call("DELETE", "/faults", params=_scope(imp_key, tier)))
 
-    def expire_tokens(self) -> None:
-        """Every issued token stops working."""
-        self._call("POST", "/tokens/expire")
+    def expire_tokens(self, imp_key: str | None = None) -> None:
+        """Every issued token (with `imp_key`: that key's) stops working."""
+        self._call("POST", "/tokens/expire", json={} if imp_key is None else {"imp_key": imp_key})
+
+    def merchants(self) -> list[MerchantInfo]:
+        """The merchant accounts, the default one first."""
+        return cast(list[MerchantInfo], self._call("GET", "/merchants")["merchants"])
+
+    def add_merchants(self, merchants: list[dict[str, Any]]) -> list[MerchantInfo]:
+        """Add accounts `{imp_key, imp_secret, tier?}`, all or nothing (a reset forgets them)."""
+        body = self._call("POST", "/merchants", json={"merchants": merchants})
+        return cast(list[MerchantInfo], body["merchants"])
+
+    def add_merchant(self, imp_key: str, imp_secret: str, tier: str | None = None) -> MerchantInfo:
+        """Add one account."""
+        spec = {"imp_key": imp_key, "imp_secret": imp_secret, "tier": tier}
+        return self.add_merchants([spec])[0]
 
     def calls(self, since: int = 0) -> list[CallLogEntry]:
         """The call log after sequence number `since`."""
         return cast(list[CallLogEntry], self._call("GET", "/calls", params={"since": since}))
 
     def stats(self) -> dict[str, Any]:
-        """Counters: calls by kind, the Tally totals, per-imp_uid maxima, in flight..."""
+        """Counters: calls by kind, the Tally totals, per-imp_uid maxima, in flight...;
+        `by_merchant` maps each merchant id to its calls, cancels_applied, refunds_applied,
+        not_its_payment, faults_injected and payments."""
         return cast(dict[str, Any], self._call("GET", "/stats"))
 
     def reset(self) -> None:
-        """Forget payments, tokens, faults and the log."""
+        """Forget payments, tokens, faults, the log and merchants added since the start."""
         self._call("POST", "/reset")
+
+
+def _scope(imp_key: str | None, tier: str | None) -> dict[str, str]:
+    params = {} if imp_key is None else {"imp_key": imp_key}
+    return params if tier is None else {**params, "tier": tier}

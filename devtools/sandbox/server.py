@@ -5,6 +5,9 @@ CPU): plain Starlette routes, asyncio sleeps for latency, no per-request logging
 call that waits (latency, a hang) watches for the client's disconnect, so a client that gave up
 stops counting as in flight at once; a late apply goes on in the background regardless, as
 iamport's own servers do.
+
+Each call speaks as a merchant: the imp_key its token was issued to (getToken: the imp_key in
+its body) and its `Tier` header; that decides which faults it gets and which payments it sees.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -25,14 +28,22 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from devtools.sandbox.faults import MUTATING, Decision, oddly, retry_after_header
+from devtools.sandbox.faults import MUTATING, Decision, Faults, oddly, retry_after_header
+from devtools.sandbox.merchants import (
+    DEFAULT_KEY,
+    DEFAULT_SECRET,
+    Caller,
+    Merchant,
+    merchant_from_spec,
+    parse_merchant,
+)
 from devtools.sandbox.state import HTML_ERROR, UNAUTHORIZED, CallEntry, Sandbox, envelope
 
 CLIENT_CLOSED = 499  # logged status of a call whose client went away before the answer
 CONFIRM_TIMEOUT = 5.0
 DROPPED = "ASGI callable returned without completing response."
 
-Action = Callable[[], Awaitable[tuple[int, Any, bool | None]]]
+Action = Callable[[Caller], Awaitable[tuple[int, Any, bool | None]]]
 
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
@@ -50,6 +61,12 @@ def _bearer(request: Request) -> str | None:
         auth = auth.strip()
         return auth[7:].strip() if auth[:7].lower() == "bearer " else auth
     return request.headers.get("x-imptokenheader")
+
+
+def _tier(request: Request) -> str | None:
+    """The `Tier` header; an empty one counts as none, as a client that sends `Tier: ` for a
+    merchant without a tier means none."""
+    return request.headers.get("tier") or None
 
 
 async def _fields(request: Request) -> dict[str, Any]:
@@ -154,53 +171,68 @@ def create_app(sandbox: Sandbox) -> Starlette:
             outbound["c"] = httpx.AsyncClient(timeout=CONFIRM_TIMEOUT)
         return outbound["c"]
 
+    def caller_of(request: Request) -> Caller:
+        return Caller(sandbox.token_key(_bearer(request)), _tier(request))
+
     async def serve(
-        request: Request, call: str, imp_uid: str | None, action: Action, auth: bool = True
+        request: Request,
+        call: str,
+        imp_uid: str | None,
+        action: Action,
+        caller: Caller | None = None,
     ) -> Response:
-        """One iamport call: log it, inject its faults, check the token, act, answer."""
-        entry = sandbox.begin_call(call, imp_uid)
-        decision = sandbox.decide(call, imp_uid)
+        """One iamport call: log it, inject its faults, check the token, act, answer.
+
+        `caller` is given for getToken (its body names the imp_key); any other call speaks as
+        its token's imp_key and must carry a valid token.
+        """
+        auth = caller is None
+        who = caller_of(request) if caller is None else caller
+        entry = sandbox.begin_call(call, imp_uid, who)
+        faults = sandbox.faults_for(who)
+        decision = sandbox.decide(call, imp_uid, who)
         fault = decision.fault
         watch = call in MUTATING
         if not await _pause(request, decision.latency, watch):
             return gone(entry, fault)
         if fault == "429":
             retry = retry_after_header(
-                sandbox.faults.retry_after, decision.retry_after_date, sandbox.clock()
+                faults.retry_after, decision.retry_after_date, sandbox.clock()
             )
             body = envelope(None, -1, "Too Many Requests")
             return done(entry, 429, body, None, fault, {"Retry-After": retry})
         if fault == "expired_token":
-            sandbox.expire_tokens()
+            # A merchant's own storm expires its own tokens; unscoped faults expire all, as
+            # they always did.
+            scoped = sandbox.fault_scope(who) is not None
+            sandbox.expire_tokens(who.imp_key if scoped else None)
         if fault == "error":
             return error(entry, decision, None)
         if auth and not sandbox.authorized(_bearer(request)):
             return done(entry, 401, UNAUTHORIZED, None, fault)
         sandbox.admit(entry)
         if fault == "timeout_before":
-            if not await _pause(request, sandbox.faults.hang_seconds, watch):
+            if not await _pause(request, faults.hang_seconds, watch):
                 return gone(entry, fault)
             html = HTML_ERROR.format(status="504 Gateway Time-out")
             sandbox.end_call(entry, 504, False, fault)
             return Response(html, status_code=504, media_type="text/html")
         if fault == "late_apply":
-            return await late_apply(request, entry, decision, action)
-        status, body, applied = await action()
+            return await late_apply(request, entry, decision, action, who, faults)
+        status, body, applied = await action(who)
         if watch:
             sandbox.finish_work(entry, applied)
-        body = odd(body, decision)
+        body = odd(body, decision, faults)
         if fault == "error_after":
             return error(entry, decision, applied)
         if fault == "drop_after":
             sandbox.end_call(entry, status, applied, fault)
             return DroppedResponse(_encode(body), status)
-        if fault == "timeout_after" and not await _pause(
-            request, sandbox.faults.hang_seconds, watch
-        ):
+        if fault == "timeout_after" and not await _pause(request, faults.hang_seconds, watch):
             return gone(entry, fault)
         if fault == "trickle":
-            interval = sandbox.faults.trickle_interval_ms / 1000
-            chunk = int(sandbox.faults.trickle_bytes)
+            interval = faults.trickle_interval_ms / 1000
+            chunk = int(faults.trickle_bytes)
 
             def on_end(code: int) -> None:
                 sandbox.end_call(entry, code, applied, fault)
@@ -209,14 +241,19 @@ def create_app(sandbox: Sandbox) -> Starlette:
         return done(entry, status, body, applied, fault)
 
     async def late_apply(
-        request: Request, entry: CallEntry, decision: Decision, action: Action
+        request: Request,
+        entry: CallEntry,
+        decision: Decision,
+        action: Action,
+        who: Caller,
+        faults: Faults,
     ) -> Response:
         """Work on the call for `late_apply_seconds` from its arrival, then apply, caller or not."""
-        delay = sandbox.faults.late_apply_seconds - (time.monotonic() - entry.started_mono)
+        delay = faults.late_apply_seconds - (time.monotonic() - entry.started_mono)
 
         async def work() -> tuple[int, Any, bool | None]:
             await asyncio.sleep(max(delay, 0.0))
-            result = await action()
+            result = await action(who)
             sandbox.finish_work(entry, result[2])
             return result
 
@@ -232,14 +269,14 @@ def create_app(sandbox: Sandbox) -> Starlette:
             sandbox.end_call(entry, CLIENT_CLOSED, None, "late_apply", still_working=True)
             return Response(status_code=CLIENT_CLOSED)
         status, body, applied = task.result()
-        return done(entry, status, odd(body, decision), applied, "late_apply")
+        return done(entry, status, odd(body, decision, faults), applied, "late_apply")
 
-    def odd(body: Any, decision: Decision) -> Any:
+    def odd(body: Any, decision: Decision, faults: Faults) -> Any:
         """The envelope with its Payment written as the decision says."""
         payment = body.get("response") if isinstance(body, dict) else None
         if not isinstance(payment, dict) or "imp_uid" not in payment:
             return body
-        return dict(body, response=oddly(payment, decision, sandbox.faults.unknown_status))
+        return dict(body, response=oddly(payment, decision, faults.unknown_status))
 
     def done(
         entry: CallEntry,
@@ -266,18 +303,22 @@ def create_app(sandbox: Sandbox) -> Starlette:
     # -- iamport ---------------------------------------------------------------------------
 
     async def get_token(request: Request) -> Response:
-        async def action() -> tuple[int, Any, bool | None]:
-            fields = await _fields(request)
-            status, body = sandbox.get_token(fields.get("imp_key"), fields.get("imp_secret"))
+        fields = await _fields(request)
+        imp_key = fields.get("imp_key")
+        tier = _tier(request)
+
+        async def action(who: Caller) -> tuple[int, Any, bool | None]:
+            status, body = sandbox.get_token(imp_key, fields.get("imp_secret"), tier)
             return status, body, None
 
-        return await serve(request, "token", None, action, auth=False)
+        who = Caller(imp_key if isinstance(imp_key, str) else None, tier)
+        return await serve(request, "token", None, action, who)
 
     async def get_payment(request: Request) -> Response:
         imp_uid = request.path_params["imp_uid"]
 
-        async def action() -> tuple[int, Any, bool | None]:
-            status, body = sandbox.lookup(imp_uid)
+        async def action(who: Caller) -> tuple[int, Any, bool | None]:
+            status, body = sandbox.lookup(imp_uid, who)
             return status, body, None
 
         return await serve(request, "lookup", imp_uid, action)
@@ -285,30 +326,31 @@ def create_app(sandbox: Sandbox) -> Starlette:
     async def cancel_cvs(request: Request) -> Response:
         imp_uid = request.path_params["imp_uid"]
 
-        async def action() -> tuple[int, Any, bool | None]:
-            return sandbox.cancel(imp_uid)
+        async def action(who: Caller) -> tuple[int, Any, bool | None]:
+            return sandbox.cancel(imp_uid, who)
 
         return await serve(request, "cancel", imp_uid, action)
 
     async def close_vbank(request: Request) -> Response:
         imp_uid = request.path_params["imp_uid"]
 
-        async def action() -> tuple[int, Any, bool | None]:
-            return sandbox.close_vbank(imp_uid)
+        async def action(who: Caller) -> tuple[int, Any, bool | None]:
+            return sandbox.close_vbank(imp_uid, who)
 
         return await serve(request, "cancel_vbank", imp_uid, action)
 
     async def refund(request: Request) -> Response:
         fields = await _fields(request)
 
-        async def action() -> tuple[int, Any, bool | None]:
-            return sandbox.refund(fields)
+        async def action(who: Caller) -> tuple[int, Any, bool | None]:
+            return sandbox.refund(fields, who)
 
-        return await serve(request, "refund", sandbox.refund_target(fields), action)
+        target = sandbox.refund_target(fields, caller_of(request))
+        return await serve(request, "refund", target, action)
 
     async def issue_cvs(request: Request) -> Response:
-        async def action() -> tuple[int, Any, bool | None]:
-            status, body = sandbox.issue(await _fields(request))
+        async def action(who: Caller) -> tuple[int, Any, bool | None]:
+            status, body = sandbox.issue(await _fields(request), who)
             return status, body, None
 
         return await serve(request, "issue", None, action)
@@ -400,18 +442,47 @@ def create_app(sandbox: Sandbox) -> Starlette:
         return _json(200, sandbox.truth(imp_uid))
 
     async def faults(request: Request) -> Response:
-        if request.method == "DELETE":
-            return _json(200, sandbox.clear_faults().as_dict())
-        if request.method == "POST":
-            try:
-                sandbox.set_faults(await _fields(request))
-            except ValueError as exc:
-                return _json(400, {"error": str(exc)})
-        return _json(200, sandbox.faults.as_dict())
+        """Unscoped, or one merchant's own with `imp_key` (and `tier`) in the query (GET,
+        DELETE) or the body (POST)."""
+        query = request.query_params
+        try:
+            if request.method == "DELETE":
+                cleared = sandbox.clear_faults(query.get("imp_key"), query.get("tier"))
+                return _json(200, cleared.as_dict())
+            if request.method == "POST":
+                return _json(200, sandbox.set_faults(await _fields(request)).as_dict())
+            imp_key = query.get("imp_key")
+            if imp_key is None:
+                return _json(200, sandbox.faults.as_dict())
+            merchant = sandbox.merchant(imp_key, query.get("tier"))
+        except ValueError as exc:
+            return _json(400, {"error": str(exc)})
+        return _json(200, sandbox.faults_for(merchant.caller).as_dict())
 
     async def expire_tokens(request: Request) -> Response:
-        sandbox.expire_tokens()
+        imp_key = (await _fields(request)).get("imp_key")
+        sandbox.expire_tokens(imp_key if isinstance(imp_key, str) else None)
         return _json(200, {"expired": True})
+
+    def merchant_view(merchant: Merchant) -> dict[str, Any]:
+        own = sandbox.scoped_faults.get(merchant.id)
+        return {
+            **merchant.public(),
+            "default": merchant == sandbox.merchants.default,
+            "faults": None if own is None else own.as_dict(),
+        }
+
+    async def merchants(request: Request) -> Response:
+        if request.method == "POST":
+            specs = (await _fields(request)).get("merchants")
+            if not isinstance(specs, list):
+                return _json(400, {"error": 'expected {"merchants": [...]}'})
+            try:
+                added = sandbox.add_merchants(merchant_from_spec(s) for s in specs)
+            except ValueError as exc:
+                return _json(400, {"error": str(exc)})
+            return _json(200, {"merchants": [merchant_view(m) for m in added]})
+        return _json(200, {"merchants": [merchant_view(m) for m in sandbox.merchants]})
 
     async def calls(request: Request) -> Response:
         try:
@@ -450,6 +521,7 @@ def create_app(sandbox: Sandbox) -> Starlette:
         Route("/__control/tallies/{imp_uid}", tally, methods=["GET"]),
         Route("/__control/faults", faults, methods=["GET", "POST", "DELETE"]),
         Route("/__control/tokens/expire", expire_tokens, methods=["POST"]),
+        Route("/__control/merchants", merchants, methods=["GET", "POST"]),
         Route("/__control/calls", calls, methods=["GET"]),
         Route("/__control/stats", stats, methods=["GET"]),
         Route("/__control/reset", reset, methods=["POST"]),
@@ -462,19 +534,22 @@ def create_app(sandbox: Sandbox) -> Starlette:
 def run(
     host: str = "127.0.0.1",
     port: int = 8090,
-    imp_key: str = "sandbox_key",
-    imp_secret: str = "sandbox_secret",  # noqa: S107 - the sandbox's well-known default
+    imp_key: str = DEFAULT_KEY,
+    imp_secret: str = DEFAULT_SECRET,
     token_ttl: float = 1800,
     seed: int = 0,
     refusal_style: str = "mixed",
     confirm_url: str | None = None,
     notice_url: str | None = None,
+    merchants: Iterable[Merchant | str] = (),
 ) -> None:
-    """Serve a fresh sandbox until interrupted (what `stockout sandbox` runs)."""
+    """Serve a fresh sandbox until interrupted (what `stockout sandbox` runs); `merchants` are
+    accounts besides the default one, as Merchants or `KEY:SECRET[:TIER]`."""
     import uvicorn
 
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
     sandbox = Sandbox(
+        merchants=[m if isinstance(m, Merchant) else parse_merchant(m) for m in merchants],
         imp_key=imp_key,
         imp_secret=imp_secret,
         token_ttl=token_ttl,

@@ -8,18 +8,30 @@ The call log keeps, per imp_uid, what a careful client must never do: a mutating
 arrives while an earlier one for the same payment is still being worked on (an overlap, whether
 or not the earlier caller still waits), a mutating call after one applied, a second refund, a
 refund without a lookup since the previous mutating call.
+
+Each payment belongs to one merchant (devtools.sandbox.merchants); a call that speaks as another
+merchant is answered exactly as for an imp_uid the sandbox does not know, because iamport does
+not reveal that another merchant's payment exists. Faults can be scoped to one merchant.
 """
 
 from __future__ import annotations
 
 import random
-import secrets
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from devtools.sandbox.faults import CALL_KINDS, MUTATING, REFUSAL_STYLES, Decision, Faults, decide
+from devtools.sandbox.merchants import (
+    DEFAULT_KEY,
+    DEFAULT_SECRET,
+    Caller,
+    Merchant,
+    Merchants,
+    MerchantStats,
+    Tokens,
+)
 
 PAYMENT_STATUSES = ("ready", "paid", "cancelled", "failed")
 PAY_METHODS = ("cvs", "vbank", "card")
@@ -34,6 +46,8 @@ NOT_READY_MESSAGES = {
 }
 WRONG_METHOD_MESSAGE = "해당 결제수단의 거래건이 아닙니다. (pay_method is {method})"
 UNAUTHORIZED = {"code": -1, "message": "Unauthorized", "response": None}
+BAD_CREDENTIALS = "imp_key 또는 imp_secret 이 올바르지 않습니다."
+UNKNOWN_TIER = "등록되지 않은 하위가맹점입니다. (unknown Tier {tier})"
 HTML_ERROR = (
     "<html><head><title>{status} Error</title></head><body><center><h1>{status}</h1>"
     "</center><hr><center>nginx</center></body></html>"
@@ -78,6 +92,8 @@ class SandboxPayment:
     imp_uid: str
     merchant_uid: str
     amount: int
+    imp_key: str = DEFAULT_KEY  # with tier, the merchant it belongs to
+    tier: str | None = None
     pay_method: str = "cvs"
     status: str = "ready"
     name: str | None = None
@@ -167,6 +183,8 @@ class CallEntry:
     fault: str | None = None
     working: bool = False  # a mutating call the sandbox has not finished applying or refusing
     applied_at: float | None = None
+    key_id: str | None = None  # the short id of the imp_key it spoke with; never the secret
+    tier: str | None = None  # the Tier header it carried
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -179,22 +197,27 @@ class CallEntry:
             "applied": self.applied,
             "applied_at": self.applied_at,
             "fault": self.fault,
+            "key_id": self.key_id,
+            "tier": self.tier,
         }
 
 
 class Sandbox:
-    """One iamport account: its token, its payments, the injected faults and the call log."""
+    """iamport for a few merchant accounts: their tokens, their payments, the injected faults
+    and the call log. `imp_key`/`imp_secret` is the default merchant (no tier): payments
+    created without naming a merchant are its; `merchants` are more."""
 
     def __init__(
         self,
-        imp_key: str = "sandbox_key",
-        imp_secret: str = "sandbox_secret",  # noqa: S107 - the sandbox's well-known default
+        imp_key: str = DEFAULT_KEY,
+        imp_secret: str = DEFAULT_SECRET,
         token_ttl: float = 1800,
         seed: int = 0,
         clock: Callable[[], float] = time.time,
         refusal_style: str = "mixed",
         confirm_url: str | None = None,
         notice_url: str | None = None,
+        merchants: Iterable[Merchant] = (),
     ) -> None:
         # Defaults for payments created without their own (`stockout dev` points them at the API).
         self.default_confirm_url = confirm_url
@@ -204,6 +227,8 @@ class Sandbox:
         self.refusal_style = refusal_style
         self.imp_key = imp_key
         self.imp_secret = imp_secret
+        # Those configured at start; a reset forgets the ones added through the control API.
+        self.initial_merchants = Merchants(Merchant(imp_key, imp_secret), merchants)
         self.token_ttl = token_ttl
         self.seed = seed
         self.clock = clock
@@ -212,10 +237,13 @@ class Sandbox:
     def reset(self) -> None:
         """Forget everything: payments, tokens, faults, log and counters."""
         self.payments: dict[str, SandboxPayment] = {}
-        self.by_merchant_uid: dict[str, str] = {}
-        self.tokens: dict[str, float] = {}  # token -> expiry (epoch seconds)
-        self.current_token: str | None = None
+        # (imp_key, tier, merchant_uid) -> imp_uid: a merchant_uid is unique within its merchant.
+        self.by_merchant_uid: dict[tuple[str, str | None, str], str] = {}
+        self.merchants = Merchants(self.initial_merchants.default, self.initial_merchants)
+        self.tokens = Tokens(self.token_ttl, self.clock)
         self.faults = Faults(refusal_style=self.refusal_style)
+        self.scoped_faults: dict[str, Faults] = {}  # merchant id -> its own faults
+        self.merchant_stats: dict[str, MerchantStats] = {}
         self.rng = random.Random(self.seed)
         self.ids = random.Random(f"ids-{self.seed}")
         self.log: list[CallEntry] = []
@@ -231,36 +259,78 @@ class Sandbox:
 
     # -- tokens --------------------------------------------------------------------------
 
-    def get_token(self, imp_key: Any, imp_secret: Any) -> Answer:
-        """POST /users/getToken: the same token until under a minute is left."""
-        if imp_key != self.imp_key or imp_secret != self.imp_secret:
-            return 401, envelope(None, -1, "imp_key 또는 imp_secret 이 올바르지 않습니다.")
-        now = self.clock()
-        token = self.current_token
-        expiry = self.tokens.get(token) if token is not None else None
-        if token is None or expiry is None or expiry <= now:
-            if token is not None:
-                self.tokens.pop(token, None)
-            token = secrets.token_hex(20)
-            expiry = now + self.token_ttl
-            self.current_token = token
-        elif expiry - now < 60:
-            expiry += 300
-        self.tokens[token] = expiry
-        body = {"access_token": token, "now": int(now), "expired_at": int(expiry)}
-        return 200, envelope(body)
+    def get_token(self, imp_key: Any, imp_secret: Any, tier: str | None = None) -> Answer:
+        """POST /users/getToken: one token per imp_key, the same until under a minute is left.
+
+        A Tier the agency does not have is refused with 401, like wrong credentials: iamport
+        documents 401 as getToken's only refusal, and key, secret and Tier together are what
+        name the account, so an unknown Tier is credentials that name nobody (a 403 would say
+        "known, but not allowed", which tells a caller the Tier exists somewhere).
+        """
+        if not self.merchants.credentials_ok(imp_key, imp_secret):
+            return 401, envelope(None, -1, BAD_CREDENTIALS)
+        if tier is not None and self.merchants.find(Caller(imp_key, tier)) is None:
+            return 401, envelope(None, -1, UNKNOWN_TIER.format(tier=tier))
+        return 200, envelope(self.tokens.get(imp_key))
 
     def authorized(self, token: str | None) -> bool:
         """Whether `token` is one we issued and it has not expired."""
-        if not token:
-            return False
-        expiry = self.tokens.get(token)
-        return expiry is not None and expiry > self.clock()
+        return self.tokens.key_of(token) is not None
 
-    def expire_tokens(self) -> None:
-        """Every issued token stops working; the next getToken issues a new one."""
-        self.tokens.clear()
-        self.current_token = None
+    def token_key(self, token: str | None) -> str | None:
+        """The imp_key a valid token was issued to."""
+        return self.tokens.key_of(token)
+
+    def expire_tokens(self, imp_key: str | None = None) -> None:
+        """The tokens of `imp_key` (None: every token) stop working; the next getToken issues a
+        new one."""
+        self.tokens.expire(imp_key)
+
+    # -- merchants -----------------------------------------------------------------------
+
+    def add_merchants(self, merchants: Iterable[Merchant]) -> list[Merchant]:
+        """Add accounts, all or nothing; ValueError when one conflicts with a known one."""
+        merchants = list(merchants)
+        self.merchants.check(merchants)
+        return [self.merchants.add(m) for m in merchants]
+
+    def merchant(self, imp_key: Any = None, tier: Any = None) -> Merchant:
+        """The merchant named by a control request (no imp_key: the default one)."""
+        if imp_key is None and tier is None:
+            return self.merchants.default
+        key = self.merchants.default.imp_key if imp_key is None else imp_key
+        found = self.merchants.find(Caller(key, tier)) if isinstance(key, str) else None
+        if found is None:
+            raise ValueError(f"no merchant with that imp_key and tier {tier!r}")
+        return found
+
+    def owns(self, payment: SandboxPayment, caller: Caller | None) -> bool:
+        """Whether `caller` (None: the default merchant) speaks as the payment's merchant."""
+        who = caller or self.merchants.default.caller
+        return payment.imp_key == who.imp_key and payment.tier == who.tier
+
+    def _visible(self, imp_uid: str | None, caller: Caller | None) -> SandboxPayment | None:
+        """The payment as the caller may see it: another merchant's is not there."""
+        payment = self.payments.get(imp_uid) if imp_uid is not None else None
+        if payment is None or self.owns(payment, caller):
+            return payment
+        stats = self._stats_of(caller)
+        if stats is not None:
+            stats.not_its_payment += 1
+        return None
+
+    def _stats_of(self, caller: Caller | None) -> MerchantStats | None:
+        merchant = self.merchants.find(caller or self.merchants.default.caller)
+        return None if merchant is None else self.stats_for(merchant)
+
+    def stats_for(self, merchant: Merchant) -> MerchantStats:
+        stats = self.merchant_stats.get(merchant.id)
+        if stats is None:
+            stats = self.merchant_stats[merchant.id] = MerchantStats()
+        return stats
+
+    def _payment_stats(self, payment: SandboxPayment) -> MerchantStats | None:
+        return self._stats_of(Caller(payment.imp_key, payment.tier))
 
     # -- payments ------------------------------------------------------------------------
 
@@ -285,6 +355,7 @@ class Sandbox:
         if not _positive_int(amount):
             raise ValueError("amount must be a positive integer")
         merchant_uid = spec.get("merchant_uid") or f"order-{imp_uid}"
+        merchant = self.merchant(spec.get("imp_key"), spec.get("tier"))
         # A payment cancelled (in the console, say) this many seconds before it is created here:
         # one cancelled at iamport well before any call of ours could have reached it.
         cancelled_ago = spec.get("cancelled_ago", 0)
@@ -297,6 +368,8 @@ class Sandbox:
             imp_uid=imp_uid,
             merchant_uid=str(merchant_uid),
             amount=amount,
+            imp_key=merchant.imp_key,
+            tier=merchant.tier,
             pay_method=pay_method,
             name=spec.get("name") or "sandbox order",
             confirm_url=spec.get("confirm_url", self.default_confirm_url),
@@ -310,7 +383,7 @@ class Sandbox:
             started_at=now,
         )
         self.payments[imp_uid] = payment
-        self.by_merchant_uid[payment.merchant_uid] = imp_uid
+        self.by_merchant_uid[_uid_key(payment)] = imp_uid
         if status != "ready":
             self.set_status(imp_uid, status)
         if cancelled_ago:
@@ -330,7 +403,7 @@ class Sandbox:
         except ValueError:
             for p in created:
                 self.payments.pop(p.imp_uid, None)
-                self.by_merchant_uid.pop(p.merchant_uid, None)
+                self.by_merchant_uid.pop(_uid_key(p), None)
             raise
         return created
 
@@ -386,34 +459,41 @@ class Sandbox:
             }
         )
 
-    def lookup(self, imp_uid: str) -> Answer:
+    # Every call below takes the Caller it speaks as; None is the default merchant (how the
+    # rules are tested without HTTP).
+
+    def lookup(self, imp_uid: str, caller: Caller | None = None) -> Answer:
         """GET /payments/{imp_uid}."""
-        payment = self.payments.get(imp_uid)
+        payment = self._visible(imp_uid, caller)
         if payment is None:
             return 404, envelope(None, -1, NOT_FOUND_MESSAGE)
         return 200, envelope(payment.to_api())
 
-    def cancel(self, imp_uid: str) -> Applied:
+    def cancel(self, imp_uid: str, caller: Caller | None = None) -> Applied:
         """DELETE /cvs/{imp_uid}: only a `ready` barcode is voided."""
-        return self._close(imp_uid, "cvs", "바코드 취소 (cvs barcode cancelled)")
+        return self._close(imp_uid, "cvs", "바코드 취소 (cvs barcode cancelled)", caller)
 
-    def close_vbank(self, imp_uid: str) -> Applied:
+    def close_vbank(self, imp_uid: str, caller: Caller | None = None) -> Applied:
         """DELETE /vbanks/{imp_uid}: only a `ready` virtual account is closed."""
-        return self._close(imp_uid, "vbank", "가상계좌 발급 취소 (vbank closed)")
+        return self._close(imp_uid, "vbank", "가상계좌 발급 취소 (vbank closed)", caller)
 
-    def _close(self, imp_uid: str, method: str, reason: str) -> Applied:
-        payment = self.payments.get(imp_uid)
+    def _close(self, imp_uid: str, method: str, reason: str, caller: Caller | None) -> Applied:
+        style = self.faults_for(caller).refusal_style
+        payment = self._visible(imp_uid, caller)
         if payment is None:
-            return (*self._refusal(404, NOT_FOUND_MESSAGE), False)
+            return (*self._refusal(404, NOT_FOUND_MESSAGE, style), False)
         if payment.pay_method != method:
             message = WRONG_METHOD_MESSAGE.format(method=payment.pay_method)
-            return (*self._refusal(400, message), False)
+            return (*self._refusal(400, message, style), False)
         if payment.status != "ready":
-            return (*self._refusal(400, NOT_READY_MESSAGES[payment.status]), False)
+            return (*self._refusal(400, NOT_READY_MESSAGES[payment.status], style), False)
         self._record_cancel(payment, int(self.clock()), reason)
         tally = self.tally(imp_uid)
         tally.cancels_applied += 1
         self.totals.cancels_applied += 1
+        stats = self._payment_stats(payment)
+        if stats is not None:
+            stats.cancels_applied += 1
         if method == "cvs":
             self.cvs_cancelled += 1
         else:
@@ -421,10 +501,9 @@ class Sandbox:
         self._applied(imp_uid)
         return 200, envelope(payment.to_api()), True
 
-    def refund(self, fields_: dict[str, Any]) -> Applied:
+    def refund(self, fields_: dict[str, Any], caller: Caller | None = None) -> Applied:
         """POST /payments/cancel: a full refund of a paid payment; refusals are 200, code != 0."""
-        imp_uid = self.refund_target(fields_)
-        payment = self.payments.get(imp_uid) if imp_uid is not None else None
+        payment = self._visible(self.refund_target(fields_, caller), caller)
         if payment is None:
             return 200, envelope(None, -1, NOT_FOUND_MESSAGE), False
         if payment.status != "paid":
@@ -450,23 +529,28 @@ class Sandbox:
         self._record_cancel(payment, int(self.clock()), reason, kind="refund")
         self.tally(payment.imp_uid).refunds_applied += 1
         self.totals.refunds_applied += 1
+        stats = self._payment_stats(payment)
+        if stats is not None:
+            stats.refunds_applied += 1
         self._applied(payment.imp_uid)
         return 200, envelope(payment.to_api()), True
 
-    def refund_target(self, fields_: dict[str, Any]) -> str | None:
-        """The imp_uid a refund request names (by imp_uid, or else by merchant_uid)."""
+    def refund_target(self, fields_: dict[str, Any], caller: Caller | None = None) -> str | None:
+        """The imp_uid a refund request names (by imp_uid, or else by the caller's merchant_uid)."""
         imp_uid = fields_.get("imp_uid")
         if isinstance(imp_uid, str) and imp_uid:
             return imp_uid
         merchant_uid = fields_.get("merchant_uid")
-        return self.by_merchant_uid.get(merchant_uid) if isinstance(merchant_uid, str) else None
+        if not isinstance(merchant_uid, str):
+            return None
+        who = caller if caller is not None and caller.imp_key else self.merchants.default.caller
+        return self.by_merchant_uid.get((str(who.imp_key), who.tier, merchant_uid))
 
     def _applied(self, imp_uid: str) -> None:
         self.tally(imp_uid).mutating_applied += 1
         self.totals.mutating_applied += 1
 
-    def _refusal(self, http_status: int, message: str) -> Answer:
-        style = self.faults.refusal_style
+    def _refusal(self, http_status: int, message: str, style: str) -> Answer:
         if style == "mixed":
             style = self.rng.choice(("code", "http"))
         if style == "code":
@@ -475,8 +559,12 @@ class Sandbox:
             http_status = 409
         return http_status, envelope(None, -1, message)
 
-    def issue(self, fields_: dict[str, Any]) -> Answer:
-        """POST /cvs: a new barcode in state `ready`."""
+    def issue(self, fields_: dict[str, Any], caller: Caller | None = None) -> Answer:
+        """POST /cvs: a new barcode in state `ready`, the caller's merchant's."""
+        merchant = self.merchants.find(caller or self.merchants.default.caller)
+        if merchant is None:  # a Tier the agency does not have: refused as getToken refuses it
+            tier = caller.tier if caller is not None else None
+            return 401, envelope(None, -1, UNKNOWN_TIER.format(tier=tier))
         merchant_uid = fields_.get("merchant_uid")
         if not isinstance(merchant_uid, str) or not 0 < len(merchant_uid) <= 40:
             return 400, envelope(None, -1, "merchant_uid 는 1-40자 문자열이어야 합니다.")
@@ -485,7 +573,7 @@ class Sandbox:
             amount = int(amount)
         if not _positive_int(amount):
             return 400, envelope(None, -1, "amount 는 양의 정수여야 합니다.")
-        if merchant_uid in self.by_merchant_uid:
+        if (merchant.imp_key, merchant.tier, merchant_uid) in self.by_merchant_uid:
             return 200, envelope(None, 1, "이미 사용된 merchant_uid 입니다. (duplicated)")
         spec = {
             k: fields_.get(k)
@@ -504,6 +592,8 @@ class Sandbox:
             merchant_uid=merchant_uid,
             amount=amount,
             channel_key=fields_.get("channel_key") or fields_.get("pg"),
+            imp_key=merchant.imp_key,
+            tier=merchant.tier,
         )
         payment = self.add_payment(spec)
         return 200, envelope(payment.to_api())
@@ -531,23 +621,66 @@ class Sandbox:
     # -- faults and the call log ---------------------------------------------------------
 
     def set_faults(self, changes: dict[str, Any]) -> Faults:
-        """Merge `changes` into the current faults; a `seed` restarts the random sequence."""
-        self.faults = self.faults.merged(changes)
+        """Merge `changes` into the current faults; a `seed` restarts the random sequence.
+
+        With `imp_key` (and `tier`), they are that merchant's own faults, merged into its own
+        (starting from none): its calls get those instead of the unscoped ones, so one account
+        can be in a storm while the others are served as usual.
+        """
+        changes = dict(changes)
+        scope = self._scope(changes.pop("imp_key", None), changes.pop("tier", None))
+        if scope is None:
+            self.faults = self.faults.merged(changes)
+            merged = self.faults
+        else:
+            own = self.scoped_faults.get(scope.id, Faults(refusal_style=self.refusal_style))
+            merged = self.scoped_faults[scope.id] = own.merged(changes)
         if "seed" in changes and changes["seed"] is not None:
             self.rng = random.Random(changes["seed"])
-        return self.faults
+        return merged
 
-    def clear_faults(self) -> Faults:
-        """Back to no faults (and the configured refusal style); the seed restarts."""
+    def clear_faults(self, imp_key: Any = None, tier: Any = None) -> Faults:
+        """Back to no faults (and the configured refusal style), every merchant's own too; the
+        seed restarts. With `imp_key` (and `tier`): that merchant follows the unscoped ones
+        again."""
+        scope = self._scope(imp_key, tier)
+        if scope is not None:
+            self.scoped_faults.pop(scope.id, None)
+            return self.faults
         self.faults = Faults(refusal_style=self.refusal_style)
+        self.scoped_faults.clear()
         self.rng = random.Random(self.seed)
         return self.faults
 
-    def decide(self, call: str, imp_uid: str | None = None) -> Decision:
+    def _scope(self, imp_key: Any, tier: Any) -> Merchant | None:
+        if imp_key is None:
+            if tier is not None:
+                raise ValueError("tier needs imp_key")
+            return None
+        return self.merchant(imp_key, tier)
+
+    def fault_scope(self, caller: Caller | None) -> Merchant | None:
+        """The merchant whose own faults this caller's calls get; None: the unscoped ones."""
+        if not self.scoped_faults:
+            return None
+        merchant = self.merchants.find(caller or self.merchants.default.caller)
+        return merchant if merchant is not None and merchant.id in self.scoped_faults else None
+
+    def faults_for(self, caller: Caller | None) -> Faults:
+        scope = self.fault_scope(caller)
+        return self.faults if scope is None else self.scoped_faults[scope.id]
+
+    def decide(
+        self, call: str, imp_uid: str | None = None, caller: Caller | None = None
+    ) -> Decision:
         """Which fault, if any, this call gets, and how long it is delayed."""
-        decision = decide(self.faults, self.rng, call, imp_uid)
+        decision = decide(self.faults_for(caller), self.rng, call, imp_uid)
         if decision.fault is not None:
             self.faults_injected[decision.fault] = self.faults_injected.get(decision.fault, 0) + 1
+            stats = self._stats_of(caller) if caller is not None else None
+            if stats is not None:
+                injected = stats.faults_injected
+                injected[decision.fault] = injected.get(decision.fault, 0) + 1
         return decision
 
     def tally(self, imp_uid: str) -> Tally:
@@ -556,9 +689,17 @@ class Sandbox:
             tally = self.tallies[imp_uid] = Tally()
         return tally
 
-    def begin_call(self, call: str, imp_uid: str | None = None) -> CallEntry:
+    def begin_call(
+        self, call: str, imp_uid: str | None = None, caller: Caller | None = None
+    ) -> CallEntry:
         """Log a call's arrival and count what it overlaps with or comes after."""
         entry = CallEntry(len(self.log) + 1, call, imp_uid, self.clock(), time.monotonic())
+        if caller is not None:
+            entry.key_id = self.merchants.key_id(caller.imp_key)
+            entry.tier = caller.tier
+            stats = self._stats_of(caller)
+            if stats is not None:
+                stats.calls += 1
         self.log.append(entry)
         self.calls_by_kind[call] = self.calls_by_kind.get(call, 0) + 1
         self.in_flight += 1
@@ -648,6 +789,7 @@ class Sandbox:
         payment = self.payments[imp_uid]
         body = payment.to_api()
         body.update(confirm_url=payment.confirm_url, notice_url=payment.notice_url)
+        body["merchant"] = self.merchant(payment.imp_key, payment.tier).id
         body.update(self.tally(imp_uid).counters())
         return body
 
@@ -676,7 +818,27 @@ class Sandbox:
             "in_flight": self.in_flight,
             "max_in_flight": self.max_in_flight,
             "faults_injected": dict(self.faults_injected),
+            "by_merchant": self.stats_by_merchant(),
         }
+
+    def stats_by_merchant(self) -> dict[str, dict[str, Any]]:
+        """Per merchant id: who it is, its payments, and its MerchantStats."""
+        owners: dict[tuple[str, str | None], int] = {}
+        for p in self.payments.values():
+            owners[p.imp_key, p.tier] = owners.get((p.imp_key, p.tier), 0) + 1
+        return {
+            m.id: {
+                "key_id": m.public()["key_id"],
+                "tier": m.tier,
+                "payments": owners.get((m.imp_key, m.tier), 0),
+                **self.stats_for(m).as_dict(),
+            }
+            for m in self.merchants
+        }
+
+
+def _uid_key(payment: SandboxPayment) -> tuple[str, str | None, str]:
+    return payment.imp_key, payment.tier, payment.merchant_uid
 
 
 def _positive_int(value: Any) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from devtools.embedded import free_port, wait_for_port
@@ -23,13 +23,15 @@ def running_sandbox(
     token_ttl: float = 1800,
     seed: int = 0,
     refusal_style: str = "mixed",
+    merchants: Sequence[str] = (),
 ) -> Iterator[str]:
-    """Start a sandbox server and yield its base URL; it is stopped on exit."""
+    """Start a sandbox server and yield its base URL; it is stopped on exit. `merchants` are
+    more accounts, `KEY:SECRET[:TIER]` each."""
     port = free_port()
     code = (
         "from devtools.sandbox.server import run; "
         f"run('127.0.0.1', {port}, {imp_key!r}, {imp_secret!r}, {token_ttl!r}, {seed!r}, "
-        f"{refusal_style!r})"
+        f"{refusal_style!r}, merchants={list(merchants)!r})"
     )
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, stdin=subprocess.DEVNULL)
     try:

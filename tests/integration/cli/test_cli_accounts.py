@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from devtools.launch import ROOT
+from devtools.sandbox.control import SandboxControl
 
 SECRET = "sandbox_secret"  # the sandbox's credentials: what a good account holds
 WRONG = "wrong-secret-never-shown"
@@ -119,8 +120,11 @@ def test_without_the_file_list_shows_default(sandbox_url: str) -> None:
 
 
 def test_check_authenticates_each_account_at_its_gateway(
-    tmp_path: Path, sandbox_url: str, sandbox: object
+    tmp_path: Path, sandbox_url: str, sandbox: SandboxControl
 ) -> None:
+    # `good` is the sub-merchant A01 of the sandbox's own account; the sandbox refuses a Tier
+    # it does not know, as iamport does.
+    sandbox.add_merchant("sandbox_key", SECRET, "A01")
     path = accounts_file(tmp_path, sandbox_url)
     result = stockout("check", env={"ACCOUNTS_FILE": str(path), **ENV})
     assert result.returncode == 1
