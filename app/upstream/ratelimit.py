@@ -19,8 +19,10 @@ from collections import deque
 
 import redis
 
-# KEYS[1]: the bucket. ARGV: interval (s per grant), burst (grants), max_wait (s), count.
-# Reserves `count` consecutive grants, or none when the last would wait over max_wait.
+# KEYS[1]: the bucket, KEYS[2]: its pause. ARGV: interval (s per grant), burst (grants),
+# max_wait (s), count. Reserves `count` consecutive grants, or none when the last would wait
+# over max_wait, or while a 429's pause lasts (refused at once, with the pause's time left:
+# a thread that slept the pause out would be a thread the other accounts cannot have).
 # Returns {granted (0/1), seconds}: granted, the first grant's wait (below 0 when it is due
 # already; the others follow one interval apart); refused, the last one's wait. (Strings keep
 # the float precision.)
@@ -31,6 +33,10 @@ local interval = tonumber(ARGV[1])
 local burst = tonumber(ARGV[2])
 local max_wait = tonumber(ARGV[3])
 local count = tonumber(ARGV[4])
+local paused = redis.call('PTTL', KEYS[2])
+if paused > 0 then
+  return {0, tostring(paused / 1000)}
+end
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if tat == nil or tat < now then
   tat = now
@@ -48,8 +54,9 @@ MAX_BLOCK = 16
 SLOT_LAPSE = 1.0  # seconds after its time that a reserved, unused slot is dropped
 
 
-# KEYS[1]: the bucket. ARGV: seconds, interval, burst. Moves the bucket's next free slot to
-# `seconds` from now (never earlier than it already is), so the next grant anywhere waits that long.
+# KEYS[1]: the bucket, KEYS[2]: its pause. ARGV: seconds, interval, burst. Marks the pause
+# (never shorter than one already marked) and moves the bucket's next free slot to its end, so
+# the first grants after it keep to the rate.
 _PAUSE = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
@@ -60,6 +67,10 @@ local until_tat = now + seconds + (burst - 1) * interval
 local tat = tonumber(redis.call('GET', KEYS[1]))
 if tat == nil or tat < until_tat then
   redis.call('SET', KEYS[1], tostring(until_tat), 'PX', math.ceil((until_tat - now) * 1000) + 1000)
+end
+local ms = math.ceil(seconds * 1000)
+if ms > 0 and redis.call('PTTL', KEYS[2]) < ms then
+  redis.call('SET', KEYS[2], '1', 'PX', ms)
 end
 return 1
 """
@@ -82,6 +93,7 @@ class RateLimiter:
         if rate <= 0:
             raise ValueError("rate must be positive")
         self.key = key
+        self._keys = [key, f"{key}:pause"]
         self.rate = rate
         # A small burst keeps the rate within 10% over a few seconds.
         self.burst = burst if burst is not None else max(1.0, rate / 10)
@@ -114,7 +126,7 @@ class RateLimiter:
             generation = self._generation
         try:
             granted, seconds = self._script(
-                keys=[self.key], args=[*self._args, repr(max(0.0, max_wait)), count]
+                keys=self._keys, args=[*self._args, repr(max(0.0, max_wait)), count]
             )
         finally:
             if count > 1:
@@ -149,4 +161,4 @@ class RateLimiter:
         with self._lock:
             self._held.clear()
             self._generation += 1
-        self._pause(keys=[self.key], args=[repr(max(0.0, seconds)), *self._args])
+        self._pause(keys=self._keys, args=[repr(max(0.0, seconds)), *self._args])

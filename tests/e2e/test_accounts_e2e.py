@@ -21,7 +21,7 @@ from tests.support.settings import reset_caches
 pytestmark = pytest.mark.slow
 _n = itertools.count()
 
-MERCHANTS = {
+MERCHANTS: dict[str, dict[str, Any]] = {
     "main": {"imp_key": "main_key", "imp_secret": "main-secret", "tier": None},
     "shop2": {"imp_key": "shop2_key", "imp_secret": "shop2-secret", "tier": None},
     "agency-a01": {"imp_key": "agency_key", "imp_secret": "agency-secret", "tier": "A01"},
@@ -127,14 +127,14 @@ def test_each_account_calls_with_its_own_credentials_and_the_tiered_one_with_its
             assert c["key_id"] == key_id(str(m["imp_key"])), c
             assert c["tier"] == m["tier"], c
     tiered = [c for c in calls if c["key_id"] == key_id("agency_key")]
-    assert {c["call"] for c in tiered} >= {"token", "lookup", "cancel"}
+    assert {c["call"] for c in tiered} >= {"token", "cancel"}
     assert all(c["tier"] == "A01" for c in tiered)
     assert all(c["tier"] is None for c in calls if c["key_id"] != key_id("agency_key"))
     # Every job is its account's, and each payment was cancelled once.
     for account, mine in uids.items():
         for u in mine:
-            truth = sandbox.truth(u)
-            assert truth["status"] == "cancelled" and truth["cancels_applied"] == 1, truth
+            assert sandbox.payment(u)["status"] == "cancelled"
+            assert sandbox.tally(u)["cancels_applied"] == 1
 
 
 def test_a_429_storm_on_one_account_leaves_the_other_at_full_speed(
@@ -155,8 +155,10 @@ def test_a_429_storm_on_one_account_leaves_the_other_at_full_speed(
     storm = payments(sandbox, "shop2", n)
     post(client, key, "shop2", storm)
     wait_until(
-        lambda: sum(sandbox.stats()["by_merchant"][key_id("shop2_key")]["faults_injected"].values())
-        >= 20,
+        lambda: (
+            sum(sandbox.stats()["by_merchant"][key_id("shop2_key")]["faults_injected"].values())
+            >= 20
+        ),
         60,
         "shop2's 429s",
     )
@@ -174,4 +176,4 @@ def test_a_429_storm_on_one_account_leaves_the_other_at_full_speed(
     sandbox.clear_faults(imp_key="shop2_key")
     wait_until(lambda: finished(client, key, "shop2", n), 120, "shop2 after its storm")
     for u in storm:
-        assert sandbox.truth(u)["cancels_applied"] == 1
+        assert sandbox.tally(u)["cancels_applied"] == 1

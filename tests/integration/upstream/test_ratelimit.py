@@ -99,14 +99,23 @@ def test_burst_default_is_small(clean_redis: str) -> None:
 
 
 def test_pause_holds_back_every_process_sharing_the_key(clean_redis: str) -> None:
-    """A 429's Retry-After applies to the account: another limiter on the key waits it out."""
+    """A 429's Retry-After applies to the account: another limiter on the key is refused at
+    once for as long as it lasts (no thread sleeps it out), then grants at the rate again."""
     one = RateLimiter(redis.Redis.from_url(clean_redis), KEY, rate=100)
     other = RateLimiter(redis.Redis.from_url(clean_redis), KEY, rate=100)
-    one.pause(1.5)
-    assert other.reserve(max_wait=5) == pytest.approx(1.5, abs=0.05)
+    one.pause(0.5)
+    started = time.monotonic()
+    with pytest.raises(LimiterBusy) as info:
+        other.reserve(max_wait=5)
+    assert info.value.retry_after == pytest.approx(0.5, abs=0.05)
+    assert time.monotonic() - started < 0.1
     # A shorter pause never shortens a longer one.
     one.pause(0.1)
-    assert other.reserve(max_wait=5) > 1.4
+    with pytest.raises(LimiterBusy) as info:
+        other.reserve(max_wait=5)
+    assert info.value.retry_after > 0.4
+    time.sleep(info.value.retry_after)
+    assert other.reserve(max_wait=5) < 0.05
 
 
 def test_a_429_through_the_client_pauses_the_account(clean_redis: str) -> None:
@@ -138,8 +147,10 @@ def test_a_429_through_the_client_pauses_the_account(clean_redis: str) -> None:
             client.look_up("imps_1")
         client.close()
     assert info.value.retry_after == 2
-    # Any process's next call now waits out the Retry-After.
-    assert RateLimiter(r, KEY, rate=100).reserve(max_wait=5) == pytest.approx(2, abs=0.1)
+    # Any process's next call is now refused for the Retry-After's time.
+    with pytest.raises(LimiterBusy) as busy:
+        RateLimiter(r, KEY, rate=100).reserve(max_wait=5)
+    assert busy.value.retry_after == pytest.approx(2, abs=0.1)
 
 
 def test_a_high_rate_takes_its_grants_a_block_a_round_trip(clean_redis: str) -> None:
@@ -159,7 +170,9 @@ def test_a_pause_drops_the_grants_a_process_holds(clean_redis: str) -> None:
     limiter = RateLimiter(r, KEY, rate=400)  # burst 40, blocks of 10
     assert limiter.block == 10 and limiter.reserve(5) == 0  # nine more are held
     limiter.pause(1.0)
-    assert limiter.reserve(5) == pytest.approx(1.0, abs=0.05)
+    with pytest.raises(LimiterBusy) as info:
+        limiter.reserve(5)
+    assert info.value.retry_after == pytest.approx(1.0, abs=0.05)
 
 
 def test_held_grants_honour_max_wait_and_lapse(
