@@ -22,7 +22,7 @@ router = APIRouter(prefix="/v1/stockout-events", tags=["events"])
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     409: {"description": "event_conflict"},
-    422: {"description": "validation_error"},
+    422: {"description": "validation_error or unknown_account"},
 }
 
 

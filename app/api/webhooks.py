@@ -31,7 +31,7 @@ NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "not_found"}}
     "",
     status_code=201,
     response_model=EndpointWithSecret,
-    responses={422: {"description": "invalid_url or validation_error"}},
+    responses={422: {"description": "invalid_url, unknown_account or validation_error"}},
 )
 def create(body: EndpointCreate, caller: WebhooksWriter) -> EndpointWithSecret:
     """Register an endpoint; its signing secret is shown in this answer only."""

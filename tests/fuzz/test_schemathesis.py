@@ -71,7 +71,7 @@ def problem_details(response: Any) -> None:
     assert isinstance(body["code"], str) and body["code"], body
     assert isinstance(body["title"], str) and "detail" in body, body
     if response.status_code == 422:
-        assert body["code"] in ("validation_error", "invalid_url"), body
+        assert body["code"] in ("validation_error", "invalid_url", "unknown_account"), body
         assert isinstance(body["errors"], list), body
 
 
