@@ -32,11 +32,15 @@ test: venv  ## lint, type-check and the whole test suite
 docs: venv  ## regenerate docs/api.md from the OpenAPI document
 	$(BIN)/python -m devtools.apidoc docs/api.md
 
-# Both locks are universal (python_version markers kept). requirements.lock: what production
-# installs (Dockerfile); requirements-dev.lock: that plus the dev tools and embedded servers.
+# The locks are universal (python_version markers kept). requirements.lock: what production
+# installs (Dockerfile); requirements-otel.lock: that plus the otel extra (the Dockerfile's
+# OTEL build argument); requirements-dev.lock: that plus the dev tools and embedded servers.
+# Both others are held to requirements.lock's pins, so opentelemetry-api (a dependency of
+# FastAPI) stays at a version the contrib instrumentations accept.
 lock: venv
 	$(BIN)/uv pip compile pyproject.toml --universal --python-version 3.11 -o requirements.lock
-	$(BIN)/uv pip compile pyproject.toml --extra dev --extra embedded --universal --python-version 3.11 -c requirements.lock -o requirements-dev.lock
+	$(BIN)/uv pip compile pyproject.toml --extra otel --universal --python-version 3.11 -c requirements.lock -o requirements-otel.lock
+	$(BIN)/uv pip compile pyproject.toml --extra dev --extra embedded --extra otel --universal --python-version 3.11 -c requirements.lock -o requirements-dev.lock
 
 fmt: venv
 	$(BIN)/ruff check --fix app worker devtools tests benchmarks migrations

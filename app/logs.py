@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from app import tracing
+
 SECRET_KEYS = re.compile(r"(secret|token|password|imp_key|authorization|api_key)", re.I)
 REDACTED = "[redacted]"
 
@@ -25,6 +27,12 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     for key in list(event):
         if SECRET_KEYS.search(key):
             event[key] = REDACTED
+    return event
+
+
+def add_trace_id(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """The current trace's id, null outside a trace, so a record is found beside its spans."""
+    event.setdefault("trace_id", tracing.trace_id())
     return event
 
 
@@ -68,6 +76,9 @@ def configure(level: str = "INFO", json: bool = True) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         redact,
     ]
+    if tracing.wanted():
+        # Only when traces are asked for: without them a record has no trace_id at all.
+        shared.append(add_trace_id)
     renderer: Any = (
         structlog.processors.JSONRenderer() if json else structlog.dev.ConsoleRenderer(colors=False)
     )

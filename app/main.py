@@ -10,7 +10,7 @@ import structlog
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 
-from app import console
+from app import console, tracing
 from app.api import (
     events,
     health,
@@ -82,6 +82,7 @@ def create_app() -> FastAPI:
     """Wire routers, error handlers and the body limit."""
     settings = get_settings()
     configure(settings.log_level, settings.log_json)
+    tracing.setup("stockout-api")
     try:
         load_accounts(settings)
     except AccountsError as exc:
@@ -110,6 +111,7 @@ def create_app() -> FastAPI:
     middleware.install(app)
     openapi.install(app)
     openapi.install_docs(app)
+    tracing.instrument_app(app)
     return app
 
 

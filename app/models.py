@@ -179,6 +179,8 @@ class Attempt(SQLModel, table=True):
     code: int | None = None
     message: str | None = Field(default=None, max_length=1024)
     outcome: str | None = Field(default=None, max_length=32)  # null while the call is in flight
+    # The OpenTelemetry trace of the run that made the call (32 hex digits); null untraced.
+    trace_id: str | None = Field(default=None, max_length=32)
 
 
 class ApiKey(SQLModel, table=True):

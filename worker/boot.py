@@ -13,6 +13,7 @@ from celery.signals import (
     worker_shutdown,
 )
 
+from app import tracing
 from app.config import get_settings
 from app.heap import freeze_startup_heap
 from app.kit import metrics
@@ -60,6 +61,15 @@ def _configure_logging(**_: object) -> None:
     capture_output()
 
 
+# After the process exists: the exporter's thread is started here, in the process that
+# exports. The threads pool runs tasks in this process (worker_init); a prefork child
+# (worker_process_init) is a fork, which keeps the parent's set-up if it had one.
+@worker_init.connect
+@worker_process_init.connect
+def _start_tracing(**_: object) -> None:
+    tracing.setup("stockout-worker")
+
+
 @worker_process_shutdown.connect
 def _close(**_: object) -> None:
     close_pool()
@@ -89,6 +99,7 @@ def _stop_children(**_: object) -> None:
 
 def _child_started() -> None:
     _configure_logging()
+    tracing.setup("stockout-worker")
     freeze_startup_heap()
 
 

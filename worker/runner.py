@@ -16,6 +16,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 
 import structlog
 
+from app import tracing
 from app.config import Settings, get_settings
 from app.jobs import store
 from app.jobs.run import run_job
@@ -126,7 +127,8 @@ class Runner:
                     structlog.contextvars.clear_contextvars()
                     continue
                 try:
-                    run_job(conn, gateway, job, settings, self.rng(), outbox.record_terminal)
+                    with tracing.span("job run", {"stockout.job_id": str(job.id)}):
+                        run_job(conn, gateway, job, settings, self.rng(), outbox.record_terminal)
                 finally:
                     structlog.contextvars.clear_contextvars()
                 ran += 1
@@ -177,9 +179,11 @@ class Runner:
         return ran
 
     def _submit(self, group: list[str], concurrency: int) -> Future[int]:
+        # The task's trace goes with the group: a thread or a child has no context of its own.
+        trace = tracing.carrier()
         if self.children is not None:
-            return self.children.submit(run_jobs, group)
-        return self._local_threads(concurrency).submit(self.run_jobs, group)
+            return self.children.submit(run_jobs, group, trace)
+        return self._local_threads(concurrency).submit(run_jobs, group, trace)
 
     def _threads(self, concurrency: int) -> int:
         if self.children is not None:
@@ -203,6 +207,8 @@ class Runner:
 RUNNER = Runner()
 
 
-def run_jobs(job_ids: list[str]) -> int:
-    """A group's work in a child process (a module function, so it pickles), on its runner."""
-    return RUNNER.run_jobs(job_ids)
+def run_jobs(job_ids: list[str], trace: dict[str, str] | None = None) -> int:
+    """A group's work in a child process (a module function, so it pickles), on its runner,
+    in the trace of the task that sent it (app.tracing.carrier)."""
+    with tracing.attached(trace):
+        return RUNNER.run_jobs(job_ids)

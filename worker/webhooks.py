@@ -17,11 +17,12 @@ from datetime import UTC, datetime
 
 import structlog
 
+from app import tracing
 from app.config import Settings, get_settings
 from app.kit import metrics
 from app.kit.db import pool
 from app.kit.dispatch import DELIVER_TASK, WEBHOOK_SWEEP_TASK, send_deliveries
-from app.webhooks import claims, delivery, signing
+from app.webhooks import claims, delivery, signing, urls
 from worker.celery_app import app
 
 log = structlog.get_logger("worker.webhooks")
@@ -52,13 +53,39 @@ def deliver_one(settings: Settings, claimed: claims.Claimed) -> delivery.Attempt
     """Sign and send one message now."""
     body = body_of(claimed.payload)
     headers = signing.headers(claimed.secrets, claimed.id, datetime.now(UTC), body.decode())
-    return delivery.send(
-        claimed.url,
-        headers,
-        body,
-        settings.webhook_timeout_seconds,
-        settings.webhook_allow_private_urls,
-    )
+    with tracing.span("webhook delivery", _span_attributes(claimed), kind="client") as span:
+        result = delivery.send(
+            claimed.url,
+            headers,
+            body,
+            settings.webhook_timeout_seconds,
+            settings.webhook_allow_private_urls,
+        )
+        tracing.annotate(
+            span,
+            **{
+                "stockout.webhook.outcome": result.outcome,
+                "http.response.status_code": result.http_status,
+            },
+        )
+    return result
+
+
+def _span_attributes(claimed: claims.Claimed) -> dict[str, str | int]:
+    """The receiver's host and port only: a URL's path and query may hold the receiver's own
+    secret, and the signature headers are never recorded."""
+    if not tracing.ACTIVE:
+        return {}
+    attributes: dict[str, str | int] = {
+        "http.request.method": "POST",
+        "stockout.webhook.message_id": claimed.id,
+        "stockout.webhook.attempt": claimed.attempts,
+    }
+    try:
+        _, host, port = urls.parse(claimed.url, allow_private=True)
+    except urls.UrlRefused:
+        return attributes
+    return attributes | {"server.address": host, "server.port": port}
 
 
 def drain(endpoint_id: uuid.UUID, settings: Settings) -> int:

@@ -105,7 +105,7 @@ def list_attempts(
     found = rows(
         conn,
         "SELECT row_number() OVER (ORDER BY started_at, id) AS n, call, started_at, "
-        "duration_ms, http_status, code, message, outcome FROM attempts "
+        "duration_ms, http_status, code, message, outcome, trace_id FROM attempts "
         "WHERE job_id = %(id)s AND call = ANY(%(calls)s) ORDER BY started_at, id",
         {"id": job_id, "calls": list(ATTEMPT_CALLS)},
     )

@@ -6,7 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Any, Literal
 
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from app.jobs.records import Cancellation, Refund, UpstreamError
 from app.jobs.status import JobStatus
@@ -46,6 +46,11 @@ class AttemptPublic(BaseModel):
     code: int | None
     message: str | None
     outcome: str | None
+    trace_id: str | None = Field(
+        default=None,
+        description="The OpenTelemetry trace of the run that made the call; null when the "
+        "service does not trace.",
+    )
 
 
 class AttemptList(BaseModel):

@@ -19,6 +19,7 @@ from psycopg import AsyncConnection, Connection
 from psycopg.rows import class_row, dict_row
 from psycopg.types.json import Jsonb
 
+from app import tracing
 from app.jobs.decide import Method, OnPaid, Step
 from app.jobs.records import Cancellation, Refund, UpstreamError
 from app.jobs.status import TERMINAL, WAITING_SQL, JobStatus
@@ -254,7 +255,8 @@ WITH j AS (
          OR last_call_at <= now() - make_interval(secs => %(settle)s))
   RETURNING id
 )
-INSERT INTO attempts (job_id, call, started_at) SELECT id, %(call)s, now() FROM j RETURNING id
+INSERT INTO attempts (job_id, call, started_at, trace_id)
+SELECT id, %(call)s, now(), %(trace_id)s FROM j RETURNING id
 """
 
 
@@ -276,6 +278,7 @@ def write_ahead(
         "lease": lease_seconds,
         "settle": settle,
         "answered": answered,
+        "trace_id": tracing.trace_id(),
     }
     row = conn.execute(WRITE_AHEAD, params).fetchone()
     return int(row[0]) if row else None
@@ -323,8 +326,10 @@ WITH hooks AS (
   WHERE a.id = r.id AND a.job_id = %(id)s AND NOT hooks.hooked
   RETURNING a.id
 ), added AS (
-  INSERT INTO attempts (job_id, call, started_at, duration_ms, http_status, code, message, outcome)
-  SELECT %(id)s, r.call, r.started_at, r.duration_ms, r.http_status, r.code, r.message, r.outcome
+  INSERT INTO attempts (job_id, call, started_at, duration_ms, http_status, code, message, outcome,
+      trace_id)
+  SELECT %(id)s, r.call, r.started_at, r.duration_ms, r.http_status, r.code, r.message, r.outcome,
+      %(trace_id)s
   FROM jsonb_to_recordset(%(others)s::jsonb)
        AS r(call text, started_at timestamptz, duration_ms int, http_status int, code int,
             message text, outcome text),
@@ -398,6 +403,7 @@ def finish(
         "error": _json(outcome.error),
         "terminal": outcome.terminal,
         "retry": outcome.status is JobStatus.RETRY_WAIT,
+        "trace_id": tracing.trace_id(),
         "written": Jsonb([_call(r, id=i) for i, r in written.items()]),
         "others": Jsonb(
             [_call(r, call=r.call, started_at=r.started_at.isoformat()) for r in others]

@@ -22,6 +22,7 @@ from functools import lru_cache
 import structlog
 from celery import Celery
 
+from app import tracing
 from app.config import get_settings
 
 QUEUE = "stockout"
@@ -136,10 +137,13 @@ class Wakeups:
 
     jobs: list[uuid.UUID] = field(default_factory=list)
     endpoints: list[uuid.UUID] = field(default_factory=list)
+    # The committing request's trace context (app.tracing.carrier), None when not traced. The
+    # messages of merged commits continue the first one's trace.
+    trace: dict[str, str] | None = None
 
     def __add__(self, other: Wakeups) -> Wakeups:
         endpoints = self.endpoints + [e for e in other.endpoints if e not in self.endpoints]
-        return Wakeups(self.jobs + other.jobs, endpoints)
+        return Wakeups(self.jobs + other.jobs, endpoints, self.trace or other.trace)
 
 
 class _Publisher:
@@ -176,15 +180,21 @@ class _Publisher:
             wakeups, taken = self._gather()
             try:
                 if time.monotonic() >= self.open_until:  # while open, left to the sweeps
-                    if wakeups.jobs:
-                        send_now(wakeups.jobs)
-                    if send_deliveries(wakeups.endpoints) < len(wakeups.endpoints):
-                        raise PublishFailed
+                    self._send(wakeups)
             except PublishFailed:
                 self.open_until = time.monotonic() + BREAKER_OPEN_SECONDS
             finally:
                 for _ in range(taken):
                     self.backlog.task_done()
+
+    @staticmethod
+    def _send(wakeups: Wakeups) -> None:
+        # In the commit's trace: the Celery instrumentation puts it in the messages it sends.
+        with tracing.attached(wakeups.trace):
+            if wakeups.jobs:
+                send_now(wakeups.jobs)
+            if send_deliveries(wakeups.endpoints) < len(wakeups.endpoints):
+                raise PublishFailed
 
     def _gather(self) -> tuple[Wakeups, int]:
         """The wake-ups of the next commit and of every commit until its send is due, and how many
@@ -228,7 +238,7 @@ def reset() -> None:
 def publish_later(job_ids: Iterable[uuid.UUID], endpoint_ids: Iterable[uuid.UUID] = ()) -> bool:
     """Hand committed jobs and woken webhook endpoints to the publisher thread; never blocks.
     False if the backlog is full."""
-    wakeups = Wakeups(list(job_ids), list(endpoint_ids))
+    wakeups = Wakeups(list(job_ids), list(endpoint_ids), tracing.carrier())
     return _publisher.submit(wakeups) if wakeups.jobs or wakeups.endpoints else True
 
 

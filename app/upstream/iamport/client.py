@@ -24,6 +24,7 @@ import httpx
 import redis
 from pydantic import ValidationError
 
+from app import tracing
 from app.kit.deadline import deadline_scope, deadline_transport
 from app.upstream.accounts import Account, default_account
 from app.upstream.contract import CallObserver, CallRecord
@@ -315,7 +316,26 @@ class IamportClient:
         params: dict[str, str] | None = None,
         json: Any = None,
     ) -> Any:
-        """One rate-limited, observed HTTP exchange: `parse(envelope's response)` or an error."""
+        """One rate-limited, observed HTTP exchange: `parse(envelope's response)` or an error.
+
+        Traced, it is a span of its own (the guard, the limiter's wait, the HTTP call's span,
+        the outcome); its attributes name the call, never the token or the body."""
+        if not tracing.ACTIVE:
+            return self._guarded(call, method, path, observer, token, parse, params, json)
+        with tracing.span(f"iamport {call}", {"stockout.call": call}):
+            return self._guarded(call, method, path, observer, token, parse, params, json)
+
+    def _guarded(
+        self,
+        call: str,
+        method: str,
+        path: str,
+        observer: CallObserver | None,
+        token: str | None,
+        parse: Callable[[Any], Any],
+        params: dict[str, str] | None,
+        json: Any,
+    ) -> Any:
         if self._guard is None:
             return self._limited(call, method, path, observer, token, parse, params, json)
         try:
@@ -530,6 +550,10 @@ class IamportClient:
         message: str | None,
         outcome: str,
     ) -> None:
+        if tracing.ACTIVE:
+            tracing.annotate_current(
+                **{"stockout.outcome": outcome, "http.response.status_code": http_status}
+            )
         if observer is None:
             return
         duration_ms = int((time.perf_counter() - started) * 1000)

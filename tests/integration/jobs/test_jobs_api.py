@@ -241,7 +241,9 @@ def test_attempts_in_order_numbered(api: TestClient, key: str, service_env: dict
         "code",
         "message",
         "outcome",
+        "trace_id",
     }
+    assert items[0]["trace_id"] is None  # untraced
 
 
 def test_attempts_empty_and_unknown(api: TestClient, key: str) -> None:

@@ -95,6 +95,7 @@ export async function renderJob({ view, session }, id) {
       if (a.http_status) bits.push(`HTTP ${a.http_status}`);
       if (a.code !== null && a.code !== undefined) bits.push(`code ${a.code}`);
       if (a.duration_ms !== null && a.duration_ms !== undefined) bits.push(`${a.duration_ms} ms`);
+      if (a.trace_id) bits.push(`trace ${a.trace_id}`);
       entries.push({
         at: a.started_at,
         kind: `call call-${a.call}`,
