@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,9 +73,13 @@ def sandbox_command(
     imp_secret: str | None = None,
     confirm_url: str | None = None,
     notice_url: str | None = None,
+    merchants: Sequence[str] = (),
 ) -> list[str]:
-    """`stockout sandbox`; confirm_url/notice_url are given to payments created without them."""
+    """`stockout sandbox`; confirm_url/notice_url are given to payments created without them;
+    `merchants` are more accounts, `KEY:SECRET[:TIER]` each."""
     args = [sys.executable, "-m", "app.cli", "sandbox", "--port", str(port), "--seed", str(seed)]
+    for merchant in merchants:
+        args += ["--merchant", merchant]
     for flag, value in (
         ("--imp-key", imp_key),
         ("--imp-secret", imp_secret),

@@ -37,7 +37,14 @@ from devtools.sandbox.control import SandboxControl
 from tests.chaos.hooks import ENV as HOOKS_ENV
 from tests.chaos.hooks import HookReport, Hooks
 from tests.chaos.nemesis import Nemesis
-from tests.chaos.workload import Judgement, Workload, create_at_sandbox, judge, make_plan
+from tests.chaos.workload import (
+    ACCOUNTS,
+    Judgement,
+    Workload,
+    create_at_sandbox,
+    judge,
+    make_plan,
+)
 from tests.support.checker import Report, check
 from tests.support.processes import service_env, start_worker, stop, wait_until
 from tests.support.stack import migrate
@@ -46,6 +53,11 @@ IMP_KEY = "chaos_imp_key"
 WORKER_CONCURRENCY = 16
 TOLERATE_WORKER_CRASHES = False
 NON_TERMINAL_SQL = f"SELECT count(*) FROM jobs WHERE {WAITING_SQL}"
+
+
+def _var(account: str, what: str) -> str:
+    """The variable the accounts file names for an account's secret or hook token."""
+    return f"CHAOS_{account.upper().replace('-', '_')}_{what}"
 
 
 def _say(msg: str) -> None:
@@ -58,8 +70,14 @@ class Stack:
 
     base: Path
     seed: int
-    imp_secret: str = field(default_factory=lambda: "chaos-secret-" + secrets.token_hex(12))
-    webhook_token: str = field(default_factory=lambda: "chaos-hook-" + secrets.token_hex(12))
+    # Per account (ACCOUNTS): its imp_secret and its hook token, random each run. The agency's
+    # sub-merchant speaks with the agency's secret; each account has its own token.
+    account_secrets: dict[str, str] = field(
+        default_factory=lambda: {a.name: "chaos-secret-" + secrets.token_hex(12) for a in ACCOUNTS}
+    )
+    hook_tokens: dict[str, str] = field(
+        default_factory=lambda: {a.name: "chaos-hook-" + secrets.token_hex(12) for a in ACCOUNTS}
+    )
     procs: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
     workers: list[str] = field(default_factory=list)
     _n_workers: int = 0
@@ -74,6 +92,20 @@ class Stack:
         self.sandbox_port = free_port()
         self.hooks = Hooks(self.seed)  # the webhook receivers, listening already
         self.hooks_key = ""
+        self.accounts_file = self.base / "accounts.toml"
+        self.accounts_file.write_text(
+            "".join(
+                f'[accounts.{a.name}]\napi = "v1"\nimp_key = "{a.imp_key}"\n'
+                f'imp_secret_env = "{_var(a.name, "SECRET")}"\n'
+                f'webhook_token_env = "{_var(a.name, "HOOK")}"\n'
+                + (f'tier = "{a.tier}"\n' if a.tier else "")
+                for a in ACCOUNTS
+            )
+        )
+
+    @property
+    def imp_secret(self) -> str:
+        return self.account_secrets["main"]
 
     @property
     def api_url(self) -> str:
@@ -89,10 +121,10 @@ class Stack:
             DATABASE_URL=self.pg.url,
             REDIS_URL=self.redis.url,
             IAMPORT_BASE_URL=self.sandbox_url,
-            IAMPORT_IMP_KEY=IMP_KEY,
-            IAMPORT_IMP_SECRET=self.imp_secret,
-            IAMPORT_WEBHOOK_TOKEN=self.webhook_token,
             IAMPORT_MAX_RPS="5000",
+            ACCOUNTS_FILE=str(self.accounts_file),
+            **{_var(name, "SECRET"): secret for name, secret in self.account_secrets.items()},
+            **{_var(name, "HOOK"): token for name, token in self.hook_tokens.items()},
             # Longer than the nemesis's calls that apply after their caller hung up.
             CANCEL_SETTLE_SECONDS="6",
             LOG_LEVEL="INFO",  # so the logs scanned for secrets hold something
@@ -100,8 +132,16 @@ class Stack:
             **HOOKS_ENV,
         )
 
-    def hook_url(self, name: str) -> str:
-        return f"{self.api_url}/v1/iamport/{name}?token={self.webhook_token}"
+    def hook_url(self, name: str, account: str) -> str:
+        return f"{self.api_url}/v1/iamport/{name}?token={self.hook_tokens[account]}"
+
+    def merchants(self) -> list[str]:
+        """The sandbox's accounts beyond main, its default: `KEY:SECRET[:TIER]`."""
+        return [
+            f"{a.imp_key}:{self.account_secrets[a.name]}" + (f":{a.tier}" if a.tier else "")
+            for a in ACCOUNTS
+            if a.name != "main"
+        ]
 
     def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
         out = (self.logs / f"{name}.log").open("ab")
@@ -122,7 +162,14 @@ class Stack:
         migrate(self.pg.url)
         self.redis.start()
         self._spawn(
-            "sandbox", sandbox_command(self.sandbox_port, self.seed, IMP_KEY, self.imp_secret)
+            "sandbox",
+            sandbox_command(
+                self.sandbox_port,
+                self.seed,
+                IMP_KEY,
+                self.imp_secret,
+                merchants=self.merchants(),
+            ),
         )
         self._spawn("api", api_command(self.api_port))
         for _ in range(2):
@@ -288,12 +335,16 @@ class Findings:
     secrets_in_logs: list[str] = field(default_factory=list)
     dead_processes: list[str] = field(default_factory=list)
     nemesis_errors: list[str] = field(default_factory=list)
+    jobs_by_account: dict[str, int] = field(default_factory=dict)
 
 
 def find_lost(db: str, workload: Workload, j: Judgement, f: Findings) -> None:
     """Every accepted event and imp_uid in Postgres; conflicting bodies left no trace."""
     with psycopg.connect(db) as conn:
         jobs = {r[0] for r in conn.execute("SELECT imp_uid FROM jobs")}
+        f.jobs_by_account = dict(
+            conn.execute("SELECT account, count(*) FROM jobs GROUP BY 1 ORDER BY 1").fetchall()
+        )
         events: dict[str, str] = dict(conn.execute("SELECT event_id, sku FROM events").fetchall())
         links: dict[str, set[str]] = {}
         for event_id, imp_uid in conn.execute(
@@ -308,7 +359,7 @@ def find_lost(db: str, workload: Workload, j: Judgement, f: Findings) -> None:
             f.lost_events.append(event_id)
         elif events[event_id] != body["sku"]:
             f.conflict_changed.append(event_id)
-    f.conflict_jobs = sorted(set(workload.plan.conflict_imp_uids) & jobs)
+    f.conflict_jobs = sorted({u for _, u in workload.plan.conflict_imp_uids} & jobs)
 
 
 def find_unrecorded(db: str, sandbox: SandboxControl) -> list[str]:
@@ -411,9 +462,7 @@ def run(
         stack.register_hooks()
         plan = make_plan(seed, payments, duration)
         with SandboxControl(stack.sandbox_url) as sandbox:
-            create_at_sandbox(
-                sandbox, plan, stack.hook_url("cvs-confirm"), stack.hook_url("notifications")
-            )
+            create_at_sandbox(sandbox, plan, stack.hook_url)
         _say(
             f"stack up in {time.monotonic() - t0:.1f}s: api {stack.api_url}, "
             f"{len(plan.actions)} posts, {len(plan.pays)} customers paying"
@@ -507,7 +556,10 @@ def _exercise(
         worker_crashes=crashes,
     )
     find_lost(db, workload, j, f)
-    needles = {"imp_secret": stack.imp_secret, "webhook token": stack.webhook_token}
+    needles = {
+        **{f"{name}'s imp_secret": secret for name, secret in stack.account_secrets.items()},
+        **{f"{name}'s webhook token": token for name, token in stack.hook_tokens.items()},
+    }
     # sk_<prefix>_<secret>; the secret is URL-safe base64 and may hold "_" itself.
     needles["api key"] = key.split("_", 2)[2]
     needles["webhooks api key"] = stack.hooks_key.split("_", 2)[2]
@@ -557,6 +609,10 @@ def _print_report(
         "nemesis strikes": nemesis.counts(),
         "iamport faults injected": sandbox_stats.get("faults_injected", {}),
         "iamport calls": sandbox_stats.get("calls", {}),
+        "jobs by account": f.jobs_by_account,
+        "iamport calls by merchant": {
+            m: v.get("calls") for m, v in sandbox_stats.get("by_merchant", {}).items()
+        },
         "tokens seen": n_tokens,
         "workers restarted after dying on their own": len(f.worker_crashes),
         "workload seconds": round(workload_seconds, 1),
@@ -573,6 +629,10 @@ def _print_report(
         "applied refunds per imp_uid over 1": max(0, report.refunds_max - 1),
         "calls sent while an earlier one could still apply": report.overlapping_cancels,
         "calls after one applied": report.cancel_after_applied,
+        # A call with another account's credentials, or without or with the wrong Tier.
+        "calls speaking for another merchant or Tier": sum(
+            int(v.get("not_its_payment", 0)) for v in sandbox_stats.get("by_merchant", {}).values()
+        ),
         "refunds without a lookup just before": report.refunds_without_lookup,
         "refunds nobody asked for (hold without a person)": report.refunds_unasked,
         "cancel or refund calls without an attempt record": f.unrecorded_cancels,

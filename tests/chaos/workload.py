@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -28,6 +29,25 @@ RETRY_DEADLINE_SECONDS = 120.0  # an event still not accepted after this long is
 API_TIMEOUT_SECONDS = 30.0
 
 
+@dataclass(frozen=True)
+class ChaosAccount:
+    """One merchant account of the workload, as the service's accounts file names it."""
+
+    name: str
+    imp_key: str
+    tier: str | None
+    weight: int  # its share of the events
+
+
+# Two merchants and an agency's sub-merchant (its calls must all carry Tier A01).
+ACCOUNTS = (
+    ChaosAccount("main", "chaos_imp_key", None, 50),
+    ChaosAccount("shop2", "chaos_shop2_key", None, 30),
+    ChaosAccount("agency-a01", "chaos_agency_key", "A01", 20),
+)
+BY_NAME = {a.name: a for a in ACCOUNTS}
+
+
 @dataclass
 class Planned:
     """One payment of the plan."""
@@ -36,6 +56,7 @@ class Planned:
     merchant_uid: str
     status: str
     pay_method: str = "cvs"
+    account: str = "main"
 
 
 @dataclass
@@ -48,6 +69,10 @@ class Action:
     at: float
     fresh_imp_uids: list[str] = field(default_factory=list)  # only in a conflicting body
 
+    @property
+    def account(self) -> str:
+        return str(self.body["account"])
+
 
 @dataclass
 class Plan:
@@ -58,8 +83,11 @@ class Plan:
     bodies: dict[str, dict[str, Any]]  # event_id -> the original body
 
     @property
-    def conflict_imp_uids(self) -> list[str]:
-        return [u for a in self.actions if a.kind == "conflict" for u in a.fresh_imp_uids]
+    def conflict_imp_uids(self) -> list[tuple[str, str]]:
+        """(account, imp_uid) of each payment only a conflicting body names."""
+        return [
+            (a.account, u) for a in self.actions if a.kind == "conflict" for u in a.fresh_imp_uids
+        ]
 
 
 def make_plan(seed: int, n_payments: int, duration: float) -> Plan:
@@ -88,10 +116,16 @@ def make_plan(seed: int, n_payments: int, duration: float) -> Plan:
         chunks.append(order[i : i + size])
         i += size
     step = duration / max(1, len(chunks))
+    weights_by_account = [a.weight for a in ACCOUNTS]
     for k, chunk in enumerate(chunks):
+        # An event speaks for one account: its payments are that account's.
+        account = rng.choices(ACCOUNTS, weights_by_account)[0].name
+        for p in chunk:
+            p.account = account
         refs = list(chunk)
-        if posted and rng.random() < 0.2:  # overlap: imp_uids already named by earlier events
-            refs += rng.sample(posted, min(len(posted), rng.randint(1, 5)))
+        same = [p for p in posted if p.account == account]
+        if same and rng.random() < 0.2:  # overlap: imp_uids already named by earlier events
+            refs += rng.sample(same, min(len(same), rng.randint(1, 5)))
         if rng.random() < 0.05:  # the same imp_uid twice in one event counts once
             refs.append(rng.choice(refs))
         posted.extend(chunk)
@@ -103,6 +137,7 @@ def make_plan(seed: int, n_payments: int, duration: float) -> Plan:
             return "cvs" if p.pay_method == "vbank" else "vbank"
 
         body: dict[str, Any] = {
+            "account": account,
             "event_id": event_id,
             "sku": f"SKU-{rng.randint(1, 40)}",
             "reason": "out of stock",
@@ -137,25 +172,39 @@ def make_plan(seed: int, n_payments: int, duration: float) -> Plan:
 
 
 def create_at_sandbox(
-    sandbox: SandboxControl, plan: Plan, confirm_url: str, notice_url: str
+    sandbox: SandboxControl, plan: Plan, hook_url: Callable[[str, str], str]
 ) -> None:
-    """Every planned payment (but the unknown ones) and every conflict's fresh one, at iamport."""
+    """Every planned payment (but the unknown ones) and every conflict's fresh one, at iamport,
+    each its account's merchant's, with the hook URLs of its account (`hook_url(name,
+    account)`)."""
+
+    def merchant(account: str) -> dict[str, Any]:
+        a = BY_NAME[account]
+        return {"imp_key": a.imp_key, "tier": a.tier}
+
     specs = [
         {
+            **merchant(p.account),
             "imp_uid": p.imp_uid,
             "merchant_uid": p.merchant_uid,
             "amount": 1000 + (i % 50) * 100,
             "status": p.status,
             "pay_method": p.pay_method,
-            "confirm_url": confirm_url,
-            "notice_url": notice_url,
+            "confirm_url": hook_url("cvs-confirm", p.account),
+            "notice_url": hook_url("notifications", p.account),
         }
         for i, p in enumerate(plan.payments)
         if p.status != "unknown"
     ]
     specs += [
-        {"imp_uid": u, "merchant_uid": f"order-{u}", "amount": 1000, "confirm_url": confirm_url}
-        for u in plan.conflict_imp_uids
+        {
+            **merchant(account),
+            "imp_uid": u,
+            "merchant_uid": f"order-{u}",
+            "amount": 1000,
+            "confirm_url": hook_url("cvs-confirm", account),
+        }
+        for account, u in plan.conflict_imp_uids
     ]
     for i in range(0, len(specs), 500):
         sandbox.create_payments(specs[i : i + 500])
