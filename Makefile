@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 export XDG_RUNTIME_DIR ?= /tmp
 
-.PHONY: run demo test lint fmt docs lock bench bench-ingest bench-reads bench-frozen-redis chaos venv clean
+.PHONY: run demo test lint fmt docs lock bench bench-accounts bench-ingest bench-reads bench-frozen-redis chaos venv clean
 
 # The dev venv: runtime + dev tools + the embedded servers (requirements-dev.lock).
 $(BIN)/stockout: pyproject.toml devtools/pyproject.toml requirements-dev.lock
@@ -48,6 +48,9 @@ fmt: venv
 
 bench: venv  ## end-to-end worker benchmark
 	$(BIN)/python -m benchmarks.bench_worker $(ARGS)
+
+bench-accounts: venv  ## 4 accounts beside 1: the same jobs/s?
+	$(BIN)/python -m benchmarks.bench_accounts $(ARGS)
 
 bench-ingest: venv
 	$(BIN)/python -m benchmarks.bench_ingest $(ARGS)
