@@ -19,6 +19,7 @@ from app.api import (
     me,
     middleware,
     openapi,
+    portone_hooks,
     scrape,
     stats,
     webhooks,
@@ -101,7 +102,14 @@ def create_app() -> FastAPI:
     )
     install_handlers(app)
     app.add_exception_handler(Exception, internal_error)
-    operations = (stats.router, scrape.router, iamport_hooks.router, me.router, console.router)
+    operations = (
+        stats.router,
+        scrape.router,
+        iamport_hooks.router,
+        portone_hooks.router,
+        me.router,
+        console.router,
+    )
     for router in (events.router, jobs.router, webhooks.router, health.router, *operations):
         # FastAPI 0.16x's include_router nests a router object, which hides the paths from
         # anything reading app.routes; our routers carry their full paths and no router-level

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from standardwebhooks.webhooks import Webhook
 
 from app.kit.errors import UnknownAccount
 
@@ -155,6 +156,14 @@ def load_accounts(settings: Settings) -> dict[str, Account]:
         for name, secret in account.secrets.items():
             if secret.problem is not None:
                 raise AccountsError(f"{where}: account {account.name}: {name}: {secret.problem}")
+    for account in accounts.values():
+        rotation = account.secret("webhook_secret")
+        for one in (rotation or "").split(","):
+            if one.strip() and not _standard_webhooks_secret(one.strip()):
+                raise AccountsError(
+                    f"{where}: account {account.name}: webhook_secret: not a Standard Webhooks "
+                    "secret (whsec_ and base64), or a comma-separated list of them"
+                )
     tokens: dict[str, str] = {}
     for account in accounts.values():
         token = account.secret("webhook_token")
@@ -298,6 +307,14 @@ def _from_file(path: str) -> Secret:
     if not value:
         return Secret(source, problem=f"{source} is empty")
     return Secret(source, value=SecretStr(value))
+
+
+def _standard_webhooks_secret(secret: str) -> bool:
+    try:
+        Webhook(secret)
+    except Exception:  # the library raises several kinds for a secret it cannot decode
+        return False
+    return True
 
 
 def _first_error(exc: ValidationError) -> str:

@@ -219,3 +219,14 @@ def test_read_accounts_keeps_a_secret_that_does_not_resolve(tmp_path: Path) -> N
     account = read_accounts(settings(accounts_file=path))["main"]
     secret = account.secrets["imp_secret"]
     assert not secret.resolves and secret.source == "variable T_UNSET_VARIABLE"
+
+
+def test_a_v2_webhook_secret_that_is_no_standard_webhooks_secret_is_refused(
+    tmp_path: Path, secrets: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("T_SHOP2_WHSEC", "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw,whsec_!!!")
+    path = write(tmp_path, GOOD_V2.format(secret_file=secrets))
+    with pytest.raises(AccountsError) as caught:
+        load_accounts(settings(accounts_file=path))
+    assert "account shop2: webhook_secret: not a Standard Webhooks secret" in str(caught.value)
+    assert "MfKQ9r8" not in str(caught.value)
