@@ -110,7 +110,9 @@ def test_a_verified_message_makes_the_job_look_first_and_a_repeat_is_harmless(
     assert again.status_code == 200
     # A payment with no job is answered 200 all the same (PortOne would only retry).
     body, headers = signed(NEW, "order-unknown")
-    assert client.post("/v1/portone/webhooks/shop2", content=body, headers=headers).status_code == 200
+    assert (
+        client.post("/v1/portone/webhooks/shop2", content=body, headers=headers).status_code == 200
+    )
 
 
 @pytest.mark.parametrize("case", ["forged", "stale", "future", "missing", "tampered", "unsigned"])
