@@ -5,7 +5,8 @@ returns the payment as it stands after the call (`Payment`) or raises one of the
 outcomes of errors.py, which say what the caller must do next. Every HTTP exchange is shown
 to the caller's observer: it may veto a mutating call just before it is sent (the job's
 write-ahead), and it keeps each exchange's record as the job's attempt history.
-iamport V1 (`app.upstream.iamport`) is the first implementation.
+iamport V1 (`app.upstream.iamport`) is the first implementation, PortOne V2
+(`app.upstream.portone`) the second.
 """
 
 from __future__ import annotations
@@ -54,7 +55,13 @@ class Gateway(Protocol):
         """Void an unpaid convenience-store barcode."""
         ...
 
-    def close_vbank(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
+    # `intent` is whose call it is, the same on every repeat (the job's id). A gateway with
+    # idempotency keys derives the key from it and the call's own arguments, so a repeat after
+    # a lost answer is the same request to the gateway, not a second one; others ignore it.
+
+    def close_vbank(
+        self, imp_uid: str, observer: CallObserver | None = None, *, intent: str | None = None
+    ) -> Payment:
         """Close an unpaid virtual account."""
         ...
 
@@ -66,6 +73,7 @@ class Gateway(Protocol):
         reason: str,
         checksum: float | None,
         observer: CallObserver | None = None,
+        intent: str | None = None,
     ) -> Payment:
         """Refund a paid payment; `checksum` is the balance a lookup just showed."""
         ...

@@ -18,15 +18,17 @@ class GatewayError(Exception):
         http_status: int | None = None,
         code: int | None = None,
         message: str | None = None,
+        gateway: str = "iamport",
     ) -> None:
         self.call = call
+        self.gateway = gateway
         self.http_status = http_status
         self.code = code
         self.message = message[:MESSAGE_LIMIT] if message is not None else None
         super().__init__(self._describe())
 
     def _describe(self) -> str:
-        parts = [f"iamport {self.call}: {self.outcome}"]
+        parts = [f"{self.gateway} {self.call}: {self.outcome}"]
         if self.http_status is not None:
             parts.append(f"http {self.http_status}")
         if self.code is not None:
@@ -61,9 +63,10 @@ class RateLimited(GatewayError):
         http_status: int | None = None,
         code: int | None = None,
         message: str | None = None,
+        gateway: str = "iamport",
     ) -> None:
         self.retry_after = retry_after
-        super().__init__(call, http_status=http_status, code=code, message=message)
+        super().__init__(call, http_status=http_status, code=code, message=message, gateway=gateway)
 
     def _describe(self) -> str:
         return f"{super()._describe()}, retry after {self.retry_after:.3f}s"
@@ -73,6 +76,17 @@ class Refused(GatewayError):
     """A business refusal (200 with code != 0, or a 400/404/409): the request did not apply."""
 
     outcome = "refused"
+
+
+class Unsupported(Refused):
+    """The gateway has no call for this (PortOne V2 cannot void a Korean convenience-store
+    barcode): nothing was sent, and no repeat will ever succeed; the job ends with this message.
+
+    A subclass of Refused so that a caller that does not tell the two apart still settles the
+    job by a lookup, which is safe.
+    """
+
+    outcome = "unsupported"
 
 
 class NotFound(GatewayError):
@@ -110,3 +124,23 @@ class OutcomeUnknown(GatewayError):
     """Timeout, deadline passed, or connection lost after sending: the call may still apply."""
 
     outcome = "timeout"
+
+
+class InFlight(OutcomeUnknown):
+    """The gateway is still working on this very call: a repeat with its idempotency key was
+    answered "still running" (PortOne V2's 409 IDEMPOTENCY_OUTSTANDING_REQUEST). It has not
+    failed: wait, then repeat it with the same key or look the payment up.
+
+    A subclass of OutcomeUnknown: a caller that does not tell the two apart waits for the call
+    to settle, which is right.
+    """
+
+    outcome = "in_flight"
+
+
+class CancelRequested(InFlight):
+    """The gateway accepted the cancellation but has not finished it (PortOne V2's
+    `REQUESTED`): it may yet succeed or fail. Not done: wait and look the payment up until the
+    cancellation shows SUCCEEDED or FAILED."""
+
+    outcome = "requested"

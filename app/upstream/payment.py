@@ -12,7 +12,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, field_validator
 
-PaymentStatus = Literal["ready", "paid", "cancelled", "failed"]
+# "pending": created at the gateway but neither issued nor paid yet (PortOne V2's READY and
+# PENDING), so there is nothing to stop yet; iamport V1 never reports it.
+PaymentStatus = Literal["ready", "paid", "cancelled", "failed", "pending"]
 
 # As seconds that is the year 5138; as milliseconds, 1973: a larger value is in a finer unit
 # (milliseconds, microseconds, nanoseconds), each a thousand times the last.
@@ -115,6 +117,9 @@ class Payment(Lenient):
     failed_at: float = 0
     cancelled_at: float = 0
     cancel_history: list[CancelHistoryEntry] = []
+    # A cancellation the gateway accepted but has not finished (PortOne V2's REQUESTED): it is
+    # in neither cancel_history nor cancel_amount yet, and may still succeed or fail.
+    cancel_pending: bool = False
 
     @field_validator("amount", "cancel_amount", mode="before")
     @classmethod

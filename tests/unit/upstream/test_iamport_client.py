@@ -153,7 +153,7 @@ def test_a_tier_is_sent_on_every_call_get_token_included() -> None:
         return up(request)
 
     client = make_client(up, tier="A01")
-    client._transport = httpx.MockTransport(handler)
+    client._http._transport = httpx.MockTransport(handler)
     client.look_up(IMP_UID)
     assert [r.url.path for r in seen] == ["/users/getToken", f"/payments/{IMP_UID}"]
     assert all(r.headers["tier"] == "A01" for r in seen)
@@ -499,8 +499,8 @@ def test_from_settings_builds_a_shared_limited_client() -> None:
         iamport_max_rps=30,
     )
     client = IamportClient.from_settings(settings, redis.Redis())  # connects lazily
-    assert client._limiter is not None and client._limiter.rate == 30
-    assert client._timeout == 7
+    assert client._http._limiter is not None and client._http._limiter.rate == 30
+    assert client._http.timeout == 7
     assert KEY not in repr(client) and KEY not in repr(client.tokens)
     client.close()
     with pytest.raises(RuntimeError):
