@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 
 from celery.signals import (
     beat_init,
@@ -11,6 +12,7 @@ from celery.signals import (
     worker_process_init,
     worker_process_shutdown,
     worker_shutdown,
+    worker_shutting_down,
 )
 
 from app import tracing
@@ -22,6 +24,11 @@ from app.logs import capture_output, configure
 from app.upstream.accounts import AccountsError, load_accounts
 from worker.celery_app import app
 from worker.runner import RUNNER
+from worker.stopping import STOP_DEADLINE_SECONDS, StopWatchdog
+
+# Time for the job processes to stop after Celery's own stop, before they are killed.
+CHILDREN_STOP_MARGIN = 1.0
+WATCHDOG = StopWatchdog(STOP_DEADLINE_SECONDS, RUNNER.kill)
 
 
 @worker_init.connect
@@ -57,8 +64,27 @@ def _check_accounts() -> None:
 def _configure_logging(**_: object) -> None:
     settings = get_settings()
     configure(settings.log_level, settings.log_json)
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(BrokerTrouble())
     # Celery's own redirection is off (worker_redirect_stdouts): it logs each write apart.
     capture_output()
+
+
+class BrokerTrouble(logging.Filter):
+    """A lost broker connection, and each ack or reject Celery cannot send while it is lost,
+    as one line with the error's type: Celery adds the redis error's traceback, pages of
+    frames for a state the service is built to ride out."""
+
+    MESSAGES = ("Couldn't ack", "Couldn't reject", "consumer: Connection to broker lost")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is not None and str(record.msg).startswith(self.MESSAGES):
+            record.msg = f"{record.msg} [%s]"
+            record.args = (*(record.args if isinstance(record.args, tuple) else ()), repr(exc))
+            record.exc_info = None
+            record.exc_text = None
+        return True
 
 
 # After the process exists: the exporter's thread is started here, in the process that
@@ -91,10 +117,18 @@ def concurrency(sender: object = None) -> int:
     return int(getattr(sender, "concurrency", 0) or app.conf.worker_concurrency)
 
 
+@worker_shutting_down.connect
+def _arm_watchdog(**_: object) -> None:
+    # Sent from the SIGTERM/SIGINT handler in the main process, before anything stops.
+    WATCHDOG.arm()
+
+
 @worker_shutdown.connect
 def _stop_children(**_: object) -> None:
-    # After Celery's soft shutdown: every task it waited for has had its answer.
-    RUNNER.stop(timeout=app.conf.worker_soft_shutdown_timeout)
+    # After Celery's soft shutdown: every task it waited for has had its answer. What the
+    # children still run gets what is left of the deadline, then they are killed.
+    budget = WATCHDOG.remaining() - CHILDREN_STOP_MARGIN
+    RUNNER.stop(timeout=max(0.0, min(app.conf.worker_soft_shutdown_timeout, budget)))
 
 
 def _child_started() -> None:

@@ -32,6 +32,9 @@ app.conf.update(
     # (Prefork alone would run one task per process; threads alone are held to one core.)
     worker_pool="threads",
     worker_concurrency=32,
+    # kombu's redis transport, with a restore of unacked messages that cannot stop a stop
+    # (worker/broker.py).
+    broker_transport="worker.broker:Transport",
     broker_transport_options=broker_options(),
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,

@@ -155,6 +155,15 @@ class ThreadedProcessPool:
                 child.process.kill()
                 child.process.join(5)
 
+    def kill(self) -> None:
+        """Stop the children at once (their jobs keep their leases in Postgres)."""
+        with self._lock:
+            self._closed = True
+            children = list(self._children)
+        for child in children:
+            with contextlib.suppress(OSError, ValueError):
+                child.process.kill()
+
 
 _threads_here = 0  # in a child: how many job threads it runs
 

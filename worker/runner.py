@@ -158,6 +158,11 @@ class Runner:
         if self._local is not None:
             self._local.shutdown(wait=True)
 
+    def kill(self) -> None:
+        """The children killed, at once: what a stop past its deadline leaves behind."""
+        if self.children is not None:
+            self.children.kill()
+
     def run_message(self, job_ids: list[str], concurrency: int) -> int:
         """Spread a message's jobs over the job threads in groups and wait for them; how many
         were run. Raises ChildLost if a child process died under one of its groups."""

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import psycopg
+import psycopg_pool
 import redis
 import structlog
 from celery.exceptions import Reject
@@ -29,6 +31,11 @@ def cancel_jobs(job_ids: list[str]) -> int:
     """
     try:
         return RUNNER.run_message(job_ids, app.conf.worker_concurrency)
+    except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as exc:
+        # Postgres unreachable: the jobs are queued there, and the sweep sends their message
+        # again once it answers. One line, not a traceback per message.
+        log.warning("database_unreachable", jobs=len(job_ids), error=type(exc).__name__)
+        return 0
     except ChildLost:
         # As task_reject_on_worker_lost does for a prefork child: the message goes back to
         # the queue. Jobs the child had claimed keep their lease and are swept when it ends;
