@@ -36,7 +36,9 @@ def _check_credentials(**_: object) -> None:
     # Without credentials every job would fail its run over and over; refuse to start instead.
     settings = get_settings()
     _check_accounts()
-    if settings.iamport_imp_key is None or settings.iamport_imp_secret is None:
+    # With ACCOUNTS_FILE the file's accounts carry the credentials (checked just now).
+    missing = settings.iamport_imp_key is None or settings.iamport_imp_secret is None
+    if missing and not settings.accounts_file:
         raise SystemExit("IAMPORT_IMP_KEY and IAMPORT_IMP_SECRET must be set for the worker")
 
 
