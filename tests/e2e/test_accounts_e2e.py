@@ -177,3 +177,37 @@ def test_a_429_storm_on_one_account_leaves_the_other_at_full_speed(
     wait_until(lambda: finished(client, key, "shop2", n), 120, "shop2 after its storm")
     for u in storm:
         assert sandbox.tally(u)["cancels_applied"] == 1
+
+
+@pytest.mark.parametrize("trouble", ["outage", "401 storm"])
+def test_an_outage_or_a_401_storm_of_one_account_leaves_the_other_at_full_speed(
+    client: TestClient, sandbox: SandboxControl, accounts_worker: Any, trouble: str
+) -> None:
+    key = api_key()
+    n = 120
+    post(client, key, "main", payments(sandbox, "main", 10))
+    wait_until(lambda: finished(client, key, "main", 10), 60, "the warm-up")
+    started = time.monotonic()
+    post(client, key, "main", payments(sandbox, "main", n))
+    wait_until(lambda: finished(client, key, "main", 10 + n), 120, "main alone")
+    alone = n / (time.monotonic() - started)
+
+    if trouble == "outage":
+        # Every call of shop2's hangs past the client's timeout (IAMPORT_TIMEOUT_SECONDS=1).
+        sandbox.set_faults(imp_key="shop2_key", latency_ms=3000)
+    else:
+        sandbox.set_faults(imp_key="shop2_key", token_expiry_rate=1.0)
+    troubled = payments(sandbox, "shop2", n)
+    post(client, key, "shop2", troubled)
+    wait_until(lambda: len(sandbox.calls()) > 0, 30, "shop2's calls")
+    started = time.monotonic()
+    post(client, key, "main", payments(sandbox, "main", n))
+    wait_until(lambda: finished(client, key, "main", 10 + 2 * n), 120, "main beside shop2")
+    beside = n / (time.monotonic() - started)
+    print(f"\nmain's jobs/s alone {alone:.0f}, beside shop2's {trouble} {beside:.0f}")
+    assert beside >= 0.5 * alone, (alone, beside)
+
+    sandbox.clear_faults(imp_key="shop2_key")
+    wait_until(lambda: finished(client, key, "shop2", n), 180, f"shop2 after its {trouble}")
+    for u in troubled:
+        assert sandbox.tally(u)["cancels_applied"] == 1
