@@ -53,34 +53,43 @@ class Guard:
         self._paused_until = 0.0
         self._failures = 0
         self._open_until = 0.0
-        self._trial = False  # a call is testing a circuit that was open
+        self._trial: int | None = None  # the thread testing a circuit that was open
+        # Guards nest: a call admitted once (its token wait included) makes its own exchanges
+        # (a token fetch, a repeat after a 401) inside the same admission.
+        self._depth = threading.local()
 
     def enter(self) -> bool:
         """Admit a call or raise Blocked; True when it is the trial of an open circuit."""
+        depth: int = getattr(self._depth, "n", 0)
+        me = threading.get_ident()
         with self._lock:
             now = self._clock()
             if now < self._paused_until:
                 raise Blocked(self._paused_until - now, "the account is paused after a 429")
             trial = False
-            if self._failures >= self.policy.failures_to_open:
-                if now < self._open_until or self._trial:
+            if self._failures >= self.policy.failures_to_open and self._trial != me:
+                if depth or now < self._open_until or self._trial is not None:
                     left = max(self._open_until - now, 0.0) or self.policy.open_seconds
                     raise Blocked(left, "the account's gateway is failing; circuit open")
-                trial = self._trial = True
+                trial = True
             cap = self.policy.max_in_flight
-            if cap is not None and self._in_flight >= cap:
-                if trial:
-                    self._trial = False
+            if not depth and cap is not None and self._in_flight >= cap:
                 raise Blocked(0.5, "the account holds its share of this process's threads")
-            self._in_flight += 1
-            return trial
+            if trial:
+                self._trial = me
+            if not depth:
+                self._in_flight += 1
+        self._depth.n = depth + 1
+        return trial
 
     def leave(self, outcome: str | None, trial: bool) -> None:
-        """The call ended with `outcome` (None: it raised before any outcome was known)."""
+        """The call ended with `outcome` (None: not known here, or it raised before one)."""
+        depth = self._depth.n = self._depth.n - 1
         with self._lock:
-            self._in_flight -= 1
+            if not depth:
+                self._in_flight -= 1
             if trial:
-                self._trial = False
+                self._trial = None
             if outcome in ANSWERS:
                 self._failures = 0
             elif outcome in FAILURES:

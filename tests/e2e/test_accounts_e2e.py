@@ -20,6 +20,7 @@ from tests.support.settings import reset_caches
 
 pytestmark = pytest.mark.slow
 _n = itertools.count()
+WARM = 80  # jobs run before the clock starts, so both figures are of a warm worker
 
 MERCHANTS: dict[str, dict[str, Any]] = {
     "main": {"imp_key": "main_key", "imp_secret": "main-secret", "tier": None},
@@ -142,13 +143,13 @@ def test_a_429_storm_on_one_account_leaves_the_other_at_full_speed(
 ) -> None:
     key = api_key()
     n = 120
-    # Warm up: tokens fetched, processes and pools started.
-    post(client, key, "main", payments(sandbox, "main", 10))
-    wait_until(lambda: finished(client, key, "main", 10), 60, "the warm-up")
+    # Warm up: tokens fetched, every child process and its pools started.
+    post(client, key, "main", payments(sandbox, "main", WARM))
+    wait_until(lambda: finished(client, key, "main", WARM), 60, "the warm-up")
 
     started = time.monotonic()
     post(client, key, "main", payments(sandbox, "main", n))
-    wait_until(lambda: finished(client, key, "main", 10 + n), 120, "main alone")
+    wait_until(lambda: finished(client, key, "main", WARM + n), 120, "main alone")
     alone = n / (time.monotonic() - started)
 
     sandbox.set_faults(imp_key="shop2_key", rate_429=1.0)
@@ -164,7 +165,7 @@ def test_a_429_storm_on_one_account_leaves_the_other_at_full_speed(
     )
     started = time.monotonic()
     post(client, key, "main", payments(sandbox, "main", n))
-    wait_until(lambda: finished(client, key, "main", 10 + 2 * n), 120, "main beside the storm")
+    wait_until(lambda: finished(client, key, "main", WARM + 2 * n), 120, "main beside the storm")
     beside = n / (time.monotonic() - started)
     shop2 = statuses(client, key, "shop2")
     print(f"\nmain's jobs/s alone {alone:.0f}, beside shop2's 429 storm {beside:.0f}")
@@ -185,11 +186,11 @@ def test_an_outage_or_a_401_storm_of_one_account_leaves_the_other_at_full_speed(
 ) -> None:
     key = api_key()
     n = 120
-    post(client, key, "main", payments(sandbox, "main", 10))
-    wait_until(lambda: finished(client, key, "main", 10), 60, "the warm-up")
+    post(client, key, "main", payments(sandbox, "main", WARM))
+    wait_until(lambda: finished(client, key, "main", WARM), 60, "the warm-up")
     started = time.monotonic()
     post(client, key, "main", payments(sandbox, "main", n))
-    wait_until(lambda: finished(client, key, "main", 10 + n), 120, "main alone")
+    wait_until(lambda: finished(client, key, "main", WARM + n), 120, "main alone")
     alone = n / (time.monotonic() - started)
 
     if trouble == "outage":
@@ -202,7 +203,7 @@ def test_an_outage_or_a_401_storm_of_one_account_leaves_the_other_at_full_speed(
     wait_until(lambda: len(sandbox.calls()) > 0, 30, "shop2's calls")
     started = time.monotonic()
     post(client, key, "main", payments(sandbox, "main", n))
-    wait_until(lambda: finished(client, key, "main", 10 + 2 * n), 120, "main beside shop2")
+    wait_until(lambda: finished(client, key, "main", WARM + 2 * n), 120, "main beside shop2")
     beside = n / (time.monotonic() - started)
     print(f"\nmain's jobs/s alone {alone:.0f}, beside shop2's {trouble} {beside:.0f}")
     assert beside >= 0.5 * alone, (alone, beside)

@@ -28,7 +28,7 @@ from app.upstream.errors import (
     Unauthorized,
     Unavailable,
 )
-from app.upstream.guard import Guard
+from app.upstream.guard import Blocked, Guard
 from app.upstream.http import (
     BASE_HEADERS,
     GATEWAY_STATUSES,
@@ -84,6 +84,7 @@ class IamportClient:
         self._imp_secret = imp_secret
         self._secrets = tuple(s for s in (imp_key, imp_secret) if s)
         self._lookup_params = {"include_sandbox": "true"} if include_sandbox else None
+        self._guard = guard
         self._http = Exchanger(
             base_url=base_url,
             timeout=timeout,
@@ -257,7 +258,30 @@ class IamportClient:
         params: dict[str, str] | None = None,
         json: Any = None,
     ) -> Any:
-        """An exchange with the shared token; on a 401, one fresh token and one repeat."""
+        """An exchange with the shared token; on a 401, one fresh token and one repeat. The
+        account's guard admits the whole of it, the wait for a token included: a thread waiting
+        for another's getToken is a thread the other accounts cannot have."""
+        if self._guard is None:
+            return self._with_token(call, method, path, observer, parse, params, json)
+        try:
+            trial = self._guard.enter()
+        except Blocked as blocked:
+            raise RateLimited(call, retry_after=blocked.retry_after, message=blocked.why) from None
+        try:
+            return self._with_token(call, method, path, observer, parse, params, json)
+        finally:
+            self._guard.leave(None, trial)
+
+    def _with_token(
+        self,
+        call: str,
+        method: str,
+        path: str,
+        observer: CallObserver | None,
+        parse: Callable[[Any], Any],
+        params: dict[str, str] | None,
+        json: Any,
+    ) -> Any:
         token = self.tokens.get(observer)
         try:
             return self._exchange(

@@ -1,7 +1,10 @@
 """The account guard: a 429 pause, an open circuit and a full share refuse at once, and
-nothing else does."""
+nothing else does; a call admitted once makes its own exchanges inside that admission."""
 
 from __future__ import annotations
+
+import queue
+import threading
 
 import pytest
 
@@ -16,57 +19,100 @@ class Clock:
         return self.now
 
 
+class Call:
+    """One call on a thread of its own (the guard counts calls by thread): admitted or
+    refused at start, it ends with `end(outcome)`."""
+
+    def __init__(self, guard: Guard) -> None:
+        self._answers: queue.Queue[bool | Blocked] = queue.Queue()
+        self._outcome: queue.Queue[str | None] = queue.Queue()
+        self._thread = threading.Thread(target=self._run, args=(guard,))
+        self._thread.start()
+        answer = self._answers.get(timeout=5)
+        if isinstance(answer, Blocked):
+            self._thread.join(5)
+            raise answer
+        self.trial = answer
+
+    def _run(self, guard: Guard) -> None:
+        try:
+            trial = guard.enter()
+        except Blocked as blocked:
+            self._answers.put(blocked)
+            return
+        self._answers.put(trial)
+        guard.leave(self._outcome.get(timeout=5), trial)
+
+    def end(self, outcome: str | None) -> None:
+        self._outcome.put(outcome)
+        self._thread.join(5)
+
+
 def test_a_pause_refuses_until_it_ends() -> None:
     clock = Clock()
     guard = Guard(clock=clock)
     guard.pause(2.0)
     with pytest.raises(Blocked) as info:
-        guard.enter()
+        Call(guard)
     assert info.value.retry_after == pytest.approx(2.0)
     clock.now += 2.0
-    assert guard.enter() is False
+    Call(guard).end("ok")
 
 
 def test_failures_in_a_row_open_the_circuit_and_one_trial_closes_it() -> None:
     clock = Clock()
     guard = Guard(GuardPolicy(failures_to_open=3, open_seconds=5.0), clock=clock)
     for outcome in ("timeout", "connection_error", "server_error"):
-        guard.leave(outcome, guard.enter())
+        Call(guard).end(outcome)
     assert guard.circuit_open
     with pytest.raises(Blocked) as info:
-        guard.enter()
+        Call(guard)
     assert info.value.retry_after == pytest.approx(5.0)
     clock.now += 5.0
-    trial = guard.enter()
-    assert trial is True
+    trial = Call(guard)
+    assert trial.trial is True
     with pytest.raises(Blocked):  # one trial at a time
-        guard.enter()
-    guard.leave("ok", trial)
-    assert not guard.circuit_open and guard.enter() is False
+        Call(guard)
+    trial.end("ok")
+    assert not guard.circuit_open
+    Call(guard).end("ok")
 
 
 def test_a_failed_trial_opens_it_again_and_an_answer_resets_the_count() -> None:
     clock = Clock()
     guard = Guard(GuardPolicy(failures_to_open=2, open_seconds=1.0), clock=clock)
-    guard.leave("timeout", guard.enter())
-    guard.leave("refused", guard.enter())  # a refusal is an answer: the gateway is there
-    guard.leave("timeout", guard.enter())
+    Call(guard).end("timeout")
+    Call(guard).end("refused")  # a refusal is an answer: the gateway is there
+    Call(guard).end("timeout")
     assert not guard.circuit_open
-    guard.leave("timeout", guard.enter())
+    Call(guard).end("timeout")
     assert guard.circuit_open
     clock.now += 1.0
-    guard.leave("timeout", guard.enter())
+    Call(guard).end("timeout")
     with pytest.raises(Blocked):
-        guard.enter()
+        Call(guard)
 
 
 def test_the_share_caps_calls_in_flight_and_a_429_is_no_failure() -> None:
     guard = Guard(GuardPolicy(max_in_flight=2, failures_to_open=1))
-    a, b = guard.enter(), guard.enter()
+    a, b = Call(guard), Call(guard)
     with pytest.raises(Blocked) as info:
-        guard.enter()
+        Call(guard)
     assert "share" in info.value.why
-    guard.leave("rate_limited", a)
-    guard.leave(None, b)  # raised before an outcome: counts as nothing
+    a.end("rate_limited")
+    b.end(None)  # raised before an outcome: counts as nothing
     assert not guard.circuit_open
-    guard.enter()
+    Call(guard).end("ok")
+
+
+def test_a_calls_own_exchanges_are_inside_its_admission() -> None:
+    guard = Guard(GuardPolicy(max_in_flight=1, failures_to_open=1))
+    outer = guard.enter()
+    inner = guard.enter()  # its token fetch: not a second call, not over the share
+    guard.leave("timeout", inner)  # ...but its failure counts
+    assert guard.circuit_open
+    with pytest.raises(Blocked):
+        guard.enter()  # the same call's repeat after the failure meets the open circuit
+    guard.leave(None, outer)
+    with pytest.raises(Blocked):  # and another call, while the circuit is open
+        Call(guard)
