@@ -322,3 +322,18 @@ def test_the_cli_form_of_a_store() -> None:
     assert "se:cret" not in repr(store)
     with pytest.raises(ValueError):
         parse_store("no-secret")
+
+
+def test_an_answer_lost_after_applying_is_settled_by_its_key(
+    v2: V2Control, client: PortOneClient
+) -> None:
+    v2.create_payment(payment_id="lost-1", store_id=STORE, amount=1000)
+    v2.set_faults(STORE, drop_after_rate=1, calls=["refund"])
+    with pytest.raises(GatewayError):
+        client.refund(imp_uid="lost-1", amount=None, reason="r", checksum=1000, intent="j8")
+    assert v2.payment("lost-1")["status"] == "CANCELLED"
+    v2.clear_faults(STORE)
+    paid_back = client.refund(imp_uid="lost-1", amount=None, reason="r", checksum=1000, intent="j8")
+    assert paid_back.status == "cancelled"
+    tally = v2.tally("lost-1")
+    assert tally["refunds_applied"] == 1 and tally["replays"] == 1
