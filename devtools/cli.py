@@ -84,15 +84,32 @@ def sandbox(
             metavar="KEY:SECRET[:TIER]",
         ),
     ] = None,
+    v2_store: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--v2-store",
+            help="a PortOne V2 store as STORE_ID:SECRET, served beside the default one "
+            "(store-sandbox); repeat for more",
+            metavar="STORE_ID:SECRET",
+        ),
+    ] = None,
+    v2_idempotency_ttl: Annotated[
+        float, typer.Option(help="seconds a PortOne V2 Idempotency-Key is kept")
+    ] = 3 * 3600,
 ) -> None:
-    """Run the iamport simulator."""
+    """Run the iamport (V1) and PortOne V2 simulator."""
     from devtools.sandbox.merchants import parse_merchant
     from devtools.sandbox.server import run
+    from devtools.sandbox.v2_state import parse_store
 
     try:
         merchants = [parse_merchant(m) for m in merchant or []]
     except ValueError as exc:
         raise typer.BadParameter(str(exc), param_hint="--merchant") from None
+    try:
+        stores = [parse_store(s) for s in v2_store or []]
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint="--v2-store") from None
 
     run(
         host=host,
@@ -104,4 +121,6 @@ def sandbox(
         confirm_url=confirm_url,
         notice_url=notice_url,
         merchants=merchants,
+        v2_stores=stores,
+        idempotency_ttl=v2_idempotency_ttl,
     )

@@ -79,6 +79,11 @@ class SandboxControl:
     def close(self) -> None:
         self._http.close()
 
+    @property
+    def v2(self) -> V2Control:
+        """The PortOne V2 half of the control API."""
+        return V2Control(self._call)
+
     def _call(self, method: str, path: str, **kw: Any) -> Any:
         response = self._http.request(method, path, **kw)
         response.raise_for_status()
@@ -181,3 +186,118 @@ class SandboxControl:
 def _scope(imp_key: str | None, tier: str | None) -> dict[str, str]:
     params = {} if imp_key is None else {"imp_key": imp_key}
     return params if tier is None else {**params, "tier": tier}
+
+
+class V2Tally(TypedDict):
+    """What the sandbox saw happen to one PortOne V2 paymentId."""
+
+    calls: int
+    lookups: int
+    close_calls: int
+    closes_applied: int
+    cancel_calls: int
+    refunds_requested: int  # cancels answered REQUESTED
+    refunds_applied: int  # cancellations made through the API that SUCCEEDED; >1: double refund
+    without_key: int  # mutating calls without an Idempotency-Key (the chaos checker wants 0)
+    key_reused: int  # a key sent again with a different request
+    replays: int  # answered with a key's stored first answer
+    outstanding: int  # answered 409 IDEMPOTENCY_OUTSTANDING_REQUEST
+    overlaps: int
+
+
+class V2Control:
+    """The PortOne V2 half of the control API (`/__control/v2`); `SandboxControl.v2`."""
+
+    def __init__(self, call: Any) -> None:
+        self._call = call
+
+    def stores(self) -> list[dict[str, Any]]:
+        """The V2 stores (never their secrets), the default one first."""
+        return cast(list[dict[str, Any]], self._call("GET", "/v2/stores")["stores"])
+
+    def add_store(
+        self,
+        store_id: str,
+        api_secret: str,
+        webhook_url: str | None = None,
+        webhook_secret: str | None = None,
+    ) -> dict[str, Any]:
+        """Add a store (again: set where its webhooks go, and their `whsec_` secret)."""
+        spec = {
+            "store_id": store_id,
+            "api_secret": api_secret,
+            "webhook_url": webhook_url,
+            "webhook_secret": webhook_secret,
+        }
+        body = self._call("POST", "/v2/stores", json={"stores": [spec]})
+        return cast(dict[str, Any], body["stores"][0])
+
+    def create_payments(self, payments: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Create payments (`payment_id`, `store_id`, `amount`, `status`, `method`
+        virtual_account|card|convenience_store, `order_name`, `currency`; all optional)."""
+        body = self._call("POST", "/v2/payments", json={"payments": payments})
+        return cast(list[dict[str, Any]], body["payments"])
+
+    def create_payment(self, **spec: Any) -> dict[str, Any]:
+        return self.create_payments([spec])[0]
+
+    def payment(self, payment_id: str, store_id: str | None = None) -> dict[str, Any]:
+        """The truth: PortOne's Payment object plus `cancellableAmount` and `tally`."""
+        params = {} if store_id is None else {"store_id": store_id}
+        return cast(dict[str, Any], self._call("GET", f"/v2/payments/{payment_id}", params=params))
+
+    def _admin(self, payment_id: str, action: str, store_id: str | None, **body: Any) -> Any:
+        params = {} if store_id is None else {"store_id": store_id}
+        path = f"/v2/payments/{payment_id}/{action}"
+        return cast(dict[str, Any], self._call("POST", path, params=params, json=body))
+
+    def pay(self, payment_id: str, store_id: str | None = None) -> dict[str, Any]:
+        """The customer pays (a deposit into an issued virtual account, ...)."""
+        return cast(dict[str, Any], self._admin(payment_id, "pay", store_id))
+
+    def issue(self, payment_id: str, store_id: str | None = None) -> dict[str, Any]:
+        """A READY or PENDING virtual account is issued."""
+        return cast(dict[str, Any], self._admin(payment_id, "issue", store_id))
+
+    def admin_cancel(
+        self, payment_id: str, amount: int | None = None, store_id: str | None = None
+    ) -> dict[str, Any]:
+        """The merchant cancels (or refunds `amount` of) the payment in PortOne's console."""
+        return cast(dict[str, Any], self._admin(payment_id, "cancel", store_id, amount=amount))
+
+    def fail(self, payment_id: str, store_id: str | None = None) -> dict[str, Any]:
+        return cast(dict[str, Any], self._admin(payment_id, "fail", store_id))
+
+    def tally(self, payment_id: str) -> V2Tally:
+        return cast(V2Tally, self._call("GET", f"/v2/tallies/{payment_id}"))
+
+    def settings(self, **changes: Any) -> dict[str, Any]:
+        """Read, or merge `changes` into: idempotency_ttl_seconds, requested_rate,
+        requested_seconds, requested_outcome (SUCCEEDED|FAILED), requested_payment_ids."""
+        if not changes:
+            return cast(dict[str, Any], self._call("GET", "/v2/settings"))
+        return cast(dict[str, Any], self._call("POST", "/v2/settings", json=changes))
+
+    def set_faults(self, store_id: str, **faults: Any) -> dict[str, Any]:
+        """Merge into the store's own faults (the fields of devtools.sandbox.faults.Faults)."""
+        body = {"store_id": store_id, **faults}
+        return cast(dict[str, Any], self._call("POST", "/v2/faults", json=body))
+
+    def clear_faults(self, store_id: str) -> dict[str, Any]:
+        return cast(
+            dict[str, Any], self._call("DELETE", "/v2/faults", params={"store_id": store_id})
+        )
+
+    def send_webhook(self, payment_id: str, **options: Any) -> dict[str, Any]:
+        """Send one webhook now and wait: `type`, `webhook_id`, `timestamp`,
+        `timestamp_offset`, `signature`, `secret`, `url`, `store_id`; returns what was sent
+        (`webhook_id`, `timestamp`, `signature`, `body`) and `status_code`."""
+        body = {"payment_id": payment_id, **options}
+        return cast(dict[str, Any], self._call("POST", "/v2/webhooks/send", json=body))
+
+    def webhooks(self) -> list[dict[str, Any]]:
+        """Every webhook sent since the last reset."""
+        return cast(list[dict[str, Any]], self._call("GET", "/v2/webhooks")["webhooks"])
+
+    def stats(self) -> dict[str, Any]:
+        return cast(dict[str, Any], self._call("GET", "/v2/stats"))

@@ -38,6 +38,7 @@ from devtools.sandbox.merchants import (
     parse_merchant,
 )
 from devtools.sandbox.state import HTML_ERROR, UNAUTHORIZED, CallEntry, Sandbox, envelope
+from devtools.sandbox.v2_state import IDEMPOTENCY_TTL, V2Sandbox, V2Store, parse_store
 
 CLIENT_CLOSED = 499  # logged status of a call whose client went away before the answer
 CONFIRM_TIMEOUT = 5.0
@@ -160,8 +161,12 @@ class _QuietDrops(logging.Filter):
         return record.getMessage() != DROPPED
 
 
-def create_app(sandbox: Sandbox) -> Starlette:
-    """The ASGI app serving `sandbox`."""
+def create_app(sandbox: Sandbox, v2: V2Sandbox | None = None) -> Starlette:
+    """The ASGI app serving `sandbox`, and PortOne V2's `v2` beside it (a fresh one with only
+    the default store when None)."""
+    # Imported here: the V2 half builds on this module's responses.
+    from devtools.sandbox.v2 import V2Server, is_v2
+
     background: set[asyncio.Task[None]] = set()
     late: set[asyncio.Task[tuple[int, Any, bool | None]]] = set()
     outbound: dict[str, httpx.AsyncClient] = {}
@@ -170,6 +175,8 @@ def create_app(sandbox: Sandbox) -> Starlette:
         if "c" not in outbound:
             outbound["c"] = httpx.AsyncClient(timeout=CONFIRM_TIMEOUT)
         return outbound["c"]
+
+    portone = V2Server(sandbox, v2 if v2 is not None else V2Sandbox(), client)
 
     def caller_of(request: Request) -> Caller:
         return Caller(sandbox.token_key(_bearer(request)), _tier(request))
@@ -315,6 +322,9 @@ def create_app(sandbox: Sandbox) -> Starlette:
         return await serve(request, "token", None, action, who)
 
     async def get_payment(request: Request) -> Response:
+        if is_v2(request):
+            request.path_params["payment_id"] = request.path_params["imp_uid"]
+            return await portone.lookup(request)
         imp_uid = request.path_params["imp_uid"]
 
         async def action(who: Caller) -> tuple[int, Any, bool | None]:
@@ -498,11 +508,13 @@ def create_app(sandbox: Sandbox) -> Starlette:
         for task in list(late):  # a late apply must not land on the fresh state
             task.cancel()
         sandbox.reset()
+        portone.reset()
         return _json(200, {"reset": True})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         yield
+        await portone.aclose()
         if "c" in outbound:
             await outbound.pop("c").aclose()
 
@@ -525,9 +537,11 @@ def create_app(sandbox: Sandbox) -> Starlette:
         Route("/__control/calls", calls, methods=["GET"]),
         Route("/__control/stats", stats, methods=["GET"]),
         Route("/__control/reset", reset, methods=["POST"]),
+        *portone.routes(),
     ]
     app = Starlette(routes=routes, lifespan=lifespan)
     app.state.sandbox = sandbox
+    app.state.v2 = portone.v2
     return app
 
 
@@ -542,9 +556,12 @@ def run(
     confirm_url: str | None = None,
     notice_url: str | None = None,
     merchants: Iterable[Merchant | str] = (),
+    v2_stores: Iterable[V2Store | str] = (),
+    idempotency_ttl: float = IDEMPOTENCY_TTL,
 ) -> None:
     """Serve a fresh sandbox until interrupted (what `stockout sandbox` runs); `merchants` are
-    accounts besides the default one, as Merchants or `KEY:SECRET[:TIER]`."""
+    accounts besides the default one, as Merchants or `KEY:SECRET[:TIER]`; `v2_stores` are
+    PortOne V2 stores besides the default one, as V2Stores or `STORE_ID:SECRET`."""
     import uvicorn
 
     logging.getLogger("uvicorn.error").addFilter(_QuietDrops())
@@ -558,8 +575,13 @@ def run(
         confirm_url=confirm_url,
         notice_url=notice_url,
     )
+    v2 = V2Sandbox(
+        [s if isinstance(s, V2Store) else parse_store(s) for s in v2_stores],
+        idempotency_ttl=idempotency_ttl,
+        seed=seed,
+    )
     uvicorn.run(
-        create_app(sandbox),
+        create_app(sandbox, v2),
         host=host,
         port=port,
         access_log=False,
