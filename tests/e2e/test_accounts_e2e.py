@@ -105,6 +105,11 @@ def statuses(client: TestClient, key: str, account: str) -> dict[str, int]:
     return {k: v for k, v in r.json()["counts"].items() if v}
 
 
+def terminal(client: TestClient, key: str, account: str) -> int:
+    counts = statuses(client, key, account)
+    return sum(counts.get(s, 0) for s in ("cancelled", "needs_refund", "refunded", "failed"))
+
+
 def finished(client: TestClient, key: str, account: str, n: int) -> bool:
     return statuses(client, key, account).get("cancelled", 0) == n
 
@@ -142,14 +147,18 @@ def test_a_429_storm_on_one_account_leaves_the_other_at_full_speed(
     client: TestClient, sandbox: SandboxControl, accounts_worker: Any
 ) -> None:
     key = api_key()
-    n = 120
+    n = 300
     # Warm up: tokens fetched, every child process and its pools started.
     post(client, key, "main", payments(sandbox, "main", WARM))
     wait_until(lambda: finished(client, key, "main", WARM), 60, "the warm-up")
+    # The first batch after a start runs slower (pools and plans still settling): one batch
+    # of the measured size first, so the figure alone is of the steady state too.
+    post(client, key, "main", payments(sandbox, "main", n))
+    wait_until(lambda: finished(client, key, "main", WARM + n), 120, "a first batch")
 
     started = time.monotonic()
     post(client, key, "main", payments(sandbox, "main", n))
-    wait_until(lambda: finished(client, key, "main", WARM + n), 120, "main alone")
+    wait_until(lambda: finished(client, key, "main", WARM + 2 * n), 120, "main alone")
     alone = n / (time.monotonic() - started)
 
     sandbox.set_faults(imp_key="shop2_key", rate_429=1.0)
@@ -165,7 +174,7 @@ def test_a_429_storm_on_one_account_leaves_the_other_at_full_speed(
     )
     started = time.monotonic()
     post(client, key, "main", payments(sandbox, "main", n))
-    wait_until(lambda: finished(client, key, "main", WARM + 2 * n), 120, "main beside the storm")
+    wait_until(lambda: finished(client, key, "main", WARM + 3 * n), 120, "main beside the storm")
     beside = n / (time.monotonic() - started)
     shop2 = statuses(client, key, "shop2")
     print(f"\nmain's jobs/s alone {alone:.0f}, beside shop2's 429 storm {beside:.0f}")
@@ -185,12 +194,16 @@ def test_an_outage_or_a_401_storm_of_one_account_leaves_the_other_at_full_speed(
     client: TestClient, sandbox: SandboxControl, accounts_worker: Any, trouble: str
 ) -> None:
     key = api_key()
-    n = 120
+    n = 300
     post(client, key, "main", payments(sandbox, "main", WARM))
     wait_until(lambda: finished(client, key, "main", WARM), 60, "the warm-up")
+    # The first batch after a start runs slower (pools and plans still settling): one batch
+    # of the measured size first, so the figure alone is of the steady state too.
+    post(client, key, "main", payments(sandbox, "main", n))
+    wait_until(lambda: finished(client, key, "main", WARM + n), 120, "a first batch")
     started = time.monotonic()
     post(client, key, "main", payments(sandbox, "main", n))
-    wait_until(lambda: finished(client, key, "main", WARM + n), 120, "main alone")
+    wait_until(lambda: finished(client, key, "main", WARM + 2 * n), 120, "main alone")
     alone = n / (time.monotonic() - started)
 
     if trouble == "outage":
@@ -203,12 +216,17 @@ def test_an_outage_or_a_401_storm_of_one_account_leaves_the_other_at_full_speed(
     wait_until(lambda: len(sandbox.calls()) > 0, 30, "shop2's calls")
     started = time.monotonic()
     post(client, key, "main", payments(sandbox, "main", n))
-    wait_until(lambda: finished(client, key, "main", WARM + 2 * n), 120, "main beside shop2")
+    wait_until(lambda: finished(client, key, "main", WARM + 3 * n), 120, "main beside shop2")
     beside = n / (time.monotonic() - started)
     print(f"\nmain's jobs/s alone {alone:.0f}, beside shop2's {trouble} {beside:.0f}")
     assert beside >= 0.5 * alone, (alone, beside)
 
+    # The trouble ends: every shop2 job ends, as its payment stands. A long 401 storm may
+    # have spent a job's attempts (it ends failed, saying so); none is lost or cancelled twice.
     sandbox.clear_faults(imp_key="shop2_key")
-    wait_until(lambda: finished(client, key, "shop2", n), 180, f"shop2 after its {trouble}")
-    for u in troubled:
-        assert sandbox.tally(u)["cancels_applied"] == 1
+    wait_until(lambda: terminal(client, key, "shop2") == n, 180, f"shop2 after its {trouble}")
+    r = client.get("/v1/jobs", params={"account": "shop2", "limit": 500}, headers=auth(key))
+    for job in r.json()["items"]:
+        applied = sandbox.tally(job["imp_uid"])["cancels_applied"]
+        assert applied <= 1, job
+        assert (job["status"] == "cancelled") == (applied == 1), job
