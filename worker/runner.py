@@ -25,7 +25,7 @@ from app.kit.dispatch import chunks
 from app.kit.errors import UnknownAccount
 from app.kit.redis_conn import get_redis
 from app.upstream.accounts import accounts_of
-from app.upstream.guard import Guard, GuardPolicy
+from app.upstream.guard import Guard, GuardPolicy, Neighbours
 from app.upstream.iamport.client import IamportClient
 from app.webhooks import outbox
 from worker.process_pool import ChildLost, ThreadedProcessPool, child_threads, usable_cores
@@ -59,6 +59,7 @@ class Runner:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._clients: dict[str, IamportClient] = {}
+        self._neighbours = Neighbours()
         self._rng = threading.local()
         self.children: ThreadedProcessPool | None = None
         self._local: ThreadPoolExecutor | None = None
@@ -76,7 +77,8 @@ class Runner:
                 found = accounts_of(settings).get(account)
                 if found is None:
                     raise UnknownAccount(f"no account {account} is configured")
-                guard = Guard(GuardPolicy(max_in_flight=self._account_share(settings)))
+                policy = GuardPolicy(max_in_flight=self._account_share(settings))
+                guard = Guard(policy, neighbours=self._neighbours)
                 client = IamportClient.for_account(found, settings, get_redis(), guard)
                 self._clients[account] = client
             return client
@@ -87,9 +89,9 @@ class Runner:
         return child_threads() or self._local_size or 1
 
     def _account_share(self, settings: Settings) -> int | None:
-        """How many of this process's job threads one account may hold: all of them when it
-        is the only account, else three quarters, so a stalled account leaves the rest to the
-        others while a busy one still has most threads when the others are idle."""
+        """How many of this process's job threads one account may hold while another account
+        wants them: all when it is the only account, else three quarters, so a stalled account
+        leaves the rest to the others. An account alone at work has them all (Neighbours)."""
         if len(accounts_of(settings)) <= 1:
             return None
         return max(1, math.ceil(self.threads_here * 3 / 4))

@@ -4,7 +4,7 @@ Every account has its own client and so its own guard. It refuses a call at once
 anything is sent, when the call would only tie a job thread down waiting for an account that
 cannot answer: while the account is paused by a 429, while its circuit is open after a run of
 failures (timeouts, connection errors, 5xx), and when the account already holds its share of
-the process's job threads. A refused call is "rate limited": nothing was sent, no attempt is
+the process's job threads while another account wants them. A refused call is "rate limited": nothing was sent, no attempt is
 spent, and the job waits `retry_after` and runs again. So a 429 storm, an outage or a hanging
 gateway of one account leaves the threads to the others.
 """
@@ -33,6 +33,26 @@ class Blocked(Exception):
         self.why = why
 
 
+class Neighbours:
+    """The guards of one process: when each account last made a call here. The share of
+    threads matters only while another account wants them: one busy account among idle
+    ones has every thread."""
+
+    WINDOW = 1.0  # seconds since its last call that an account counts as wanting threads
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._seen: dict[int, float] = {}
+
+    def saw(self, guard: Guard, now: float) -> None:
+        with self._lock:
+            self._seen[id(guard)] = now
+
+    def others_active(self, guard: Guard, now: float) -> bool:
+        with self._lock:
+            return any(k != id(guard) and now - t < self.WINDOW for k, t in self._seen.items())
+
+
 @dataclass(frozen=True)
 class GuardPolicy:
     max_in_flight: int | None = None  # None: no cap (one account has every thread)
@@ -44,9 +64,13 @@ class Guard:
     """One account's calls in this process: in flight, paused, and the circuit's state."""
 
     def __init__(
-        self, policy: GuardPolicy | None = None, clock: Callable[[], float] = time.monotonic
+        self,
+        policy: GuardPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+        neighbours: Neighbours | None = None,
     ) -> None:
         self.policy = policy or GuardPolicy()
+        self._neighbours = neighbours
         self._clock = clock
         self._lock = threading.Lock()
         self._in_flight = 0
@@ -73,12 +97,14 @@ class Guard:
                     raise Blocked(left, "the account's gateway is failing; circuit open")
                 trial = True
             cap = self.policy.max_in_flight
-            if not depth and cap is not None and self._in_flight >= cap:
+            if not depth and cap is not None and self._in_flight >= cap and self._crowded(now):
                 raise Blocked(0.5, "the account holds its share of this process's threads")
             if trial:
                 self._trial = me
             if not depth:
                 self._in_flight += 1
+        if not depth and self._neighbours is not None:
+            self._neighbours.saw(self, now)
         self._depth.n = depth + 1
         return trial
 
@@ -96,6 +122,10 @@ class Guard:
                 self._failures += 1
                 if self._failures >= self.policy.failures_to_open:
                     self._open_until = self._clock() + self.policy.open_seconds
+
+    def _crowded(self, now: float) -> bool:
+        """Whether another account wants this process's threads (always, without neighbours)."""
+        return self._neighbours is None or self._neighbours.others_active(self, now)
 
     def pause(self, seconds: float) -> None:
         """The gateway said 429 Retry-After: this process sends nothing for the account until

@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from app.upstream.guard import Blocked, Guard, GuardPolicy
+from app.upstream.guard import Blocked, Guard, GuardPolicy, Neighbours
 
 
 class Clock:
@@ -116,3 +116,20 @@ def test_a_calls_own_exchanges_are_inside_its_admission() -> None:
     guard.leave(None, outer)
     with pytest.raises(Blocked):  # and another call, while the circuit is open
         Call(guard)
+
+
+def test_the_share_applies_only_while_another_account_wants_threads() -> None:
+    clock = Clock()
+    neighbours = Neighbours()
+    busy = Guard(GuardPolicy(max_in_flight=1), clock=clock, neighbours=neighbours)
+    other = Guard(GuardPolicy(max_in_flight=1), clock=clock, neighbours=neighbours)
+    a, b = Call(busy), Call(busy)  # alone, the busy account takes every thread
+    a.end("ok")
+    b.end("ok")
+    Call(other).end("ok")  # another account calls: the share applies for a while
+    a = Call(busy)
+    with pytest.raises(Blocked):
+        Call(busy)
+    clock.now += Neighbours.WINDOW
+    Call(busy).end("ok")  # the other has been quiet for the window: every thread again
+    a.end("ok")
