@@ -26,7 +26,6 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
 
 from devtools.sandbox.faults import MUTATING, Decision, Faults, oddly, retry_after_header
 from devtools.sandbox.merchants import (
@@ -37,10 +36,24 @@ from devtools.sandbox.merchants import (
     merchant_from_spec,
     parse_merchant,
 )
+from devtools.sandbox.responses import (
+    CLIENT_CLOSED,
+    DroppedResponse,
+    TrickleResponse,
+)
+from devtools.sandbox.responses import (
+    encode as _encode,
+)
+from devtools.sandbox.responses import (
+    pause as _pause,
+)
+from devtools.sandbox.responses import (
+    wait_disconnect as _wait_disconnect,
+)
 from devtools.sandbox.state import HTML_ERROR, UNAUTHORIZED, CallEntry, Sandbox, envelope
+from devtools.sandbox.v2 import V2Server, is_v2
 from devtools.sandbox.v2_state import IDEMPOTENCY_TTL, V2Sandbox, V2Store, parse_store
 
-CLIENT_CLOSED = 499  # logged status of a call whose client went away before the answer
 CONFIRM_TIMEOUT = 5.0
 DROPPED = "ASGI callable returned without completing response."
 
@@ -49,10 +62,6 @@ Action = Callable[[Caller], Awaitable[tuple[int, Any, bool | None]]]
 
 def _json(status: int, body: Any, headers: dict[str, str] | None = None) -> Response:
     return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _encode(body: Any) -> bytes:
-    return json.dumps(body, ensure_ascii=False, separators=(",", ":")).encode()
 
 
 def _bearer(request: Request) -> str | None:
@@ -84,76 +93,6 @@ async def _fields(request: Request) -> dict[str, Any]:
     return dict(parse_qsl(raw.decode("utf-8", "replace")))
 
 
-async def _wait_disconnect(receive: Receive) -> None:
-    while (await receive())["type"] != "http.disconnect":
-        pass
-
-
-async def _pause(request: Request, seconds: float, watch: bool) -> bool:
-    """Sleep `seconds`; False if the client disconnected first (only noticed when `watch`)."""
-    if seconds <= 0:
-        return True
-    if not watch:
-        await asyncio.sleep(seconds)
-        return True
-    waiter = asyncio.ensure_future(_wait_disconnect(request.receive))
-    try:
-        done, _ = await asyncio.wait({waiter}, timeout=seconds)
-        return not done
-    finally:
-        waiter.cancel()
-
-
-class DroppedResponse(Response):
-    """Headers and half the body, then the connection is closed: an answer lost on the way."""
-
-    def __init__(self, content: bytes, status_code: int) -> None:
-        super().__init__(content, status_code, media_type="application/json")
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-        half = self.body[: len(self.body) // 2]
-        await send({"type": "http.response.body", "body": half, "more_body": True})
-        # Returning now makes the server close the connection mid-answer.
-
-
-class TrickleResponse(Response):
-    """An answer sent a few bytes at a time; stops when the client goes away."""
-
-    def __init__(
-        self,
-        content: bytes,
-        status_code: int,
-        interval: float,
-        chunk: int,
-        on_end: Callable[[int], None],
-    ) -> None:
-        super().__init__(content, status_code, media_type="application/json")
-        self.interval = interval
-        self.chunk = max(1, chunk)
-        self.on_end = on_end
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        await send(
-            {"type": "http.response.start", "status": self.status_code, "headers": self.raw_headers}
-        )
-        waiter = asyncio.ensure_future(_wait_disconnect(receive))
-        try:
-            for i in range(0, len(self.body), self.chunk):
-                done, _ = await asyncio.wait({waiter}, timeout=self.interval)
-                if done:
-                    self.on_end(CLIENT_CLOSED)
-                    return
-                piece = self.body[i : i + self.chunk]
-                await send({"type": "http.response.body", "body": piece, "more_body": True})
-            await send({"type": "http.response.body", "body": b"", "more_body": False})
-            self.on_end(self.status_code)
-        finally:
-            waiter.cancel()
-
-
 class _QuietDrops(logging.Filter):
     """uvicorn reports each deliberately dropped answer as an error; they are not."""
 
@@ -165,7 +104,6 @@ def create_app(sandbox: Sandbox, v2: V2Sandbox | None = None) -> Starlette:
     """The ASGI app serving `sandbox`, and PortOne V2's `v2` beside it (a fresh one with only
     the default store when None)."""
     # Imported here: the V2 half builds on this module's responses.
-    from devtools.sandbox.v2 import V2Server, is_v2
 
     background: set[asyncio.Task[None]] = set()
     late: set[asyncio.Task[tuple[int, Any, bool | None]]] = set()

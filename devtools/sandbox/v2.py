@@ -27,13 +27,19 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from devtools.sandbox.faults import MUTATING, Faults, decide, retry_after_header
-from devtools.sandbox.server import (
+from devtools.sandbox.responses import (
     CLIENT_CLOSED,
     DroppedResponse,
     TrickleResponse,
-    _encode,
-    _pause,
-    _wait_disconnect,
+)
+from devtools.sandbox.responses import (
+    encode as _encode,
+)
+from devtools.sandbox.responses import (
+    pause as _pause,
+)
+from devtools.sandbox.responses import (
+    wait_disconnect as _wait_disconnect,
 )
 from devtools.sandbox.state import HTML_ERROR, Sandbox
 from devtools.sandbox.v2_state import (
