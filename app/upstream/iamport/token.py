@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import redis
 
+from app.upstream.errors import NotSent
 from app.upstream.iamport.schemas import TokenResponse
 
 if TYPE_CHECKING:
@@ -40,6 +41,10 @@ return 0
 _MIN_REFETCH_SECONDS = 10.0
 # After a failed routine refresh, keep using the valid token this long before trying again.
 _RETRY_REFRESH_SECONDS = 5.0
+# A getToken that failed is the answer, for this long, of every process that waited for it or
+# comes for one: an account whose gateway hangs costs one timeout per second, not one per
+# process in turn while each holds its job threads.
+_FAILED_HOLD_MS = 1000
 # Never use a token closer than this to its expiry.
 _SAFETY_SECONDS = 5.0
 
@@ -97,12 +102,17 @@ class TokenProvider:
         # whole seconds, against our clock when the answer came); None until known.
         self.skew: float | None = None
         self._lock_key = f"iamport:token-lock:{key_id}"
+        self._failed_key = f"iamport:token-failed:{key_id}"
         self._margin = refresh_margin
         self._lock_ttl_ms = int(lock_ttl * 1000)
         self._wait_timeout = wait_timeout
         self._poll = poll_interval
         self._local: _Token | None = None
         self._mutex = threading.Lock()
+        # The last refresh that failed: when it ended, and how. Threads that queued for it
+        # take its answer, as they would a token, instead of each failing in turn while they
+        # hold their job threads (a gateway that hangs would hold them one timeout apiece).
+        self._failed: tuple[float, Exception] | None = None
         self._release = redis_client.register_script(_RELEASE) if redis_client else None
 
     def __repr__(self) -> str:
@@ -113,13 +123,15 @@ class TokenProvider:
         local = self._local
         if local is not None and time.time() < local.refresh_at:
             return local.value
+        arrived = time.monotonic()
         with self._mutex:
             local = self._local
             now = time.time()
             if local is not None and now < local.refresh_at:
                 return local.value
             try:
-                return self._refresh(lambda t: time.time() < t.refresh_at, observer)
+                self._raise_if_failed_since(arrived)
+                return self._refresh_once(lambda t: time.time() < t.refresh_at, observer)
             except Exception:
                 # iamport or Redis failed during a routine refresh: a still-valid token beats
                 # none (the refresh margin exists for exactly this). Try again in a while, not
@@ -133,11 +145,35 @@ class TokenProvider:
 
     def invalidate(self, stale: str, observer: CallObserver | None = None) -> str:
         """A fresh token to replace `stale`, which iamport refused; one refresh per stale token."""
+        arrived = time.monotonic()
         with self._mutex:
             local = self._local
             if local is not None and local.value != stale and local.usable(time.time()):
                 return local.value
-            return self._refresh(lambda t: t.value != stale and t.usable(time.time()), observer)
+            self._raise_if_failed_since(arrived)
+            return self._refresh_once(
+                lambda t: t.value != stale and t.usable(time.time()), observer
+            )
+
+    def _raise_if_failed_elsewhere(self) -> None:
+        """Another process's getToken just failed: that is this call's answer too (it was not
+        sent; the job tries again later)."""
+        assert self._redis is not None
+        if self._redis.exists(self._failed_key):
+            raise NotSent("token", message="this account's getToken failed a moment ago")
+
+    def _raise_if_failed_since(self, arrived: float) -> None:
+        """The refresh this thread waited for failed: its failure is this thread's answer."""
+        failed = self._failed
+        if failed is not None and failed[0] >= arrived:
+            raise failed[1]
+
+    def _refresh_once(self, good: Callable[[_Token], bool], observer: CallObserver | None) -> str:
+        try:
+            return self._refresh(good, observer)
+        except Exception as exc:
+            self._failed = (time.monotonic(), exc)
+            raise
 
     def _refresh(
         self,
@@ -151,6 +187,7 @@ class TokenProvider:
             shared = _Token.decode(self._redis.get(self._key))
             if shared is not None and good(shared):
                 return self._adopt(shared)
+            self._raise_if_failed_elsewhere()
             deadline = time.monotonic() + self._wait_timeout
             while True:
                 lock = secrets.token_hex(16)
@@ -160,7 +197,12 @@ class TokenProvider:
                         shared = _Token.decode(self._redis.get(self._key))
                         if shared is not None and good(shared):
                             return self._adopt(shared)
-                        token = self._fetch_token(observer)
+                        try:
+                            token = self._fetch_token(observer)
+                        except Exception:
+                            with contextlib.suppress(redis.RedisError):
+                                self._redis.set(self._failed_key, "1", px=_FAILED_HOLD_MS)
+                            raise
                         self._local = token
                         ttl_ms = int((token.expires_at - time.time()) * 1000)
                         if ttl_ms > 0:
@@ -181,6 +223,7 @@ class TokenProvider:
                     shared = _Token.decode(self._redis.get(self._key))
                     if shared is not None and good(shared):
                         return self._adopt(shared)
+                    self._raise_if_failed_elsewhere()
                     if not self._redis.exists(self._lock_key):
                         break  # the holder gave up or died: try to take the lock ourselves
                 else:

@@ -10,9 +10,11 @@ from typing import Any, cast
 import pytest
 import redis
 
+from app.upstream.errors import NotSent
 from app.upstream.iamport import IamportClient, TokenProvider, TokenResponse
 from app.upstream.iamport.token import key_id
 from devtools.sandbox.control import SandboxControl
+from tests.support.processes import wait_until
 from tests.support.sandbox import IMP_KEY, IMP_SECRET
 
 PROCESSES = 4
@@ -230,3 +232,63 @@ def test_failed_refresh_keeps_the_valid_token_and_backs_off(clean_redis: str) ->
     p._local = p._local._replace(refresh_at=time.time() - 1)  # type: ignore[union-attr]
     assert [p.get() for _ in range(20)] == ["tok1"] * 20
     assert failures == 1
+
+
+def test_threads_waiting_for_a_failing_refresh_share_its_failure(clean_redis: str) -> None:
+    """A getToken that hangs to its timeout is one timeout for every thread that waited for
+    it, not one apiece in turn (each holding a job thread meanwhile)."""
+    r = redis.Redis.from_url(clean_redis)
+    fetches = 0
+    lock = threading.Lock()
+
+    def hanging(observer: Any = None) -> TokenResponse:
+        nonlocal fetches
+        with lock:
+            fetches += 1
+        time.sleep(0.3)
+        raise TimeoutError("getToken timed out")
+
+    p = provider(r, Fetcher())
+    p._fetch = hanging
+    barrier = threading.Barrier(8)
+    errors: list[Exception] = []
+
+    def one() -> None:
+        barrier.wait()
+        try:
+            p.get()
+        except TimeoutError as exc:
+            errors.append(exc)
+
+    started = time.monotonic()
+    threads = [threading.Thread(target=one) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(errors) == 8 and fetches == 1
+    assert time.monotonic() - started < 0.3 * 3  # one timeout, not eight in a row
+    p._fetch = Fetcher()
+    wait_until(lambda: not r.exists(f"iamport:token-failed:{key_id(IMP_KEY)}"), 3, "the hold")
+    assert p.get() == "tok1"  # a thread that comes after the failure's hold tries again
+
+
+def test_a_failed_get_token_is_every_process_answer_for_a_moment(clean_redis: str) -> None:
+    """Processes that wait for, or come after, a getToken that failed do not each try in turn
+    (a hanging gateway would cost a timeout per process, each holding its threads)."""
+    r = redis.Redis.from_url(clean_redis)
+    a, b = provider(r, Fetcher()), provider(r, Fetcher())
+
+    def down(observer: Any = None) -> TokenResponse:
+        raise TimeoutError("getToken timed out")
+
+    a._fetch = down
+    with pytest.raises(TimeoutError):
+        a.get()
+    fetch_b = Fetcher()
+    b._fetch = fetch_b
+    with pytest.raises(NotSent):
+        b.get()
+    assert fetch_b.calls == 0  # nothing was sent for it
+    wait_until(lambda: not r.exists(f"iamport:token-failed:{key_id(IMP_KEY)}"), 3, "the hold")
+    assert b.get() == "tok1" and fetch_b.calls == 1
