@@ -25,7 +25,7 @@ from app.kit.dispatch import chunks
 from app.kit.errors import UnknownAccount
 from app.kit.redis_conn import get_redis
 from app.upstream.accounts import accounts_of
-from app.upstream.guard import Guard, GuardPolicy, Neighbours
+from app.upstream.guard import Guard, GuardPolicy
 from app.upstream.iamport.client import IamportClient
 from app.webhooks import outbox
 from worker.process_pool import ChildLost, ThreadedProcessPool, child_threads, usable_cores
@@ -59,7 +59,6 @@ class Runner:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._clients: dict[str, IamportClient] = {}
-        self._neighbours = Neighbours()
         self._rng = threading.local()
         self.children: ThreadedProcessPool | None = None
         self._local: ThreadPoolExecutor | None = None
@@ -77,8 +76,7 @@ class Runner:
                 found = accounts_of(settings).get(account)
                 if found is None:
                     raise UnknownAccount(f"no account {account} is configured")
-                policy = GuardPolicy(max_in_flight=self._account_share(settings))
-                guard = Guard(policy, neighbours=self._neighbours)
+                guard = Guard(GuardPolicy(max_in_flight=self._account_share(settings)))
                 client = IamportClient.for_account(found, settings, get_redis(), guard)
                 self._clients[account] = client
             return client
@@ -89,12 +87,12 @@ class Runner:
         return child_threads() or self._local_size or 1
 
     def _account_share(self, settings: Settings) -> int | None:
-        """How many of this process's job threads one account may hold while another account
-        wants them: all when it is the only account, else three quarters, so a stalled account
-        leaves the rest to the others. An account alone at work has them all (Neighbours)."""
+        """How many of this process's job threads an account in trouble may hold: all when it
+        is the only account, else half, so a failing or stalled account leaves the rest to the
+        others. A healthy account is not held back (Guard)."""
         if len(accounts_of(settings)) <= 1:
             return None
-        return max(1, math.ceil(self.threads_here * 3 / 4))
+        return max(1, math.ceil(self.threads_here / 2))
 
     def rng(self) -> random.Random:
         r: random.Random | None = getattr(self._rng, "r", None)

@@ -2,11 +2,13 @@
 
 Every account has its own client and so its own guard. It refuses a call at once, before
 anything is sent, when the call would only tie a job thread down waiting for an account that
-cannot answer: while the account is paused by a 429, while its circuit is open after a run of
-failures (timeouts, connection errors, 5xx), and when the account already holds its share of
-the process's job threads while another account wants them. A refused call is "rate limited": nothing was sent, no attempt is
-spent, and the job waits `retry_after` and runs again. So a 429 storm, an outage or a hanging
-gateway of one account leaves the threads to the others.
+cannot answer: while the account is paused (by a 429, or after a fresh token was refused too),
+while its circuit is open after a run of failures (timeouts, connection errors, 5xx), and when
+an account in trouble (not answered yet, its last call failed, or its oldest call in flight has
+run for a second) already holds its share of the process's job threads. A refused call is "rate limited": nothing
+was sent, no attempt is spent, and the job waits `retry_after` and runs again. So a 429 storm,
+a 401 storm, an outage or a hanging gateway of one account leaves the threads to the others,
+while a healthy account, whose calls come back quickly, is never held back by its share.
 """
 
 from __future__ import annotations
@@ -33,31 +35,18 @@ class Blocked(Exception):
         self.why = why
 
 
-class Neighbours:
-    """The guards of one process: when each account last made a call here. The share of
-    threads matters only while another account wants them: one busy account among idle
-    ones has every thread."""
-
-    WINDOW = 1.0  # seconds since its last call that an account counts as wanting threads
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._seen: dict[int, float] = {}
-
-    def saw(self, guard: Guard, now: float) -> None:
-        with self._lock:
-            self._seen[id(guard)] = now
-
-    def others_active(self, guard: Guard, now: float) -> bool:
-        with self._lock:
-            return any(k != id(guard) and now - t < self.WINDOW for k, t in self._seen.items())
-
-
 @dataclass(frozen=True)
 class GuardPolicy:
     max_in_flight: int | None = None  # None: no cap (one account has every thread)
     failures_to_open: int = 5  # failures in a row that open the circuit
     open_seconds: float = 5.0  # how long it stays open before one trial call
+    # An account's calls stall when its oldest in flight has run this long. Only an account in
+    # trouble (stalling, its last call failed, or not heard from yet) is held to its share: a
+    # healthy one turns its threads over quickly and starves nobody.
+    stalled_after: float = 1.0
+    # A fresh token refused as well: the account's credentials or iamport's auth are at fault,
+    # and every call would be refused alike. It pauses, doubling from the first to the most.
+    refused_pause: tuple[float, float] = (0.5, 30.0)
 
 
 class Guard:
@@ -67,15 +56,17 @@ class Guard:
         self,
         policy: GuardPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
-        neighbours: Neighbours | None = None,
     ) -> None:
         self.policy = policy or GuardPolicy()
-        self._neighbours = neighbours
         self._clock = clock
         self._lock = threading.Lock()
         self._in_flight = 0
+        self._started: dict[int, float] = {}  # each thread's call in flight: when it began
         self._paused_until = 0.0
+        self._paused_why = ""
+        self._refusals = 0  # fresh tokens refused in a row
         self._failures = 0
+        self._answered = False  # an account not heard from yet is not known to be healthy
         self._open_until = 0.0
         self._trial: int | None = None  # the thread testing a circuit that was open
         # Guards nest: a call admitted once (its token wait included) makes its own exchanges
@@ -89,7 +80,7 @@ class Guard:
         with self._lock:
             now = self._clock()
             if now < self._paused_until:
-                raise Blocked(self._paused_until - now, "the account is paused after a 429")
+                raise Blocked(self._paused_until - now, self._paused_why)
             trial = False
             if self._failures >= self.policy.failures_to_open and self._trial != me:
                 if depth or now < self._open_until or self._trial is not None:
@@ -97,14 +88,13 @@ class Guard:
                     raise Blocked(left, "the account's gateway is failing; circuit open")
                 trial = True
             cap = self.policy.max_in_flight
-            if not depth and cap is not None and self._in_flight >= cap and self._crowded(now):
+            if not depth and cap is not None and self._in_flight >= cap and self._troubled(now):
                 raise Blocked(0.5, "the account holds its share of this process's threads")
             if trial:
                 self._trial = me
             if not depth:
                 self._in_flight += 1
-        if not depth and self._neighbours is not None:
-            self._neighbours.saw(self, now)
+                self._started[me] = now
         self._depth.n = depth + 1
         return trial
 
@@ -114,24 +104,45 @@ class Guard:
         with self._lock:
             if not depth:
                 self._in_flight -= 1
+                self._started.pop(threading.get_ident(), None)
             if trial:
                 self._trial = None
             if outcome in ANSWERS:
                 self._failures = 0
+                self._answered = True
+                if outcome == "ok":
+                    self._refusals = 0
             elif outcome in FAILURES:
                 self._failures += 1
                 if self._failures >= self.policy.failures_to_open:
                     self._open_until = self._clock() + self.policy.open_seconds
 
-    def _crowded(self, now: float) -> bool:
-        """Whether another account wants this process's threads (always, without neighbours)."""
-        return self._neighbours is None or self._neighbours.others_active(self, now)
+    def _troubled(self, now: float) -> bool:
+        """Not answered yet, its last call failed, or its calls stall: threads it holds may be
+        held for long."""
+        oldest = min(self._started.values(), default=now)
+        stalled = now - oldest >= self.policy.stalled_after
+        return not self._answered or self._failures > 0 or stalled
 
     def pause(self, seconds: float) -> None:
         """The gateway said 429 Retry-After: this process sends nothing for the account until
         then (other processes learn it from the shared limiter or their own 429)."""
+        self._pause(seconds, "the account is paused after a 429")
+
+    def refused_fresh_token(self) -> None:
+        """iamport refused a token fetched for this very call: pause the account, longer each
+        time in a row, until a call succeeds."""
+        first, most = self.policy.refused_pause
         with self._lock:
-            self._paused_until = max(self._paused_until, self._clock() + seconds)
+            self._refusals += 1
+            seconds = min(most, first * 2 ** (self._refusals - 1))
+        self._pause(seconds, "the account's fresh token was refused (401); paused")
+
+    def _pause(self, seconds: float, why: str) -> None:
+        with self._lock:
+            until = self._clock() + seconds
+            if until > self._paused_until:
+                self._paused_until, self._paused_why = until, why
 
     @property
     def circuit_open(self) -> bool:

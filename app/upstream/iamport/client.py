@@ -290,7 +290,14 @@ class IamportClient:
         except Unauthorized:
             pass
         token = self.tokens.invalidate(token, observer)
-        return self._exchange(call, method, path, observer, token, parse, params=params, json=json)
+        try:
+            return self._exchange(
+                call, method, path, observer, token, parse, params=params, json=json
+            )
+        except Unauthorized:
+            if self._guard is not None:
+                self._guard.refused_fresh_token()
+            raise
 
     def _exchange(
         self,

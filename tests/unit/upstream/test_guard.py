@@ -8,7 +8,7 @@ import threading
 
 import pytest
 
-from app.upstream.guard import Blocked, Guard, GuardPolicy, Neighbours
+from app.upstream.guard import Blocked, Guard, GuardPolicy
 
 
 class Clock:
@@ -93,10 +93,17 @@ def test_a_failed_trial_opens_it_again_and_an_answer_resets_the_count() -> None:
         Call(guard)
 
 
-def test_the_share_caps_calls_in_flight_and_a_429_is_no_failure() -> None:
-    guard = Guard(GuardPolicy(max_in_flight=2, failures_to_open=1))
+def test_the_share_caps_stalling_calls_and_a_429_is_no_failure() -> None:
+    clock = Clock()
+    guard = Guard(GuardPolicy(max_in_flight=2, failures_to_open=1), clock=clock)
     a, b = Call(guard), Call(guard)
-    with pytest.raises(Blocked) as info:
+    with pytest.raises(Blocked):  # not heard from yet: not known to be healthy
+        Call(guard)
+    a.end("ok")
+    a = Call(guard)
+    Call(guard).end("ok")  # over the share, but its calls come back quickly: not held back
+    clock.now += GuardPolicy.stalled_after
+    with pytest.raises(Blocked) as info:  # the oldest has run a second: they are stalling
         Call(guard)
     assert "share" in info.value.why
     a.end("rate_limited")
@@ -118,18 +125,40 @@ def test_a_calls_own_exchanges_are_inside_its_admission() -> None:
         Call(guard)
 
 
-def test_the_share_applies_only_while_another_account_wants_threads() -> None:
+def test_a_refused_fresh_token_pauses_the_account_longer_each_time_until_a_success() -> None:
     clock = Clock()
-    neighbours = Neighbours()
-    busy = Guard(GuardPolicy(max_in_flight=1), clock=clock, neighbours=neighbours)
-    other = Guard(GuardPolicy(max_in_flight=1), clock=clock, neighbours=neighbours)
-    a, b = Call(busy), Call(busy)  # alone, the busy account takes every thread
-    a.end("ok")
-    b.end("ok")
-    Call(other).end("ok")  # another account calls: the share applies for a while
-    a = Call(busy)
+    guard = Guard(GuardPolicy(refused_pause=(0.5, 2.0)), clock=clock)
+    waits = []
+    for _ in range(4):
+        guard.refused_fresh_token()
+        with pytest.raises(Blocked) as info:
+            Call(guard)
+        assert "401" in info.value.why
+        waits.append(info.value.retry_after)
+        clock.now += info.value.retry_after
+    assert waits == [0.5, 1.0, 2.0, 2.0]
+    Call(guard).end("unauthorized")  # an answer, but not a success: the doubling goes on
+    guard.refused_fresh_token()
+    with pytest.raises(Blocked) as info:
+        Call(guard)
+    assert info.value.retry_after == 2.0
+    clock.now += 2.0
+    Call(guard).end("ok")
+    guard.refused_fresh_token()  # after a success it starts again from the first
+    with pytest.raises(Blocked) as info:
+        Call(guard)
+    assert info.value.retry_after == 0.5
+
+
+def test_an_account_whose_last_call_failed_is_held_to_its_share() -> None:
+    guard = Guard(GuardPolicy(max_in_flight=1, failures_to_open=5), clock=Clock())
+    Call(guard).end("ok")
+    a = Call(guard)
+    Call(guard).end("ok")  # healthy: over its share, not held back
+    Call(guard).end("timeout")
     with pytest.raises(Blocked):
-        Call(busy)
-    clock.now += Neighbours.WINDOW
-    Call(busy).end("ok")  # the other has been quiet for the window: every thread again
+        Call(guard)
+    a.end("ok")  # an answer: healthy again
+    a = Call(guard)
+    Call(guard).end("ok")
     a.end("ok")
