@@ -8,7 +8,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-from app.jobs.records import Cancellation, Refund, UpstreamError
+from app.jobs.records import Cancellation, Drift, Refund, UpstreamError
 from app.jobs.status import JobStatus
 
 
@@ -26,6 +26,11 @@ class JobPublic(BaseModel):
     cancellation: Cancellation | None
     refund: Refund | None
     error: UpstreamError | None
+    drift: Drift | None = Field(
+        default=None,
+        description="Set when a reconciliation saw the payment at the gateway contradict this "
+        "finished job; kept, with who cleared it and their note, once a person has.",
+    )
     event_ids: list[str]
     created_at: datetime
     updated_at: datetime
@@ -83,6 +88,7 @@ def job_public(row: Any, event_ids: list[str]) -> JobPublic:
         cancellation=Cancellation.model_validate(cancellation) if cancellation else None,
         refund=Refund.model_validate(refund) if refund else None,
         error=UpstreamError.model_validate(row.error) if row.error else None,
+        drift=Drift.model_validate(drift) if (drift := getattr(row, "drift", None)) else None,
         event_ids=event_ids,
         created_at=row.created_at,
         updated_at=row.updated_at,
