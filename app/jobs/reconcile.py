@@ -11,6 +11,7 @@ account's shared limiter still applies on top.
 
 from __future__ import annotations
 
+import contextlib
 import time
 import uuid
 from collections import Counter
@@ -19,17 +20,21 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
+import redis
 import structlog
 from psycopg import Connection
 
+from app.config import Settings
 from app.jobs import store
 from app.jobs.drift import Move, Seen, Verdict, verdict
 from app.jobs.records import Drift, cancellation_of, refund_of
 from app.jobs.status import JobStatus
 from app.kit import metrics
-from app.kit.db import UnitOfWork, unit_of_work
+from app.kit.db import UnitOfWork, pool, unit_of_work
+from app.upstream.accounts import Account, accounts_of
 from app.upstream.contract import CallObserver, CallRecord
 from app.upstream.errors import GatewayError, RateLimited
+from app.upstream.iamport.client import IamportClient
 from app.upstream.payment import Payment
 
 log = structlog.get_logger(__name__)
@@ -294,3 +299,105 @@ def _apply(
 def window_start(hours: float, since: datetime | None = None) -> datetime:
     """Where the window of finished jobs starts: `since`, else `hours` ago."""
     return since if since is not None else datetime.now(UTC) - timedelta(hours=hours)
+
+
+LOCK_KEY = "stockout:reconcile:lock:{account}"
+NOT_YET_V2 = "not yet for v2 accounts"
+Progress = Callable[[str, int], Callable[[int], None]]  # (account, total) -> advance(n)
+
+
+class UnknownAccountName(ValueError):
+    """`--account` names no configured account."""
+
+
+def plan_for(
+    settings: Settings,
+    account: Account,
+    *,
+    since: datetime | None = None,
+    dry_run: bool = False,
+) -> Plan:
+    """The round the settings ask for: RECONCILE_* and the account's own rate limit."""
+    return Plan(
+        account=account.name,
+        since=window_start(settings.reconcile_window_hours, since),
+        stale_seconds=settings.reconcile_stale_seconds,
+        rate=account.max_rps * settings.reconcile_rps_share,
+        grace_seconds=settings.dispatch_grace_seconds,
+        dry_run=dry_run,
+    )
+
+
+def reconcile_all(
+    settings: Settings,
+    redis_client: redis.Redis,
+    *,
+    on_terminal: OnWrite,
+    on_drift: OnWrite,
+    account: str | None = None,
+    since: datetime | None = None,
+    dry_run: bool = False,
+    progress: Progress | None = None,
+) -> list[Summary]:
+    """A round over each account (or the one named), one after another: one account's
+    failure is its summary's error and never stops the others. An account whose round is
+    already running elsewhere (the lock in Redis) is skipped."""
+    accounts = accounts_of(settings)
+    if account is not None and account not in accounts:
+        raise UnknownAccountName(f"no account {account!r}; configured: {', '.join(accounts)}")
+    chosen = [accounts[account]] if account is not None else list(accounts.values())
+    summaries = []
+    for found in chosen:
+        plan = plan_for(settings, found, since=since, dry_run=dry_run)
+        summaries.append(
+            _one_account(settings, redis_client, found, plan, on_terminal, on_drift, progress)
+        )
+    return summaries
+
+
+def _one_account(
+    settings: Settings,
+    redis_client: redis.Redis,
+    account: Account,
+    plan: Plan,
+    on_terminal: OnWrite,
+    on_drift: OnWrite,
+    progress: Progress | None,
+) -> Summary:
+    if account.api != "v1":
+        log.info("reconcile_skipped", account=account.name, why=NOT_YET_V2)
+        return Summary(account.name, skipped=NOT_YET_V2)
+    key = LOCK_KEY.format(account=account.name)
+    # Held for at most one interval: a round that died does not block the next for long.
+    ttl = max(int(settings.reconcile_interval_seconds), 60)
+    try:
+        if not redis_client.set(key, "1", nx=True, ex=ttl):
+            return Summary(account.name, skipped="a round is running already")
+    except redis.RedisError as exc:
+        return Summary(account.name, errors=1, messages=[f"redis: {type(exc).__name__}"])
+    client: IamportClient | None = None
+    try:
+        client = IamportClient.for_account(account, settings, redis_client)
+        with pool().connection() as conn:
+            advance = None
+            if progress is not None:
+                advance = progress(account.name, count(conn, plan))
+            summary = reconcile_account(
+                conn,
+                client,
+                plan,
+                on_terminal=on_terminal,
+                on_drift=on_drift,
+                progress=advance,
+            )
+    except Exception as exc:  # one account's failure must not stop the others
+        log.exception("reconcile_failed", account=account.name)
+        # Only the kind: an unexpected error's text may carry what a summary must not show.
+        return Summary(account.name, errors=1, messages=[type(exc).__name__])
+    finally:
+        if client is not None:
+            client.close()
+        with contextlib.suppress(redis.RedisError):  # else it expires
+            redis_client.delete(key)
+    log.info("reconcile_done", **summary.as_dict())
+    return summary
