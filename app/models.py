@@ -214,12 +214,13 @@ class ApiKey(SQLModel, table=True):
 
 
 class OperatorAction(SQLModel, table=True):
-    """A person's action through the API (retry, refund, replay), written with the action itself."""
+    """A person's action through the API (retry, refund, replay, clear_drift), written with the
+    action itself."""
 
     __tablename__ = "operator_actions"
     __table_args__ = (
         Index("ix_operator_actions_job_id", "job_id", "id"),
-        CheckConstraint("action IN ('retry', 'refund', 'replay')", name="action"),
+        CheckConstraint("action IN ('retry', 'refund', 'replay', 'clear_drift')", name="action"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))

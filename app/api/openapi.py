@@ -214,6 +214,7 @@ EXAMPLES: dict[str, Any] = {
     "Cancellation": _CANCELLATION,
     "Refund": _REFUND,
     "Drift": _DRIFT,
+    "DriftClear": {"note": "customer paid at the till after the cancel; refunded by phone"},
     "JobStatus": JobStatus.NEEDS_REFUND.value,
     "UpstreamError": _ERROR,
     "JobPublic": _JOB,

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
 from app.jobs.records import Cancellation, Drift, Refund, UpstreamError
 from app.jobs.status import JobStatus
+from app.kit.text import printable
 
 
 class JobPublic(BaseModel):
@@ -35,6 +36,14 @@ class JobPublic(BaseModel):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+
+
+class DriftClear(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: Annotated[
+        str, StringConstraints(min_length=1, max_length=1000), AfterValidator(printable)
+    ]
 
 
 class JobPage(BaseModel):

@@ -676,6 +676,22 @@ def requeue_failed(conn: Conn, job_id: uuid.UUID, grace_seconds: float, looked: 
     return _moved(conn, REQUEUE_FAILED, job_id, looked, grace=grace_seconds)
 
 
+# Guard: only a drift nobody has cleared; the record stays, with who cleared it and why.
+CLEAR_DRIFT = """
+UPDATE jobs SET drift = drift || jsonb_build_object(
+      'cleared_by', %(by)s::text, 'cleared_at', now(), 'note', %(note)s::text),
+    updated_at = now()
+WHERE id = %(id)s AND drift IS NOT NULL AND drift->>'cleared_at' IS NULL
+RETURNING drift->>'kind'
+"""
+
+
+def clear_drift(conn: Conn, job_id: uuid.UUID, by: str, note: str) -> str | None:
+    """A person has dealt with the job's drift: its kind, or None when none was open."""
+    row = conn.execute(CLEAR_DRIFT, {"id": job_id, "by": by, "note": note}).fetchone()
+    return str(row[0]) if row else None
+
+
 def record_drift(conn: Conn, job_id: uuid.UUID, status: JobStatus, drift: Drift) -> bool:
     """Keep the drift on the job; False when the job moved on or holds this drift already."""
     params = {

@@ -34,8 +34,23 @@ END $$
 """
 
 
+_ACTIONS_BEFORE = "('retry', 'refund', 'replay')"
+_ACTIONS = "('retry', 'refund', 'replay', 'clear_drift')"
+
+
+def _actions_check(allowed: str) -> str:
+    # NOT VALID: no scan under the lock; the VALIDATE after it takes none that stops writers.
+    return (
+        "ALTER TABLE operator_actions DROP CONSTRAINT IF EXISTS ck_operator_actions_action, "
+        f"ADD CONSTRAINT ck_operator_actions_action CHECK (action IN {allowed}) NOT VALID"
+    )
+
+
 def upgrade() -> None:
     op.execute(_ALTER.format(statement="ALTER TABLE jobs ADD COLUMN IF NOT EXISTS drift jsonb"))
+    # A person clearing a drift record is an operator action like a retry.
+    op.execute(_ALTER.format(statement=_actions_check(_ACTIONS)))
+    op.execute("ALTER TABLE operator_actions VALIDATE CONSTRAINT ck_operator_actions_action")
     # The console's Drift queue reads the uncleared ones; built without blocking writers.
     with op.get_context().autocommit_block():
         op.execute(
@@ -45,6 +60,9 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    op.execute("DELETE FROM operator_actions WHERE action = 'clear_drift'")
+    op.execute(_ALTER.format(statement=_actions_check(_ACTIONS_BEFORE)))
+    op.execute("ALTER TABLE operator_actions VALIDATE CONSTRAINT ck_operator_actions_action")
     with op.get_context().autocommit_block():
         op.execute("DROP INDEX CONCURRENTLY IF EXISTS ix_jobs_drift_open")
     op.execute(_ALTER.format(statement="ALTER TABLE jobs DROP COLUMN IF EXISTS drift"))
