@@ -12,6 +12,7 @@ account's shared limiter still applies on top.
 from __future__ import annotations
 
 import contextlib
+import threading
 import time
 import uuid
 from collections import Counter
@@ -122,7 +123,7 @@ class Pacer:
         self,
         rate: float,
         clock: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> None:
         self.interval = 1.0 / rate if rate > 0 else 0.0
         self.clock, self.sleep = clock, sleep
@@ -152,14 +153,20 @@ def reconcile_account(
     on_drift: OnWrite,
     progress: Callable[[int], None] | None = None,
     pacer: Pacer | None = None,
+    stop: threading.Event | None = None,
 ) -> Summary:
-    """One round over the account's jobs (store.reconcile_page), BATCH at a time."""
+    """One round over the account's jobs (store.reconcile_page), BATCH at a time. `stop` set
+    (the process is stopping) ends it between two batches, and cuts any wait short."""
     summary = Summary(plan.account)
-    pacer = pacer or Pacer(plan.rate)
+    stop = stop or threading.Event()
+    pacer = pacer or Pacer(plan.rate, sleep=stop.wait)
     calls = _Calls()
     after: uuid.UUID | None = None
     failed_in_row = 0
     while True:
+        if stop.is_set():
+            summary.messages.append("stopped: the process is stopping")
+            break
         page = store.reconcile_page(
             conn,
             plan.account,
@@ -171,7 +178,10 @@ def reconcile_account(
         if not page:
             break
         after = page[-1].id
-        payments = _look_up(gateway, page, pacer, calls, summary)
+        payments = _look_up(gateway, page, pacer, calls, summary, stop)
+        if payments is None and stop.is_set():
+            summary.messages.append("stopped: the process is stopping")
+            break
         if payments is None:
             summary.errors += len(page)
             failed_in_row += 1
@@ -212,15 +222,19 @@ def _look_up(
     pacer: Pacer,
     calls: _Calls,
     summary: Summary,
+    stop: threading.Event,
 ) -> dict[str, Payment] | None:
     """The page's payments, or None when the lookup failed (recorded in `summary`)."""
     imp_uids = [job.imp_uid for job in page]
     for _ in range(MAX_RATE_LIMITED_WAITS + 1):
         pacer.wait()
+        if stop.is_set():
+            return None  # woken by the stop: nothing more is sent
         try:
             return gateway.look_up_many(imp_uids, calls)
         except RateLimited as limited:
-            time.sleep(min(limited.retry_after, MAX_WAIT_SECONDS))
+            if stop.wait(min(limited.retry_after, MAX_WAIT_SECONDS)):
+                break
         except GatewayError as error:
             summary.messages.append(str(error))
             return None
@@ -338,6 +352,7 @@ def reconcile_all(
     since: datetime | None = None,
     dry_run: bool = False,
     progress: Progress | None = None,
+    stop: threading.Event | None = None,
 ) -> list[Summary]:
     """A round over each account (or the one named), one after another: one account's
     failure is its summary's error and never stops the others. An account whose round is
@@ -346,11 +361,15 @@ def reconcile_all(
     if account is not None and account not in accounts:
         raise UnknownAccountName(f"no account {account!r}; configured: {', '.join(accounts)}")
     chosen = [accounts[account]] if account is not None else list(accounts.values())
+    stop = stop or threading.Event()
     summaries = []
     for found in chosen:
+        if stop.is_set():
+            summaries.append(Summary(found.name, skipped="the process is stopping"))
+            continue
         plan = plan_for(settings, found, since=since, dry_run=dry_run)
         summaries.append(
-            _one_account(settings, redis_client, found, plan, on_terminal, on_drift, progress)
+            _one_account(settings, redis_client, found, plan, on_terminal, on_drift, progress, stop)
         )
     return summaries
 
@@ -363,6 +382,7 @@ def _one_account(
     on_terminal: OnWrite,
     on_drift: OnWrite,
     progress: Progress | None,
+    stop: threading.Event,
 ) -> Summary:
     if account.api != "v1":
         log.info("reconcile_skipped", account=account.name, why=NOT_YET_V2)
@@ -389,6 +409,7 @@ def _one_account(
                 on_terminal=on_terminal,
                 on_drift=on_drift,
                 progress=advance,
+                stop=stop,
             )
     except Exception as exc:  # one account's failure must not stop the others
         log.exception("reconcile_failed", account=account.name)

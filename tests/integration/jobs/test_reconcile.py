@@ -259,3 +259,31 @@ def test_a_job_that_moved_on_meanwhile_is_left_alone() -> None:
         record = refund_of(payment("imp_h", "cancelled"))
         assert not store.settle_refunded_upstream(conn, held, record, "cancelled", looked)
     assert timeline(held) == []
+
+
+def test_a_stopping_process_ends_the_round_between_batches() -> None:
+    import threading
+
+    for n in range(150):
+        job(f"imp_s{n:03}", "cancelled", "payment_status = 'cancelled'")
+    stop = threading.Event()
+
+    class StopsAfterOne(Gateway):
+        def look_up_many(
+            self, imp_uids: Sequence[str], observer: CallObserver | None = None
+        ) -> dict[str, Payment]:
+            stop.set()  # SIGTERM arrives during the first batch
+            return super().look_up_many(imp_uids, observer)
+
+    gateway = StopsAfterOne()
+    with pool().connection() as conn:
+        summary = reconcile.reconcile_account(
+            conn,
+            gateway,
+            plan(rate=0.01),  # a 100 s wait before the next batch, were it not cut short
+            on_terminal=outbox.record_terminal,
+            on_drift=outbox.record_drift,
+            stop=stop,
+        )
+    assert len(gateway.batches) == 1 and summary.looked_up == 100
+    assert summary.messages == ["stopped: the process is stopping"]
