@@ -395,20 +395,32 @@ def _one_account(
             return Summary(account.name, skipped="a round is running already")
     except redis.RedisError as exc:
         return Summary(account.name, errors=1, messages=[f"redis: {type(exc).__name__}"])
-    client: IamportClient | None = None
     try:
         client = IamportClient.for_account(account, settings, redis_client)
+    except RuntimeError as exc:  # credentials missing: a configuration problem, said once
+        log.warning("reconcile_skipped", account=account.name, why=str(exc))
+        _release(redis_client, key)
+        return Summary(account.name, errors=1, messages=[str(exc)])
+    try:
         with pool().connection() as conn:
             advance = None
             if progress is not None:
                 advance = progress(account.name, count(conn, plan))
+
+            def on_page(n: int) -> None:
+                # A long round keeps its lock: it lasts an interval from the latest batch.
+                with contextlib.suppress(redis.RedisError):
+                    redis_client.expire(key, ttl)
+                if advance is not None:
+                    advance(n)
+
             summary = reconcile_account(
                 conn,
                 client,
                 plan,
                 on_terminal=on_terminal,
                 on_drift=on_drift,
-                progress=advance,
+                progress=on_page,
                 stop=stop,
             )
     except Exception as exc:  # one account's failure must not stop the others
@@ -416,9 +428,12 @@ def _one_account(
         # Only the kind: an unexpected error's text may carry what a summary must not show.
         return Summary(account.name, errors=1, messages=[type(exc).__name__])
     finally:
-        if client is not None:
-            client.close()
-        with contextlib.suppress(redis.RedisError):  # else it expires
-            redis_client.delete(key)
+        client.close()
+        _release(redis_client, key)
     log.info("reconcile_done", **summary.as_dict())
     return summary
+
+
+def _release(redis_client: redis.Redis, key: str) -> None:
+    with contextlib.suppress(redis.RedisError):  # else it expires
+        redis_client.delete(key)

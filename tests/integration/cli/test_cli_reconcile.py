@@ -124,3 +124,12 @@ def test_parse_since() -> None:
     assert parse_since("2026-12-05") == datetime(2026, 12, 5, tzinfo=UTC)
     with pytest.raises(ValueError, match="RFC 3339"):
         parse_since("soon")
+
+
+def test_missing_credentials_are_said_plainly(env: dict[str, str]) -> None:
+    bare = {k: v for k, v in env.items() if not k.startswith("IAMPORT_IMP_")}
+    answer = stockout("--json", env=bare)
+    assert answer.returncode == 1 and "Traceback" not in answer.stderr
+    (default,) = json.loads(answer.stdout)["accounts"]
+    assert default["errors"] == 1
+    assert default["messages"] == ["account default is not a v1 account with its credentials"]
