@@ -1,7 +1,7 @@
 """Reconciliation benchmark: `make bench-reconcile`.
 
 10,000 open jobs of one account (waiting, untouched for an hour), their payments in the sandbox
-answering after `--latency-ms`, 1% of them paid behind the service's back. Measured in one
+answering after `--latency-ms`, 1% of them paid behind the service's back. Figures from one
 invocation, on the same machine:
 - the round as it ships (batch lookups of 100, paced to RECONCILE_RPS_SHARE of IAMPORT_MAX_RPS):
   upstream calls and seconds, and that exactly the changed payments' jobs were made to look;
