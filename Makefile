@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 ARGS ?=
 export XDG_RUNTIME_DIR ?= /tmp
 
-.PHONY: run demo test lint fmt docs lock bench bench-accounts bench-ingest bench-reads bench-frozen-redis chaos venv clean
+.PHONY: run demo test lint fmt docs lock bench bench-accounts bench-ingest bench-reads bench-reconcile bench-frozen-redis chaos venv clean
 
 # The dev venv: runtime + dev tools + the embedded servers (requirements-dev.lock).
 $(BIN)/stockout: pyproject.toml devtools/pyproject.toml requirements-dev.lock
@@ -57,6 +57,9 @@ bench-ingest: venv
 
 bench-frozen-redis: venv  ## intake and confirm p99 while Redis is frozen (SIGSTOP)
 	$(BIN)/python -m benchmarks.bench_frozen_redis $(ARGS)
+
+bench-reconcile: venv  ## 10,000 open jobs reconciled: upstream calls and time
+	$(BIN)/python -m benchmarks.bench_reconcile $(ARGS)
 
 bench-reads: venv
 	$(BIN)/python -m benchmarks.bench_reads $(ARGS)

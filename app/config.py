@@ -56,6 +56,12 @@ class Settings(BaseSettings):
     sweep_batch_size: int = Field(default=500, ge=1)
     # Seconds a Celery message may wait for the rate limiter before the job is re-scheduled.
     rate_limit_max_wait_seconds: float = Field(default=5.0, ge=0)
+    # Reconciliation (worker beat's `reconcile`, `stockout reconcile`): look the open and
+    # recently finished jobs' payments up in batches, within a share of each account's rate.
+    reconcile_interval_seconds: float = Field(default=900.0, gt=0)
+    reconcile_rps_share: float = Field(default=0.2, gt=0, le=1)
+    reconcile_stale_seconds: float = Field(default=600.0, ge=0)
+    reconcile_window_hours: float = Field(default=72.0, gt=0)
     log_level: str = "INFO"
     log_json: bool = True
 

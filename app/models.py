@@ -74,6 +74,12 @@ class Job(SQLModel, table=True):
         Index("ix_jobs_due", "due_at", postgresql_where=text(WAITING_SQL)),
         Index("ix_jobs_waiting_created", "created_at", postgresql_where=text(WAITING_SQL)),
         Index("ix_jobs_finished", "finished_at", postgresql_where=text("finished_at IS NOT NULL")),
+        # The console's Drift queue: the drift records nobody has cleared yet (migration 0009).
+        Index(
+            "ix_jobs_drift_open",
+            "finished_at",
+            postgresql_where=text("drift IS NOT NULL AND drift->>'cleared_at' IS NULL"),
+        ),
         CheckConstraint(f"status IN {sql_list(ALL)}", name="status"),
         CheckConstraint("uncertain_call IN ('cancel', 'refund')", name="uncertain_call"),
         CheckConstraint("pay_method IN ('cvs', 'vbank')", name="pay_method"),
@@ -133,6 +139,8 @@ class Job(SQLModel, table=True):
     )
     refund: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
     error: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
+    # A reconciliation saw the payment contradict this finished job (app/jobs/records.py Drift).
+    drift: dict[str, Any] | None = Field(default=None, sa_column=Column(JSONB, nullable=True))
     created_at: datetime = _ts(server_default=text("now()"))
     updated_at: datetime = _ts(server_default=text("now()"))
     finished_at: datetime | None = _ts(nullable=True)
@@ -206,12 +214,13 @@ class ApiKey(SQLModel, table=True):
 
 
 class OperatorAction(SQLModel, table=True):
-    """A person's action through the API (retry, refund, replay), written with the action itself."""
+    """A person's action through the API (retry, refund, replay, clear_drift), written with the
+    action itself."""
 
     __tablename__ = "operator_actions"
     __table_args__ = (
         Index("ix_operator_actions_job_id", "job_id", "id"),
-        CheckConstraint("action IN ('retry', 'refund', 'replay')", name="action"),
+        CheckConstraint("action IN ('retry', 'refund', 'replay', 'clear_drift')", name="action"),
     )
 
     id: int | None = Field(default=None, sa_column=Column(BigInteger, primary_key=True))

@@ -5,14 +5,20 @@ from __future__ import annotations
 from celery import Celery
 
 from app.config import get_settings
-from app.kit.dispatch import QUEUE, SWEEP_TASK, WEBHOOK_SWEEP_TASK, broker_options
+from app.kit.dispatch import (
+    QUEUE,
+    RECONCILE_TASK,
+    SWEEP_TASK,
+    WEBHOOK_SWEEP_TASK,
+    broker_options,
+)
 
 settings = get_settings()
 
 app = Celery(
     "stockout",
     broker=settings.redis_url,
-    include=["worker.boot", "worker.tasks", "worker.webhooks"],
+    include=["worker.boot", "worker.tasks", "worker.webhooks", "worker.reconcile"],
 )
 app.conf.update(
     task_default_queue=QUEUE,
@@ -70,6 +76,12 @@ app.conf.update(
             "task": WEBHOOK_SWEEP_TASK,
             "schedule": settings.sweep_interval_seconds,
             "options": {"queue": QUEUE, "expires": settings.sweep_interval_seconds * 2},
+        },
+        # Look the payments of open and recently finished jobs up, in batches (worker/reconcile.py).
+        "reconcile": {
+            "task": RECONCILE_TASK,
+            "schedule": settings.reconcile_interval_seconds,
+            "options": {"queue": QUEUE, "expires": settings.reconcile_interval_seconds},
         },
     },
 )

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from pydantic import AfterValidator, StringConstraints
@@ -11,7 +11,7 @@ from pydantic import AfterValidator, StringConstraints
 from app.api.deps import JobsReader, JobsWriter
 from app.config import get_settings
 from app.events.schemas import AccountName
-from app.jobs.actions import refund_job, retry_job
+from app.jobs.actions import clear_drift, refund_job, retry_job
 from app.jobs.queries import (
     DEFAULT_LIMIT,
     MAX_LIMIT,
@@ -20,7 +20,7 @@ from app.jobs.queries import (
     list_jobs,
     require_job,
 )
-from app.jobs.schemas import AttemptList, JobPage, JobPublic
+from app.jobs.schemas import AttemptList, DriftClear, JobPage, JobPublic
 from app.jobs.status import JobStatus
 from app.kit.db import unit_of_work
 from app.kit.text import printable
@@ -42,11 +42,17 @@ def read_jobs(
     merchant_uid: Annotated[Filter | None, Query()] = None,
     sku: Annotated[Filter | None, Query()] = None,
     event_id: Annotated[Filter | None, Query()] = None,
+    drift: Annotated[
+        Literal["open", "any"] | None,
+        Query(description="`open`: jobs with a drift nobody has cleared (the Drift queue)"),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_LIMIT)] = DEFAULT_LIMIT,
     cursor: Annotated[str | None, Query()] = None,
 ) -> JobPage:
     """Jobs newest first, filtered; follow `next_cursor` for the next page."""
-    filters = JobFilters(caller.visible(account), status, imp_uid, merchant_uid, sku, event_id)
+    filters = JobFilters(
+        caller.visible(account), status, imp_uid, merchant_uid, sku, event_id, drift
+    )
     with unit_of_work() as uow:
         return list_jobs(uow.conn, filters, limit, cursor)
 
@@ -95,3 +101,15 @@ def refund(job_id: uuid.UUID, caller: JobsWriter) -> JobPublic:
     """A person decided to refund a held payment: the job refunds it and ends `refunded`."""
     with unit_of_work() as uow:
         return refund_job(uow, job_id, get_settings(), caller)
+
+
+@router.post(
+    "/{job_id}/drift/clear",
+    response_model=JobPublic,
+    responses={**NOT_FOUND, 409: {"description": "no_open_drift"}},
+)
+def clear(job_id: uuid.UUID, body: DriftClear, caller: JobsWriter) -> JobPublic:
+    """A person has dealt with the job's drift: it leaves the Drift queue, kept with who
+    cleared it and their note (an operator action on the job's timeline)."""
+    with unit_of_work() as uow:
+        return clear_drift(uow, job_id, body.note, caller)

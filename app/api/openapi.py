@@ -95,6 +95,7 @@ _JOB = {
     "cancellation": _CANCELLATION,
     "refund": None,
     "error": None,
+    "drift": None,
     "event_ids": ["inv-2026-11-25-0001"],
     "created_at": "2026-11-25T06:00:01Z",
     "updated_at": "2026-11-25T06:00:03Z",
@@ -116,6 +117,16 @@ _REFUND = {
     "cancelled_at": "2026-11-25T07:05:12Z",
     "reason": "out of stock",
     "receipt_url": "https://iniweb.inicis.com/receipt/StdpayCARDINIpayTest20261125160512654321",
+    "refunded_by": "service",
+}
+# A cancelled job whose payment a later reconciliation saw paid: kept, for a person to clear.
+_DRIFT = {
+    "kind": "cancelled_but_paid",
+    "seen_status": "paid",
+    "seen_at": "2026-11-25T06:15:00Z",
+    "cleared_by": None,
+    "cleared_at": None,
+    "note": None,
 }
 # A payment that was paid before we got to it: held for a person, who asked for the refund.
 _REFUNDED_JOB = {
@@ -202,6 +213,8 @@ EXAMPLES: dict[str, Any] = {
     },
     "Cancellation": _CANCELLATION,
     "Refund": _REFUND,
+    "Drift": _DRIFT,
+    "DriftClear": {"note": "customer paid at the till after the cancel; refunded by phone"},
     "JobStatus": JobStatus.NEEDS_REFUND.value,
     "UpstreamError": _ERROR,
     "JobPublic": _JOB,

@@ -12,6 +12,7 @@ from rich.table import Table
 
 from app.cli.accounts import accounts_cli
 from app.cli.jobs import register as register_operations
+from app.cli.reconcile import register as register_reconcile
 from app.cli.webhooks import webhooks_cli
 from app.config import get_settings
 from app.kit.db import unit_of_work
@@ -27,6 +28,7 @@ cli.add_typer(keys, name="keys")
 cli.add_typer(webhooks_cli, name="webhooks")
 cli.add_typer(accounts_cli, name="accounts")
 register_operations(cli)
+register_reconcile(cli)
 # The dev install adds `dev`, `demo` and `sandbox` (devtools); the runtime install has none.
 for _plugin in entry_points(group="stockout.commands"):
     _plugin.load()(cli)

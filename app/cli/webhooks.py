@@ -43,7 +43,7 @@ def add(
         list[str] | None,
         typer.Option(
             "--type",
-            help="job.cancelled, job.needs_refund, job.refunded, job.failed, event.completed (repeat; default all)",
+            help="job.cancelled, job.needs_refund, job.refunded, job.failed, job.drift, event.completed (repeat; default all)",
         ),
     ] = None,
     description: Annotated[str | None, typer.Option()] = None,

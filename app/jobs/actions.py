@@ -1,5 +1,6 @@
-"""What people ask of a job: retry a failed one, refund a held one. Each change and its audit
-record are written in the caller's unit of work: they commit together or not at all."""
+"""What people ask of a job: retry a failed one, refund a held one, clear a drift record. Each
+change and its audit record are written in the caller's unit of work: they commit together or
+not at all."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ from app.jobs.queries import require_job
 from app.jobs.schemas import JobPublic
 from app.jobs.status import JobStatus
 from app.kit.db import UnitOfWork
-from app.kit.errors import DomainError, NotFound, NotRefundable, NotRetryable
+from app.kit.errors import DomainError, NoOpenDrift, NotFound, NotRefundable, NotRetryable
 from app.operators.audit import record_action
 from app.operators.keys import Caller
 
@@ -39,6 +40,19 @@ def refund_job(uow: UnitOfWork, job_id: uuid.UUID, settings: Settings, caller: C
     detail = {"from": JobStatus.NEEDS_REFUND.value}
     record_action(uow.conn, caller, "refund", job_id=job.id, detail=detail)
     return job
+
+
+def clear_drift(uow: UnitOfWork, job_id: uuid.UUID, note: str, caller: Caller) -> JobPublic:
+    """A person has looked into the job's drift: it leaves the Drift queue, kept with their
+    name and note; the job itself is not changed."""
+    require_job(uow.conn, job_id, caller.visible())  # another account's job is not found
+    kind = store.clear_drift(uow.conn, job_id, caller.name, note)
+    if kind is None:
+        raise NoOpenDrift(f"job {job_id} has no drift to clear")
+    record_action(
+        uow.conn, caller, "clear_drift", job_id=job_id, detail={"kind": kind, "note": note}
+    )
+    return require_job(uow.conn, job_id)
 
 
 def _requeued(

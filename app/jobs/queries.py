@@ -34,6 +34,7 @@ class JobFilters:
     merchant_uid: str | None = None
     sku: str | None = None
     event_id: str | None = None
+    drift: str | None = None  # "open": a drift nobody has cleared; "any": one, cleared or not
 
 
 # -- reads -----------------------------------------------------------------------------------
@@ -70,6 +71,10 @@ def list_jobs(
             "WHERE f.job_id = j.id AND e.sku = %(sku)s)"
         )
         params["sku"] = filters.sku
+    if filters.drift is not None:
+        where.append("j.drift IS NOT NULL")
+        if filters.drift == "open":
+            where.append("j.drift->>'cleared_at' IS NULL")
     if cursor is not None:
         params["c_at"], params["c_id"] = cursors.decode(CURSOR_KIND, cursor, uuid.UUID)
         where.append("(j.created_at, j.id) < (%(c_at)s, %(c_id)s)")

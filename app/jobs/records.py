@@ -28,8 +28,8 @@ class UpstreamError(_Record):
     message: str | None = None
 
 
-class Refund(_Record):
-    """iamport's record of our refund: the payment's newest cancel_history entry."""
+class _Cancelled(_Record):
+    """The payment's newest cancel_history entry, as the gateway recorded it."""
 
     pg_tid: str | None = None
     amount: float = 0
@@ -38,10 +38,40 @@ class Refund(_Record):
     receipt_url: str | None = None
 
 
-class Cancellation(Refund):
+class Refund(_Cancelled):
+    """iamport's record of the refund, and whose it is: ours (`service`), or one made by
+    someone else (iamport's admin, another system) that a reconciliation found (`upstream`)."""
+
+    refunded_by: CancelledBy = "service"
+
+
+class Cancellation(_Cancelled):
     """iamport's record of the cancellation, and whether a call of ours may have done it."""
 
     cancelled_by: CancelledBy = "service"
+
+
+DriftKind = Literal[
+    "cancelled_but_paid",  # we cancelled it, yet the customer paid
+    "cancelled_but_ready",  # we cancelled it, yet it is open again
+    "refunded_but_paid",  # we refunded it, yet money is still held
+    "refunded_but_ready",
+    "needs_refund_but_ready",  # held for a refund, yet no payment is held
+    "needs_refund_but_failed",
+    "missing",  # the gateway no longer knows the payment of a finished job
+]
+
+
+class Drift(_Record):
+    """A finished job whose payment at the gateway contradicts it, as a reconciliation saw it;
+    never a silent change: a person clears it with a note."""
+
+    kind: DriftKind
+    seen_status: str | None  # the payment's status at the gateway; None when it was not found
+    seen_at: datetime
+    cleared_by: str | None = None  # the key that cleared it
+    cleared_at: datetime | None = None
+    note: str | None = None
 
 
 def _when(unix: float) -> datetime | None:
@@ -72,7 +102,7 @@ def refund_of(payment: Payment) -> Refund:
 
 def cancellation_of(payment: Payment, by: CancelledBy) -> Cancellation:
     """The cancellation record from the payment's latest cancel_history entry."""
-    return Cancellation(**refund_of(payment).model_dump(), cancelled_by=by)
+    return Cancellation(**refund_of(payment).model_dump(exclude={"refunded_by"}), cancelled_by=by)
 
 
 def exhausted(error: UpstreamError | None, max_attempts: int) -> UpstreamError:

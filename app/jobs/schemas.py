@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
-from app.jobs.records import Cancellation, Refund, UpstreamError
+from app.jobs.records import Cancellation, Drift, Refund, UpstreamError
 from app.jobs.status import JobStatus
+from app.kit.text import printable
 
 
 class JobPublic(BaseModel):
@@ -26,10 +27,23 @@ class JobPublic(BaseModel):
     cancellation: Cancellation | None
     refund: Refund | None
     error: UpstreamError | None
+    drift: Drift | None = Field(
+        default=None,
+        description="Set when a reconciliation saw the payment at the gateway contradict this "
+        "finished job; kept, with who cleared it and their note, once a person has.",
+    )
     event_ids: list[str]
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+
+
+class DriftClear(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    note: Annotated[
+        str, StringConstraints(min_length=1, max_length=1000), AfterValidator(printable)
+    ]
 
 
 class JobPage(BaseModel):
@@ -83,6 +97,7 @@ def job_public(row: Any, event_ids: list[str]) -> JobPublic:
         cancellation=Cancellation.model_validate(cancellation) if cancellation else None,
         refund=Refund.model_validate(refund) if refund else None,
         error=UpstreamError.model_validate(row.error) if row.error else None,
+        drift=Drift.model_validate(drift) if (drift := getattr(row, "drift", None)) else None,
         event_ids=event_ids,
         created_at=row.created_at,
         updated_at=row.updated_at,

@@ -21,7 +21,7 @@ from psycopg.types.json import Jsonb
 
 from app import tracing
 from app.jobs.decide import Method, OnPaid, Step
-from app.jobs.records import Cancellation, Refund, UpstreamError
+from app.jobs.records import Cancellation, Drift, Refund, UpstreamError
 from app.jobs.status import TERMINAL, WAITING_SQL, JobStatus
 from app.upstream.contract import CallRecord
 
@@ -52,7 +52,7 @@ FIRST_CALL_AGE_SQL = """(SELECT EXTRACT(EPOCH FROM now() - min(a.started_at))::f
 # The columns a job is shown with (app/reads.py reads them; ACCEPT_EVENT returns them).
 PUBLIC_COLUMNS = (
     "id, account, imp_uid, merchant_uid, status, pay_method, on_paid, attempts, next_attempt_at, "
-    "payment_status, cancellation, refund, error, created_at, updated_at, finished_at"
+    "payment_status, cancellation, refund, error, drift, created_at, updated_at, finished_at"
 )
 # A new event, its jobs and their links in one statement. Guards: the primary key on
 # (account, event_id) (a concurrent duplicate waits for the winner's commit and inserts
@@ -510,3 +510,195 @@ def note_news(conn: Conn, account: str, imp_uid: str) -> tuple[uuid.UUID, JobSta
     """Make a waiting job of the account look its payment up now; its id and status, or None."""
     row = conn.execute(NOTE_NEWS, {"account": account, "imp_uid": imp_uid}).fetchone()
     return (row[0], JobStatus(row[1])) if row else None
+
+
+# -- what a reconciliation found ---------------------------------------------------------------
+
+# The jobs one reconciliation round looks at, a page at a time in id order: waiting jobs nobody
+# touched for `stale` seconds (a running one only once its lease has ended), every needs_refund
+# job, and failed, cancelled and refunded jobs finished since `since`.
+_TO_RECONCILE = f"""account = %(account)s
+  AND ((({WAITING_SQL}) AND updated_at < now() - make_interval(secs => %(stale)s)
+        AND (status <> 'running' OR lease_until < now()))
+       OR status = 'needs_refund'
+       OR (status IN ('failed', 'cancelled', 'refunded') AND finished_at >= %(since)s))"""
+RECONCILE_PAGE = f"""
+SELECT id, imp_uid, status, payment_status, uncertain_call, drift,
+    finished_at IS NOT NULL AND finished_at >= %(since)s AS in_window
+FROM jobs
+WHERE id > %(after)s AND {_TO_RECONCILE}
+ORDER BY id LIMIT %(limit)s
+"""  # noqa: S608
+RECONCILE_COUNT = f"SELECT count(*) FROM jobs WHERE {_TO_RECONCILE}"  # noqa: S608
+
+
+@dataclass(frozen=True)
+class ToReconcile:
+    id: uuid.UUID
+    imp_uid: str
+    status: str
+    payment_status: str | None
+    uncertain_call: str | None
+    drift: dict[str, Any] | None
+    in_window: bool
+
+
+def reconcile_page(
+    conn: Conn,
+    account: str,
+    *,
+    after: uuid.UUID | None,
+    since: datetime,
+    stale_seconds: float,
+    limit: int,
+) -> list[ToReconcile]:
+    """The next `limit` jobs of the account a reconciliation looks up, after id `after`."""
+    params = {
+        "account": account,
+        "after": after or uuid.UUID(int=0),
+        "since": since,
+        "stale": stale_seconds,
+        "limit": limit,
+    }
+    return (
+        conn.cursor(row_factory=class_row(ToReconcile)).execute(RECONCILE_PAGE, params).fetchall()
+    )
+
+
+def reconcile_count(conn: Conn, account: str, *, since: datetime, stale_seconds: float) -> int:
+    """How many jobs of the account reconcile_page will list, all pages together."""
+    params = {"account": account, "since": since, "stale": stale_seconds}
+    row = conn.execute(RECONCILE_COUNT, params).fetchone()
+    return int(row[0]) if row else 0
+
+
+# Each move below leaves a lookup on the job's timeline: what the reconciliation saw, and why
+# the job moved (the batch call itself belongs to no one job).
+_SEEN = """
+INSERT INTO attempts (job_id, call, started_at, http_status, code, message, outcome, trace_id)
+SELECT id, 'lookup', %(looked_at)s, %(http_status)s, 0, %(note)s, 'ok', %(trace_id)s FROM moved
+"""
+
+# Guard: only a needs_refund job moves, once; whoever refunded it, no call of ours may be
+# pending (a job waiting for a person sends nothing).
+SETTLE_REFUNDED = f"""
+WITH moved AS (
+  UPDATE jobs SET status = 'refunded', refund = %(record)s, payment_status = %(payment_status)s,
+      finished_at = now(), updated_at = now()
+  WHERE id = %(id)s AND status = 'needs_refund'
+  RETURNING id
+), seen AS ({_SEEN})
+SELECT count(*) FROM moved
+"""  # noqa: S608
+
+# Guard: only a failed job with no unanswered call of ours moves, once; a call of ours that may
+# have done it is the run's to credit (requeue_failed).
+SETTLE_CANCELLED = f"""
+WITH moved AS (
+  UPDATE jobs SET status = 'cancelled', cancellation = %(record)s,
+      payment_status = %(payment_status)s, finished_at = now(), updated_at = now()
+  WHERE id = %(id)s AND status = 'failed' AND uncertain_call IS NULL
+  RETURNING id
+), seen AS ({_SEEN})
+SELECT count(*) FROM moved
+"""  # noqa: S608
+
+# Guard: only a failed job moves, once; as a person's retry does, and its run looks first.
+REQUEUE_FAILED = f"""
+WITH moved AS (
+  UPDATE jobs SET status = 'queued', look_first = true, retried_at = now(), attempts = 0,
+      idle_runs = 0, next_attempt_at = NULL, finished_at = NULL, lease_token = NULL,
+      lease_until = NULL, due_at = now() + make_interval(secs => %(grace)s), updated_at = now()
+  WHERE id = %(id)s AND status = 'failed'
+  RETURNING id
+), seen AS ({_SEEN})
+SELECT count(*) FROM moved
+"""  # noqa: S608
+
+# Guard: the job still has the status the drift contradicts, and this drift (kind and status
+# seen) is not the one it holds already, cleared or not: a repeat sweep records nothing.
+RECORD_DRIFT = """
+UPDATE jobs SET drift = %(record)s, updated_at = now()
+WHERE id = %(id)s AND status = %(status)s
+  AND (drift IS NULL OR drift->>'kind' IS DISTINCT FROM %(kind)s
+       OR drift->>'seen_status' IS DISTINCT FROM %(seen_status)s)
+RETURNING id
+"""
+
+
+@dataclass(frozen=True)
+class Looked:
+    """The lookup a reconciliation's move rests on, for the job's timeline."""
+
+    at: datetime
+    http_status: int | None
+    note: str
+
+
+def _moved(conn: Conn, sql: str, job_id: uuid.UUID, looked: Looked, **params: Any) -> bool:
+    values = {
+        "id": job_id,
+        "looked_at": looked.at,
+        "http_status": looked.http_status,
+        "note": looked.note,
+        "trace_id": tracing.trace_id(),
+        **params,
+    }
+    row = conn.execute(sql, values).fetchone()
+    return bool(row and row[0])
+
+
+def settle_refunded_upstream(
+    conn: Conn, job_id: uuid.UUID, refund: Refund, payment_status: str, looked: Looked
+) -> bool:
+    """needs_refund -> refunded by someone else; False when the job is no longer needs_refund.
+    The caller's transaction writes the job.refunded messages with it."""
+    record = _json(refund.model_copy(update={"refunded_by": "upstream"}))
+    return _moved(
+        conn, SETTLE_REFUNDED, job_id, looked, record=record, payment_status=payment_status
+    )
+
+
+def settle_cancelled_upstream(
+    conn: Conn, job_id: uuid.UUID, cancellation: Cancellation, payment_status: str, looked: Looked
+) -> bool:
+    """failed -> cancelled by someone else; False when the job no longer qualifies. The
+    caller's transaction writes the job.cancelled messages with it."""
+    record = _json(cancellation.model_copy(update={"cancelled_by": "upstream"}))
+    return _moved(
+        conn, SETTLE_CANCELLED, job_id, looked, record=record, payment_status=payment_status
+    )
+
+
+def requeue_failed(conn: Conn, job_id: uuid.UUID, grace_seconds: float, looked: Looked) -> bool:
+    """A failed job back to queued, looking first (publish it after the commit); False when
+    it is no longer failed."""
+    return _moved(conn, REQUEUE_FAILED, job_id, looked, grace=grace_seconds)
+
+
+# Guard: only a drift nobody has cleared; the record stays, with who cleared it and why.
+CLEAR_DRIFT = """
+UPDATE jobs SET drift = drift || jsonb_build_object(
+      'cleared_by', %(by)s::text, 'cleared_at', now(), 'note', %(note)s::text),
+    updated_at = now()
+WHERE id = %(id)s AND drift IS NOT NULL AND drift->>'cleared_at' IS NULL
+RETURNING drift->>'kind'
+"""
+
+
+def clear_drift(conn: Conn, job_id: uuid.UUID, by: str, note: str) -> str | None:
+    """A person has dealt with the job's drift: its kind, or None when none was open."""
+    row = conn.execute(CLEAR_DRIFT, {"id": job_id, "by": by, "note": note}).fetchone()
+    return str(row[0]) if row else None
+
+
+def record_drift(conn: Conn, job_id: uuid.UUID, status: JobStatus, drift: Drift) -> bool:
+    """Keep the drift on the job; False when the job moved on or holds this drift already."""
+    params = {
+        "id": job_id,
+        "status": status.value,
+        "record": _json(drift),
+        "kind": drift.kind,
+        "seen_status": drift.seen_status,
+    }
+    return conn.execute(RECORD_DRIFT, params).fetchone() is not None

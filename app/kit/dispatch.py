@@ -30,6 +30,7 @@ CANCEL_TASK = "stockout.cancel_jobs"
 SWEEP_TASK = "stockout.sweep"
 DELIVER_TASK = "stockout.webhooks.deliver"
 WEBHOOK_SWEEP_TASK = "stockout.webhooks.sweep"
+RECONCILE_TASK = "stockout.reconcile"
 # Ids waiting for the publisher thread; past this, new ids are left to the sweeps.
 BACKLOG_MAX = 10_000
 BREAKER_OPEN_SECONDS = 5.0

@@ -37,6 +37,10 @@ class NotRefundable(DomainError):
     status, code = 409, "not_refundable"
 
 
+class NoOpenDrift(DomainError):
+    status, code = 409, "no_open_drift"
+
+
 class Unauthenticated(DomainError):
     status, code = 401, "unauthorized"
 

@@ -98,6 +98,13 @@ class _Local:
             ["account", "status"],
             registry=self.registry,
         )
+        self.drift = Counter(
+            "stockout_drift",
+            "Drift records: finished jobs whose payment at the gateway contradicts them, by "
+            "account and kind.",
+            ["account", "kind"],
+            registry=self.registry,
+        )
         self.runs_crashed = Counter(
             "stockout_job_runs_crashed",
             "Job runs that raised; the job is retried, and failed once its runs keep failing.",
@@ -168,6 +175,12 @@ def observe_upstream(record: UpstreamRecord, account: str = "default") -> None:
 def job_finished(status: str, account: str = "default") -> None:
     """Count a job of the account reaching a terminal status."""
     _local.jobs_finished.labels(account, status).inc()
+    _ensure_pusher()
+
+
+def drift_recorded(kind: str, account: str = "default") -> None:
+    """Count a drift a reconciliation recorded on a job of the account."""
+    _local.drift.labels(account, kind).inc()
     _ensure_pusher()
 
 

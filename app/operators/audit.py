@@ -1,4 +1,4 @@
-"""Operator actions (retry, refund, replay): who did what, written in the action's transaction."""
+"""Operator actions (retry, refund, replay, clear_drift): who did what, written in the action's transaction."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from app.kit.errors import NotFound
 from app.operators.keys import Caller
 from app.operators.schemas import ActionPublic
 
-Action = Literal["retry", "refund", "replay"]
+Action = Literal["retry", "refund", "replay", "clear_drift"]
 
 
 def record_action(

@@ -11,7 +11,7 @@ from pydantic import BaseModel
 
 class ActionPublic(BaseModel):
     at: datetime
-    action: Literal["retry", "refund", "replay"]
+    action: Literal["retry", "refund", "replay", "clear_drift"]
     key_id: uuid.UUID
     key_name: str
     job_id: uuid.UUID | None

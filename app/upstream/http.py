@@ -13,7 +13,7 @@ import contextlib
 import json
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -35,6 +35,8 @@ MESSAGE_LIMIT = 500
 MAX_BODY_BYTES = 1 << 20  # a payment is a few KiB; more than this is not the gateway answering
 GATEWAY_STATUSES = (502, 503, 504)  # said by whatever stands in front of the gateway
 BASE_HEADERS = {"Accept": "application/json", "User-Agent": "stockout-cancel"}
+# A query: a mapping, or pairs where a name repeats (iamport's `imp_uid[]=a&imp_uid[]=b`).
+Params = Mapping[str, str] | httpx.QueryParams
 
 
 def parse_retry_after(value: str | None, now: float | None = None) -> float:
@@ -140,7 +142,7 @@ class Exchanger:
         observer: CallObserver | None,
         read: Read,
         *,
-        params: dict[str, str] | None = None,
+        params: Params | None = None,
         json: Any = None,
         headers: dict[str, str] | None = None,
     ) -> Any:
@@ -160,7 +162,7 @@ class Exchanger:
         path: str,
         observer: CallObserver | None,
         read: Read,
-        params: dict[str, str] | None,
+        params: Params | None,
         json: Any,
         headers: dict[str, str] | None,
     ) -> Any:
@@ -186,7 +188,7 @@ class Exchanger:
         path: str,
         observer: CallObserver | None,
         read: Read,
-        params: dict[str, str] | None,
+        params: Params | None,
         json: Any,
         headers: dict[str, str] | None,
         outcome: list[str] | None = None,
@@ -241,7 +243,7 @@ class Exchanger:
         call: str,
         method: str,
         path: str,
-        params: dict[str, str] | None,
+        params: Params | None,
         json: Any,
         headers: dict[str, str] | None,
         deadline: float,
@@ -274,7 +276,7 @@ class Exchanger:
         self,
         method: str,
         path: str,
-        params: dict[str, str] | None,
+        params: Params | None,
         json: Any,
         headers: dict[str, str] | None,
         deadline: float,

@@ -138,6 +138,23 @@ def record_terminal(uow: UnitOfWork, job_id: uuid.UUID) -> None:
             _complete_events(uow, for_events, job.account, locked)
 
 
+JOB_DRIFT = "job.drift"
+
+
+def record_drift(uow: UnitOfWork, job_id: uuid.UUID) -> None:
+    """Write the `job.drift` messages of a drift just recorded on the job, in the caller's unit
+    of work: one per enabled endpoint of its account that takes them."""
+    endpoints = uow.conn.execute(ENDPOINTS).fetchall()
+    if not endpoints:
+        return
+    job = load_job(uow.conn, job_id)
+    if job is None or job.drift is None:
+        return
+    for_job = _subscribed(_for_account(endpoints, job.account), JOB_DRIFT)
+    if for_job:
+        _insert(uow, for_job, JOB_DRIFT, body(JOB_DRIFT, job), job_id=job.id)
+
+
 def record_linked(
     uow: UnitOfWork, account: str, event_id: str, existing_job_ids: Sequence[uuid.UUID]
 ) -> None:

@@ -11,7 +11,12 @@ from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
 from app.kit.text import printable
 
 EventType = Literal[
-    "job.cancelled", "job.needs_refund", "job.refunded", "job.failed", "event.completed"
+    "job.cancelled",
+    "job.needs_refund",
+    "job.refunded",
+    "job.failed",
+    "job.drift",
+    "event.completed",
 ]
 DeliveryStatus = Literal["pending", "delivered", "failed"]
 

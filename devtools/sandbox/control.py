@@ -127,6 +127,15 @@ class SandboxControl:
         """The merchant cancels the payment in iamport's console."""
         return self.set_status(imp_uid, "cancelled")
 
+    def admin(self, imp_uid: str, action: Literal["refund", "pay", "cancel"]) -> dict[str, Any]:
+        """Change the payment behind the service's back, as in iamport's admin (no
+        notification): `refund` a paid one in full, `pay` a ready or failed one, `cancel` a
+        ready one. 409 when the action does not fit the payment's status."""
+        return cast(
+            dict[str, Any],
+            self._call("POST", f"/payments/{imp_uid}/admin", json={"action": action}),
+        )
+
     def set_amounts(
         self, imp_uid: str, amount: int | None = None, cancel_amount: int | None = None
     ) -> dict[str, Any]:

@@ -219,6 +219,8 @@ def create_app(sandbox: Sandbox, v2: V2Sandbox | None = None) -> Starlette:
     def odd(body: Any, decision: Decision, faults: Faults) -> Any:
         """The envelope with its Payment written as the decision says."""
         payment = body.get("response") if isinstance(body, dict) else None
+        if isinstance(payment, list):  # a batch lookup: each payment is as odd as one alone
+            return dict(body, response=[oddly(p, decision, faults.unknown_status) for p in payment])
         if not isinstance(payment, dict) or "imp_uid" not in payment:
             return body
         return dict(body, response=oddly(payment, decision, faults.unknown_status))
@@ -270,6 +272,17 @@ def create_app(sandbox: Sandbox, v2: V2Sandbox | None = None) -> Starlette:
             return status, body, None
 
         return await serve(request, "lookup", imp_uid, action)
+
+    async def get_payments(request: Request) -> Response:
+        """V1's batch lookup, `GET /payments?imp_uid[]=a&imp_uid[]=b`."""
+        query = request.query_params
+        imp_uids = query.getlist("imp_uid[]") or query.getlist("imp_uid")
+
+        async def action(who: Caller) -> tuple[int, Any, bool | None]:
+            status, body = sandbox.lookup_many(imp_uids, who)
+            return status, body, None
+
+        return await serve(request, "lookup", None, action)
 
     async def cancel_cvs(request: Request) -> Response:
         imp_uid = request.path_params["imp_uid"]
@@ -389,6 +402,18 @@ def create_app(sandbox: Sandbox, v2: V2Sandbox | None = None) -> Starlette:
         notify(payment.notice_url, imp_uid, payment.merchant_uid, payment.status)
         return _json(200, sandbox.truth(imp_uid))
 
+    async def admin(request: Request) -> Response:
+        """A change in iamport's admin, behind the service's back: no notification is sent."""
+        imp_uid = request.path_params["imp_uid"]
+        action = (await _fields(request)).get("action")
+        try:
+            sandbox.admin(imp_uid, str(action))
+        except KeyError:
+            return _json(404, {"error": "unknown imp_uid"})
+        except ValueError as exc:
+            return _json(409, {"error": str(exc)})
+        return _json(200, sandbox.truth(imp_uid))
+
     async def faults(request: Request) -> Response:
         """Unscoped, or one merchant's own with `imp_key` (and `tier`) in the query (GET,
         DELETE) or the body (POST)."""
@@ -458,6 +483,7 @@ def create_app(sandbox: Sandbox, v2: V2Sandbox | None = None) -> Starlette:
 
     routes = [
         Route("/users/getToken", get_token, methods=["POST"]),
+        Route("/payments", get_payments, methods=["GET"]),
         Route("/payments/{imp_uid}", get_payment, methods=["GET"]),
         Route("/cvs/{imp_uid}", cancel_cvs, methods=["DELETE"]),
         Route("/cvs", issue_cvs, methods=["POST"]),
@@ -468,6 +494,7 @@ def create_app(sandbox: Sandbox, v2: V2Sandbox | None = None) -> Starlette:
         Route("/__control/payments/{imp_uid}/pay", pay, methods=["POST"]),
         Route("/__control/payments/{imp_uid}/status", set_status, methods=["POST"]),
         Route("/__control/payments/{imp_uid}/amounts", set_amounts, methods=["POST"]),
+        Route("/__control/payments/{imp_uid}/admin", admin, methods=["POST"]),
         Route("/__control/tallies/{imp_uid}", tally, methods=["GET"]),
         Route("/__control/faults", faults, methods=["GET", "POST", "DELETE"]),
         Route("/__control/tokens/expire", expire_tokens, methods=["POST"]),

@@ -34,6 +34,10 @@ from devtools.sandbox.merchants import (
 )
 
 PAYMENT_STATUSES = ("ready", "paid", "cancelled", "failed")
+BATCH_LOOKUP_MAX = 100  # imp_uid[] per GET /payments, as iamport allows
+# What a merchant may do to a payment in iamport's own admin, behind the service's back:
+# refund a paid one in full, take a payment for an unpaid (or failed) one, void an unpaid one.
+ADMIN_ACTIONS = {"refund": ("paid",), "pay": ("ready", "failed"), "cancel": ("ready",)}
 PAY_METHODS = ("cvs", "vbank", "card")
 PG_PROVIDERS = {"cvs": "galaxia", "vbank": "kcp", "card": "html5_inicis"}
 VBANK_REFUND_FIELDS = ("refund_holder", "refund_bank", "refund_account")
@@ -423,6 +427,28 @@ class Sandbox:
         payment.status = status
         return payment
 
+    def admin(self, imp_uid: str, action: str) -> SandboxPayment:
+        """A change made in iamport's admin (ADMIN_ACTIONS): no notification, no call log
+        entry, nothing the service could have seen. KeyError if unknown, ValueError if the
+        action does not fit the payment's status."""
+        payment = self.payments[imp_uid]
+        allowed = ADMIN_ACTIONS.get(action)
+        if allowed is None:
+            raise ValueError(f"action must be one of {sorted(ADMIN_ACTIONS)}")
+        if payment.status not in allowed:
+            raise ValueError(f"cannot {action} a payment that is {payment.status}")
+        now = int(self.clock())
+        if action == "refund":
+            self._record_cancel(payment, now, "관리자 환불 (refunded in admin)", kind="refund")
+        elif action == "pay":
+            payment.status = "paid"
+            payment.paid_at = now
+            payment.failed_at = 0
+            payment.pg_tid = payment.pg_tid or f"{payment.pay_method}_pay_{imp_uid}"
+        else:
+            self._record_cancel(payment, now, "관리자 취소 (cancelled in admin)")
+        return payment
+
     def set_amounts(
         self, imp_uid: str, amount: Any = None, cancel_amount: Any = None
     ) -> SandboxPayment:
@@ -468,6 +494,27 @@ class Sandbox:
         if payment is None:
             return 404, envelope(None, -1, NOT_FOUND_MESSAGE)
         return 200, envelope(payment.to_api())
+
+    def lookup_many(self, imp_uids: list[str], caller: Caller | None = None) -> Answer:
+        """GET /payments?imp_uid[]=...: up to BATCH_LOOKUP_MAX payments in one answer, in the
+        order asked (repeats once); 207 when only some are found, 404 when none is."""
+        if not imp_uids:
+            return 400, envelope(None, -1, "imp_uid[] 가 필요합니다. (imp_uid[] required)")
+        if len(imp_uids) > BATCH_LOOKUP_MAX:
+            message = f"imp_uid[] 는 최대 {BATCH_LOOKUP_MAX}개입니다. (at most {BATCH_LOOKUP_MAX})"
+            return 400, envelope(None, -1, message)
+        found: list[dict[str, Any]] = []
+        for imp_uid in dict.fromkeys(imp_uids):
+            tally = self.tally(imp_uid)
+            tally.lookups += 1
+            tally.looked_up = True
+            self.totals.lookups += 1
+            payment = self._visible(imp_uid, caller)
+            if payment is not None:
+                found.append(payment.to_api())
+        if not found:
+            return 404, envelope(None, -1, NOT_FOUND_MESSAGE)
+        return (200 if len(found) == len(set(imp_uids)) else 207), envelope(found)
 
     def cancel(self, imp_uid: str, caller: Caller | None = None) -> Applied:
         """DELETE /cvs/{imp_uid}: only a `ready` barcode is voided."""

@@ -386,3 +386,33 @@ def test_a_cross_site_form_cannot_retry_even_from_a_signed_in_browser(
     assert answer.value.status == 401
     assert job_status(service_env["DATABASE_URL"], failed["id"]) == "failed"
     assert actions(service_env["DATABASE_URL"], failed["id"]) == []
+
+
+def test_clear_a_drift_with_a_note_from_the_drift_queue(
+    tab: Tab, data: Seeded, writer: str, service_env: dict[str, str]
+) -> None:
+    db = service_env["DATABASE_URL"]
+    job = data.by_status["cancelled"][0]
+    drift = (
+        '{"kind": "cancelled_but_paid", "seen_status": "paid", "seen_at": "2026-12-07T01:00:00Z"}'
+    )
+    with psycopg.connect(db) as conn:
+        conn.execute("UPDATE jobs SET drift = %s::jsonb WHERE id = %s", (drift, job["id"]))
+    tab.sign_in(writer)
+    tab.go("#/queues/drift")
+    row = tab.page.locator(f"#drift-table tr[data-id='{job['id']}']")
+    row.wait_for()
+    assert "cancelled here, paid at the gateway" in row.inner_text()
+    # No note, no clearing.
+    row.locator("button[data-action='clear-drift']").click()
+    assert actions(db, job["id"]) == []
+    row.locator("input.note").fill("paid at the till after the cancel; refunded by phone")
+    row.locator("button[data-action='clear-drift']").click()
+    count(tab, "#drift-table tr[data-id]", 0)
+    me = httpx.get(f"{tab.base}/v1/me", headers={"Authorization": f"Bearer {writer}"}).json()
+    assert actions(db, job["id"]) == [("clear_drift", me["name"])]
+    tab.go(f"#/jobs/{job['id']}")
+    tab.page.locator("#job-drift").wait_for()
+    assert "refunded by phone" in tab.page.locator("#job-drift").inner_text()
+    tab.page.locator("#timeline li.action-clear_drift").wait_for()
+    assert_key_never_in_a_url(tab, writer)

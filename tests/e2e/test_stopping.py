@@ -219,6 +219,42 @@ def test_busy_worker_with_iamport_hanging(
     assert running(db, ids) >= 1  # held under a lease, for the next worker
 
 
+def test_worker_in_a_paced_reconciliation_round(
+    env: dict[str, str], sandbox: SandboxControl, tmp_path: Path
+) -> None:
+    db = env["DATABASE_URL"]
+    uids = [f"imps_stop_rec_{i:03}" for i in range(300)]
+    sandbox.create_payments([{"imp_uid": u, "status": "paid"} for u in uids])
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            "INSERT INTO jobs (account, imp_uid, status, finished_at) "
+            "SELECT 'default', u, 'needs_refund', now() FROM unnest(%s::text[]) AS u",
+            (uids,),
+        )
+    log = tmp_path / "w.log"
+    # 0.1 lookups a second: the round's second batch waits ten seconds.
+    proc = start(env | {"IAMPORT_MAX_RPS": "1", "RECONCILE_RPS_SHARE": "0.1"}, log)
+    probe = Celery("probe", broker=env["REDIS_URL"], set_as_current=False)
+    try:
+        from app.kit.dispatch import QUEUE, RECONCILE_TASK
+
+        probe.send_task(RECONCILE_TASK, queue=QUEUE)
+        batch = [e for e in sandbox.calls() if e["call"] == "lookup" and e["imp_uid"] is None]
+        wait_until(
+            lambda: any(e["call"] == "lookup" and e["imp_uid"] is None for e in sandbox.calls()),
+            30,
+            "the round's first batch",
+        )
+        took = terminate(proc, log)
+    finally:
+        probe.close()
+        stop(proc)
+    assert not batch
+    assert took < 8  # the round ended between batches: no wait for the watchdog
+    lookups = [e for e in sandbox.calls() if e["call"] == "lookup"]
+    assert len(lookups) == 1 and {e["call"] for e in sandbox.calls()} <= {"token", "lookup"}
+
+
 def test_worker_after_its_redis_was_killed(
     env: dict[str, str], own_redis: EmbeddedRedis, sandbox: SandboxControl, tmp_path: Path
 ) -> None:

@@ -5,6 +5,7 @@ import { renderOverview } from "./views/overview.js";
 import { renderJobs } from "./views/jobs.js";
 import { renderJob } from "./views/job.js";
 import { renderQueue } from "./views/queue.js";
+import { renderDrift } from "./views/drift.js";
 import { renderEvents, renderEvent } from "./views/events.js";
 import { renderWebhooks, renderEndpoint } from "./views/webhooks.js";
 
@@ -83,6 +84,7 @@ async function route() {
   try {
     if (parts[0] === "jobs" && parts[1]) stopView = await renderJob(ctx, parts[1]);
     else if (parts[0] === "jobs") stopView = await renderJobs(ctx);
+    else if (parts[0] === "queues" && parts[1] === "drift") stopView = await renderDrift(ctx);
     else if (parts[0] === "queues" && parts[1]) stopView = await renderQueue(ctx, parts[1]);
     else if (parts[0] === "events" && parts[1]) stopView = await renderEvent(ctx, parts[1]);
     else if (parts[0] === "events") stopView = await renderEvents(ctx);

@@ -10,13 +10,13 @@ token ever reaches an exception, a repr or a record.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 from urllib.parse import quote
 
 import httpx
 import redis
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from app.upstream.accounts import Account, default_account
 from app.upstream.contract import CallObserver
@@ -35,6 +35,7 @@ from app.upstream.http import (
     MAX_BODY_BYTES,
     Exchanger,
     Failure,
+    Params,
     Reading,
     json_object,
     number,
@@ -49,7 +50,15 @@ from app.upstream.ratelimit import RateLimiter
 if TYPE_CHECKING:
     from app.config import Settings
 
-__all__ = ["MAX_BODY_BYTES", "IamportClient", "TokenSource", "parse_retry_after"]
+__all__ = [
+    "BATCH_LOOKUP_MAX",
+    "MAX_BODY_BYTES",
+    "IamportClient",
+    "TokenSource",
+    "parse_retry_after",
+]
+
+BATCH_LOOKUP_MAX = 100  # imp_uid[] in one GET /payments, as iamport allows
 
 
 class TokenSource(Protocol):
@@ -171,6 +180,30 @@ class IamportClient:
         )
         return answer
 
+    def look_up_many(
+        self, imp_uids: Sequence[str], observer: CallObserver | None = None
+    ) -> dict[str, Payment]:
+        """GET /payments?imp_uid[]=…: up to BATCH_LOOKUP_MAX payments in one call, by imp_uid.
+
+        An imp_uid iamport does not know (or not for this account) is absent from the answer:
+        a `207` carries only the payments found, and a `404` means none was.
+        """
+        wanted = list(dict.fromkeys(imp_uids))
+        if not wanted:
+            return {}
+        if len(wanted) > BATCH_LOOKUP_MAX:
+            raise ValueError(f"at most {BATCH_LOOKUP_MAX} imp_uids in one lookup")
+        pairs = [("imp_uid[]", i) for i in wanted]
+        params = httpx.QueryParams([*pairs, *(self._lookup_params or {}).items()])
+        try:
+            found: list[Payment] = self._authed(
+                "lookup", "GET", "/payments", observer, _payments, params=params
+            )
+        except NotFound:
+            return {}
+        asked = set(wanted)
+        return {p.imp_uid: p for p in found if p.imp_uid in asked}
+
     def void_barcode(self, imp_uid: str, observer: CallObserver | None = None) -> Payment:
         """DELETE /cvs/{imp_uid}: void an unpaid barcode; the cancelled Payment on success."""
         path = "/cvs/" + quote(imp_uid, safe="")
@@ -255,7 +288,7 @@ class IamportClient:
         observer: CallObserver | None,
         parse: Callable[[Any], Any],
         *,
-        params: dict[str, str] | None = None,
+        params: Params | None = None,
         json: Any = None,
     ) -> Any:
         """An exchange with the shared token; on a 401, one fresh token and one repeat. The
@@ -279,7 +312,7 @@ class IamportClient:
         path: str,
         observer: CallObserver | None,
         parse: Callable[[Any], Any],
-        params: dict[str, str] | None,
+        params: Params | None,
         json: Any,
     ) -> Any:
         token = self.tokens.get(observer)
@@ -308,7 +341,7 @@ class IamportClient:
         token: str | None,
         parse: Callable[[Any], Any],
         *,
-        params: dict[str, str] | None = None,
+        params: Params | None = None,
         json: Any = None,
     ) -> Any:
         """One rate-limited, observed HTTP exchange: `parse(envelope's response)` or an error."""
@@ -365,6 +398,8 @@ class IamportClient:
             if message is None:
                 kw["message"] = "unreadable response body"
             raise Failure("bad_response", Unavailable(call, **kw))
+        if status == 207 and isinstance(body.get("response"), list):
+            return body.get("response")  # a batch lookup that found only some
         if 200 <= status < 300:
             if code == 0:
                 return body.get("response")
@@ -385,6 +420,13 @@ class IamportClient:
 
 def _payment(answer: Any) -> Payment:
     return Payment.model_validate(answer)
+
+
+_PAYMENTS = TypeAdapter(list[Payment])
+
+
+def _payments(answer: Any) -> list[Payment]:
+    return [] if answer is None else _PAYMENTS.validate_python(answer)
 
 
 def _payment_or_none(answer: Any) -> Payment | None:

@@ -69,6 +69,7 @@ def test_list_is_newest_first_with_all_fields(api: TestClient, key: str) -> None
         "cancellation",
         "refund",
         "error",
+        "drift",
         "event_ids",
         "created_at",
         "updated_at",

@@ -4,6 +4,7 @@ import { api, ApiError, optional, withQuery } from "../api.js";
 import { clear, el, every, fmtMoney, fmtTime, panel, statusBadge, TERMINAL } from "../util.js";
 import { errorSummary } from "./jobs.js";
 import { refundJobs, retryJobs } from "./actions.js";
+import { driftText } from "./drift.js";
 
 const REFRESH_MS = 5000;
 const DELIVERY_PAGES = 3;
@@ -67,6 +68,11 @@ export async function renderJob({ view, session }, id) {
       ["finished", fmtTime(job.finished_at)],
     ];
     if (job.error) rows.push(["last error", el("span", { class: "err-text" }, errorSummary(job.error))]);
+    if (job.drift) {
+      const d = job.drift;
+      const state = d.cleared_at ? ` · cleared by ${d.cleared_by} ${fmtTime(d.cleared_at)}: ${d.note}` : " · open (see the Drift queue)";
+      rows.push(["drift", el("span", { class: d.cleared_at ? "" : "err-text", id: "job-drift" }, `${driftText(d)} (gateway: ${d.seen_status || "not found"}, seen ${fmtTime(d.seen_at)})${state}`)]);
+    }
     for (const [label, record] of [["cancellation", job.cancellation], ["refund", job.refund]]) {
       if (!record) continue;
       rows.push([label, [fmtMoney(record.amount), " · ", fmtTime(record.cancelled_at), record.cancelled_by ? ` · by ${record.cancelled_by}` : "", record.pg_tid ? ` · pg_tid ${record.pg_tid}` : ""]]);
