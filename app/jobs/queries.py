@@ -34,6 +34,7 @@ class JobFilters:
     merchant_uid: str | None = None
     sku: str | None = None
     event_id: str | None = None
+    payment_id: str | None = None  # either kind of account's payment id
 
 
 # -- reads -----------------------------------------------------------------------------------
@@ -54,7 +55,12 @@ def list_jobs(
         params["status"] = filters.status
     if filters.imp_uid is not None:
         where.append("j.imp_uid = %(imp_uid)s")
+        # imp_uid names only v1 payments: a v2 job shows none.
+        where.append("j.api = 'v1'")
         params["imp_uid"] = filters.imp_uid
+    if filters.payment_id is not None:
+        where.append("j.imp_uid = %(payment_id)s")
+        params["payment_id"] = filters.payment_id
     if filters.merchant_uid is not None:
         where.append("j.merchant_uid = %(merchant_uid)s")
         params["merchant_uid"] = filters.merchant_uid

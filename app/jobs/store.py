@@ -51,7 +51,7 @@ FIRST_CALL_AGE_SQL = """(SELECT EXTRACT(EPOCH FROM now() - min(a.started_at))::f
 
 # The columns a job is shown with (app/reads.py reads them; ACCEPT_EVENT returns them).
 PUBLIC_COLUMNS = (
-    "id, account, imp_uid, merchant_uid, status, pay_method, on_paid, attempts, next_attempt_at, "
+    "id, account, api, imp_uid, merchant_uid, status, pay_method, on_paid, attempts, next_attempt_at, "
     "payment_status, cancellation, refund, error, created_at, updated_at, finished_at"
 )
 # A new event, its jobs and their links in one statement. Guards: the primary key on
@@ -71,8 +71,8 @@ WITH event AS (
   FROM unnest(%(imp_uids)s::text[], %(merchant_uids)s::text[], %(methods)s::text[])
        WITH ORDINALITY AS w(imp_uid, merchant_uid, pay_method, position)
 ), made AS (
-  INSERT INTO jobs (account, imp_uid, merchant_uid, pay_method, on_paid, reason, due_at)
-  SELECT %(account)s, w.imp_uid, w.merchant_uid, w.pay_method, %(on_paid)s, %(reason)s,
+  INSERT INTO jobs (account, api, imp_uid, merchant_uid, pay_method, on_paid, reason, due_at)
+  SELECT %(account)s, %(api)s, w.imp_uid, w.merchant_uid, w.pay_method, %(on_paid)s, %(reason)s,
          now() + make_interval(secs => %(grace)s)
   FROM wanted w WHERE EXISTS (SELECT FROM event)
   ORDER BY w.imp_uid
@@ -136,10 +136,12 @@ class NewEvent:
     jobs: Sequence[NewJob]
     on_paid: OnPaid
     grace_seconds: float  # how long a new job waits for its message before a sweep sends one
+    api: str = "v1"  # the account's kind, "v1" or "v2": it names the payment id in the job
 
     def params(self) -> dict[str, Any]:
         return {
             "account": self.account,
+            "api": self.api,
             "event_id": self.event_id,
             "sku": self.sku,
             "reason": self.reason,

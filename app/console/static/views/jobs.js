@@ -9,7 +9,7 @@ export function jobColumns() {
   return [
     { title: "created", cell: (j) => el("span", { title: fmtTime(j.created_at) }, ago(j.created_at)) },
     { title: "account", cell: (j) => j.account, class: "mono" },
-    { title: "imp_uid", cell: (j) => el("a", { href: `#/jobs/${j.id}`, class: "mono" }, j.imp_uid) },
+    { title: "imp_uid", cell: (j) => el("a", { href: `#/jobs/${j.id}`, class: "mono" }, j.payment_id) },
     { title: "merchant_uid", cell: (j) => j.merchant_uid || "—", class: "mono" },
     { title: "status", cell: (j) => statusBadge(j.status) },
     { title: "payment", cell: (j) => j.payment_status || "—" },
