@@ -30,11 +30,13 @@ AsyncConn = AsyncConnection[Any]
 
 # Cancel and refund calls sent since the job was last put back by a person, as the attempt
 # rows show them: the one definition of a job's `attempts`. A call that was answered 429, or
-# that was written ahead but never left us, is no attempt; one whose worker died is.
+# that was written ahead but never left us, is no attempt, nor is a keyed repeat answered
+# "still running" (in_flight: the first call's); one whose worker died is.
 ATTEMPTS_SQL = """(SELECT count(*) FROM attempts a
   WHERE a.job_id = jobs.id AND a.call IN ('cancel', 'refund')
     AND a.started_at >= COALESCE(jobs.retried_at, '-infinity')
-    AND a.outcome IS DISTINCT FROM 'rate_limited' AND a.outcome IS DISTINCT FROM 'not_sent')"""
+    AND a.outcome IS DISTINCT FROM 'rate_limited' AND a.outcome IS DISTINCT FROM 'not_sent'
+    AND a.outcome IS DISTINCT FROM 'in_flight')"""
 # Seconds until the job's unanswered call can no longer apply at iamport, by the database clock.
 SETTLE_LEFT_SQL = """CASE WHEN jobs.uncertain_call IS NULL THEN 0.0 ELSE GREATEST(0.0,
   EXTRACT(EPOCH FROM jobs.last_call_at + make_interval(secs => %(settle)s) - now()))::float8 END"""
@@ -215,6 +217,7 @@ class Claimed:
     # Seconds since the first cancel or refund of this job was sent (None: none was); an age,
     # not a time, so the database's clock does not mix with the worker's.
     first_call_age: float | None = None
+    api: str = "v1"  # the account's kind: "v2" keys every call that changes a payment
 
 
 # Guard: only a job that is ready (queued, due retry_wait, or running with an expired lease)
@@ -232,7 +235,7 @@ WHERE jobs.id = told.id
 RETURNING jobs.id, account, imp_uid, lease_token, {ATTEMPTS_SQL} AS attempts, uncertain_call,
     {SETTLE_LEFT_SQL} AS settle_left, pay_method, on_paid,
     refund_requested_at IS NOT NULL AS refund_requested, told.told AS look_first, idle_runs,
-    reason, error, {FIRST_CALL_AGE_SQL} AS first_call_age
+    reason, error, {FIRST_CALL_AGE_SQL} AS first_call_age, api
 """  # noqa: S608
 
 
@@ -254,7 +257,8 @@ WITH j AS (
       lease_until = now() + make_interval(secs => %(lease)s), updated_at = now()
   WHERE id = %(id)s AND lease_token = %(token)s AND status = 'running' AND lease_until > now()
     AND (uncertain_call IS NULL OR %(answered)s
-         OR last_call_at <= now() - make_interval(secs => %(settle)s))
+         OR last_call_at <= now() - make_interval(secs => %(settle)s)
+         OR (%(repeat)s AND uncertain_call = %(call)s))
   RETURNING id
 )
 INSERT INTO attempts (job_id, call, started_at, trace_id)
@@ -271,8 +275,12 @@ def write_ahead(
     lease_seconds: float,
     settle: float,
     answered: bool,
+    repeat: bool = False,
 ) -> int | None:
-    """The attempt row's id, or None when the lease is gone or an earlier call is unsettled."""
+    """The attempt row's id, or None when the lease is gone or an earlier call is unsettled.
+
+    `repeat`: the call is the unanswered one again with its idempotency key, the same request
+    to the gateway, so it need not wait for the first to settle."""
     params = {
         "id": job_id,
         "token": token,
@@ -280,6 +288,7 @@ def write_ahead(
         "lease": lease_seconds,
         "settle": settle,
         "answered": answered,
+        "repeat": repeat,
         "trace_id": tracing.trace_id(),
     }
     row = conn.execute(WRITE_AHEAD, params).fetchone()

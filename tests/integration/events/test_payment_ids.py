@@ -103,3 +103,21 @@ def test_a_payment_needs_exactly_one_valid_id(client: TestClient, payment: dict[
     r = post(client, body("shop2", payment))
     assert r.status_code == 422, r.text
     assert r.json()["code"] == "validation_error" and r.json()["errors"]
+
+
+def test_a_v2_payment_named_by_payment_id_has_no_imp_uid(client: TestClient) -> None:
+    long_id = "order-" + "7" * 190  # PortOne's paymentId: up to 200 characters
+    r = post(client, body("shop2", {"payment_id": long_id, "pay_method": "vbank"}))
+    assert r.status_code == 202, r.text
+    job = r.json()["jobs"][0]
+    assert job["payment_id"] == long_id and job["imp_uid"] is None
+    key = api_key()
+    read = client.get(f"/v1/jobs/{job['id']}", headers=auth(key)).json()
+    assert read["payment_id"] == long_id and read["imp_uid"] is None
+    assert read == job | {"updated_at": read["updated_at"]}
+    by_id = client.get(f"/v1/jobs?payment_id={long_id}", headers=auth(key)).json()["items"]
+    assert [j["id"] for j in by_id] == [job["id"]]
+    # imp_uid names only v1 payments.
+    short = post(client, body("shop2", {"payment_id": "order-9"}, event_id="evt-short"))
+    assert short.status_code == 202, short.text
+    assert client.get("/v1/jobs?imp_uid=order-9", headers=auth(key)).json()["items"] == []
