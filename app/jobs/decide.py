@@ -286,13 +286,13 @@ def decide(
     rng: random.Random,
     *,
     refused: Step | None = None,
-    unsupported: bool = False,
+    unsupported: UpstreamError | None = None,
 ) -> Decision:
     """What to do after `step` answered `result`.
 
     `state.attempts` already counts the call just made; `state.uncertain` is as it stood
     before it. `refused` names the mutating step this run saw refused before this lookup;
-    `unsupported` says the gateway had no call for it.
+    `unsupported` is the gateway's reason when it had no call for that step.
     """
     if result.kind is Kind.RATE_LIMITED:
         # Waiting is not a failed attempt, and a 429 means the call did not apply.
@@ -301,8 +301,9 @@ def decide(
         return _after_lookup(result, state, policy, rng, refused, unsupported)
     if result.kind is Kind.UNSUPPORTED:
         # Nothing was sent. The payment says whether it needs that call at all (the event's
-        # method is a hint): a lookup decides, and keeps the gateway's reason.
-        return Decision(next_step=Step.LOOKUP, uncertain=state.uncertain, error=result.error)
+        # method is a hint): a lookup decides; the gateway's reason is the error only if the
+        # job ends for it.
+        return Decision(next_step=Step.LOOKUP, uncertain=state.uncertain, error=state.error)
     if not result.sent or result.kind is Kind.NOT_SENT:
         # Nothing left our side, so nothing can have applied: a plain retry.
         delay = result.retry_after or policy.backoff(max(1, state.attempts), rng)
@@ -361,7 +362,7 @@ def _after_lookup(
     policy: Policy,
     rng: random.Random,
     refused: Step | None,
-    unsupported: bool = False,
+    unsupported: UpstreamError | None = None,
 ) -> Decision:
     if result.kind is Kind.NOT_FOUND:
         return Decision(
@@ -386,7 +387,7 @@ def _after_payment(
     policy: Policy,
     rng: random.Random,
     refused: Step | None,
-    unsupported: bool = False,
+    unsupported: UpstreamError | None = None,
 ) -> Decision:
     status = payment.status
     method = method_of(payment) or state.method
@@ -400,11 +401,15 @@ def _after_payment(
             error=None,
             payment_status=status,
         )
-    if unsupported and method is Method.CVS and status not in ("cancelled", "paid", "failed"):
+    if (
+        unsupported is not None
+        and method is Method.CVS
+        and status not in ("cancelled", "paid", "failed")
+    ):
         # The barcode is still payable and this gateway has no call that voids it: no run
         # can do more. The gateway's reason is the error.
         return Decision(
-            status=JobStatus.FAILED, payment_status=status, method=method, error=state.error,
+            status=JobStatus.FAILED, payment_status=status, method=method, error=unsupported,
             uncertain=_still_open(state),
         )  # fmt: skip
     if status == "cancelled":
@@ -568,7 +573,7 @@ def drive(
     settled_at = state.settle_left  # on the run's clock: when the last unanswered call settles
     step = first_step(state)
     refused: Step | None = None
-    unsupported = False
+    unsupported: UpstreamError | None = None
     checksum: float | None = None
     payment_status: str | None = None
     for _ in range(MAX_STEPS):
@@ -598,7 +603,9 @@ def drive(
             decision = replace(decision, payment_status=payment_status, method=method)
             return Run(_bounded(decision, state, policy), state.attempts)
         refused = step if step in MUTATING and decision.uncertain is None else None
-        unsupported = step in MUTATING and result.kind is Kind.UNSUPPORTED
+        unsupported = None
+        if step in MUTATING and result.kind is Kind.UNSUPPORTED:
+            unsupported = result.error or UpstreamError(message="the gateway has no such call")
         state = replace(
             state,
             uncertain=decision.uncertain,

@@ -231,7 +231,7 @@ def _pair_expectations() -> list[tuple[Step, Kind, Decision]]:
                 )
                 for kind in (Kind.IN_FLIGHT, Kind.REQUESTED)
             ),
-            (step, Kind.UNSUPPORTED, Decision(next_step=Step.LOOKUP, uncertain=None, error=ERR)),
+            (step, Kind.UNSUPPORTED, Decision(next_step=Step.LOOKUP, uncertain=None, error=OLD)),
             (
                 step,
                 Kind.NOT_SENT,

@@ -181,3 +181,13 @@ def test_nothing_to_stop_yet_retries_with_a_plain_error_then_fails() -> None:
     )
     assert last.status is JobStatus.FAILED
     assert "nothing to stop yet" in str(last.error.message if last.error else "")
+
+
+def test_a_refunded_cvs_hint_keeps_no_error_of_the_void_it_could_not_make() -> None:
+    script = Script(
+        Result(Kind.UNSUPPORTED, error=UNSUPPORTED, sent=False),
+        Result(Kind.OK, payment=pay("paid", "card")),
+        Result(Kind.OK, payment=pay("cancelled", "card")),
+    )
+    d = run(JobState(keyed=True, refund_allowed=True), script)
+    assert d.status is JobStatus.REFUNDED and d.error is None

@@ -1,0 +1,232 @@
+"""PortOne V2 accounts end to end: a real worker process, Postgres, Redis and the sandbox's V2.
+
+Every call that changes a payment carries its Idempotency-Key; the sandbox's tally of each
+payment says what reached it: closes and refunds applied, calls, replays of a key's answer,
+keys reused for another request, calls without a key, answers of "still outstanding".
+CANCEL_SETTLE_SECONDS is far longer than any test here, so a job that finishes did so by
+repeating its call with the same key, never by waiting out the settle time.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from devtools.sandbox.control import SandboxControl, V2Control
+from tests.support.factories import api_key, auth
+from tests.support.processes import start_worker, stop, wait_until
+from tests.support.settings import reset_caches
+
+pytestmark = pytest.mark.slow
+_n = itertools.count()
+STORE, SECRET = "store-e2e", "v2-secret-e2e"
+TIMEOUT = 2  # the account's timeout_seconds: hangs and trickles are cut at it
+TERMINAL = {"cancelled", "needs_refund", "refunded", "failed"}
+
+
+@pytest.fixture
+def v2_env(
+    stack_env: dict[str, str],
+    sandbox: SandboxControl,
+    sandbox_url: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> dict[str, str]:
+    sandbox.v2.add_store(STORE, SECRET)
+    path = tmp_path / "accounts.toml"
+    path.write_text(
+        "[accounts.shop2]\n"
+        'api = "v2"\n'
+        f'store_id = "{STORE}"\n'
+        'api_secret_env = "TEST_V2_SECRET"\n'
+        f'base_url = "{sandbox_url}"\n'
+        f"timeout_seconds = {TIMEOUT}\n"
+        'on_paid = "refund"\n'
+    )
+    extra = {
+        "ACCOUNTS_FILE": str(path),
+        "TEST_V2_SECRET": SECRET,
+        "CANCEL_SETTLE_SECONDS": "600",
+    }
+    for k, v in extra.items():
+        monkeypatch.setenv(k, v)
+    reset_caches()
+    return stack_env | extra
+
+
+@pytest.fixture
+def v2(sandbox: SandboxControl, v2_env: dict[str, str]) -> Iterator[V2Control]:
+    yield sandbox.v2
+    sandbox.v2.clear_faults(STORE)
+
+
+@pytest.fixture
+def client(v2_env: dict[str, str]) -> Iterator[TestClient]:
+    from app.main import create_app
+
+    with TestClient(create_app(), raise_server_exceptions=False) as c:
+        yield c
+
+
+@pytest.fixture
+def v2_worker(v2_env: dict[str, str], tmp_path: Path) -> Iterator[Any]:
+    proc = start_worker(v2_env, tmp_path / "worker.log")
+    yield proc
+    stop(proc)
+
+
+def payment(v2: V2Control, **spec: Any) -> str:
+    payment_id = f"order-v2-{next(_n)}"
+    v2.create_payment(payment_id=payment_id, store_id=STORE, amount=1000, **spec)
+    return payment_id
+
+
+def post(client: TestClient, key: str, payment_id: str, hint: str = "cvs") -> str:
+    body = {
+        "account": "shop2",
+        "event_id": f"v2-{next(_n)}",
+        "sku": "SKU-1",
+        "payments": [{"payment_id": payment_id, "pay_method": hint}],
+    }
+    r = client.post("/v1/stockout-events", json=body, headers=auth(key))
+    assert r.status_code == 202, r.text
+    job = r.json()["jobs"][0]
+    assert job["payment_id"] == payment_id and job["imp_uid"] is None
+    return str(job["id"])
+
+
+def job(client: TestClient, key: str, job_id: str) -> dict[str, Any]:
+    r = client.get(f"/v1/jobs/{job_id}", headers=auth(key))
+    assert r.status_code == 200, r.text
+    return r.json()  # type: ignore[no-any-return]
+
+
+def finished(client: TestClient, key: str, job_id: str, timeout: float = 40) -> dict[str, Any]:
+    wait_until(lambda: job(client, key, job_id)["status"] in TERMINAL, timeout, "the job to end")
+    return job(client, key, job_id)
+
+
+def keyed_only(tally: Any) -> None:
+    """Every mutating call carried a key, and no key was sent for another request."""
+    assert tally["without_key"] == 0 and tally["key_reused"] == 0 and tally["overlaps"] == 0
+
+
+def test_an_issued_virtual_account_is_closed_once(
+    client: TestClient, v2: V2Control, v2_worker: Any
+) -> None:
+    key = api_key()
+    payment_id = payment(v2, method="virtual_account")
+    done = finished(client, key, post(client, key, payment_id, hint="vbank"))
+    assert done["status"] == "cancelled", done
+    assert done["pay_method"] == "vbank" and done["payment_status"] == "cancelled"
+    assert done["cancellation"]["cancelled_by"] == "service"
+    tally = v2.tally(payment_id)
+    assert tally["closes_applied"] == 1 and tally["close_calls"] == 1
+    keyed_only(tally)
+    assert v2.payment(payment_id)["status"] == "CANCELLED"
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"drop_after_rate": 1},
+        {"timeout_after_rate": 1, "hang_seconds": 30},
+        {"trickle_rate": 1, "trickle_interval_ms": 400, "trickle_bytes": 1},
+        {"error_after_rate": 1, "error_style": "html"},
+    ],
+    ids=["answer-lost", "timeout", "trickle", "gateway-5xx"],
+)
+def test_a_refund_whose_answer_never_came_is_applied_once(
+    client: TestClient, v2: V2Control, v2_worker: Any, fault: dict[str, Any]
+) -> None:
+    key = api_key()
+    payment_id = payment(v2, method="card")
+    v2.set_faults(STORE, calls=["refund"], imp_uids=[payment_id], **fault)
+    job_id = post(client, key, payment_id)
+    wait_until(lambda: v2.tally(payment_id)["refunds_applied"] == 1, 20, "the refund to apply")
+    v2.clear_faults(STORE)
+    done = finished(client, key, job_id)
+    assert done["status"] == "refunded", done
+    assert done["refund"]["amount"] == 1000
+    tally = v2.tally(payment_id)
+    assert tally["refunds_applied"] == 1
+    keyed_only(tally)
+    # The first refund, and at most its repeat under the same key (answered from the key).
+    assert tally["cancel_calls"] - tally["replays"] == 1
+    assert tally["cancel_calls"] <= 2
+    assert v2.payment(payment_id)["status"] == "CANCELLED"
+
+
+def test_a_refund_still_being_worked_on_waits_for_its_key(
+    client: TestClient, v2: V2Control, v2_worker: Any
+) -> None:
+    key = api_key()
+    payment_id = payment(v2, method="card")
+    # Applied 8 s after it arrived, long after the caller (2 s) hung up; its key is
+    # outstanding until then, so the repeat is answered 409 IDEMPOTENCY_OUTSTANDING_REQUEST.
+    v2.set_faults(
+        STORE, calls=["refund"], imp_uids=[payment_id], late_apply_rate=1, late_apply_seconds=8
+    )
+    job_id = post(client, key, payment_id)
+    wait_until(lambda: v2.tally(payment_id)["outstanding"] >= 1, 20, "a repeat while outstanding")
+    assert job(client, key, job_id)["status"] in ("running", "retry_wait")  # never failed
+    done = finished(client, key, job_id)
+    assert done["status"] == "refunded", done
+    tally = v2.tally(payment_id)
+    assert tally["refunds_applied"] == 1
+    keyed_only(tally)
+    assert tally["cancel_calls"] == 1 + tally["outstanding"] + tally["replays"]
+    # "Still outstanding" is the first call's, not another attempt.
+    attempts = client.get(f"/v1/jobs/{job_id}/attempts", headers=auth(key)).json()["items"]
+    outcomes = [a["outcome"] for a in attempts if a["call"] == "refund"]
+    assert "in_flight" in outcomes
+    assert done["attempts"] == len([o for o in outcomes if o != "in_flight"])
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status"), [("SUCCEEDED", "refunded"), ("FAILED", "needs_refund")]
+)
+def test_a_requested_cancellation_is_waited_for(
+    client: TestClient, v2: V2Control, v2_worker: Any, outcome: str, status: str
+) -> None:
+    key = api_key()
+    payment_id = payment(v2, method="card")
+    v2.settings(
+        requested_rate=1,
+        requested_seconds=4,
+        requested_outcome=outcome,
+        requested_payment_ids=[payment_id],
+    )
+    try:
+        job_id = post(client, key, payment_id)
+        wait_until(lambda: v2.tally(payment_id)["refunds_requested"] == 1, 20, "REQUESTED")
+        assert job(client, key, job_id)["status"] in ("running", "retry_wait")
+        done = finished(client, key, job_id)
+    finally:
+        v2.settings(requested_rate=0, requested_payment_ids=None)
+    assert done["status"] == status, done
+    tally = v2.tally(payment_id)
+    assert tally["cancel_calls"] == 1  # waited and looked up: no second refund
+    keyed_only(tally)
+    if status == "refunded":
+        assert done["refund"]["amount"] == 1000
+        assert v2.payment(payment_id)["status"] == "CANCELLED"
+    else:
+        assert done["error"]["message"] and v2.payment(payment_id)["status"] == "PAID"
+
+
+def test_a_convenience_store_payment_on_v2_fails_with_a_plain_error(
+    client: TestClient, v2: V2Control, v2_worker: Any
+) -> None:
+    key = api_key()
+    payment_id = payment(v2, method="convenience_store", status="PENDING")
+    done = finished(client, key, post(client, key, payment_id, hint="cvs"))
+    assert done["status"] == "failed", done
+    assert "convenience-store barcode" in done["error"]["message"]
+    tally = v2.tally(payment_id)
+    assert tally["close_calls"] == 0 and tally["cancel_calls"] == 0  # nothing was sent
