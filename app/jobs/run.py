@@ -63,6 +63,10 @@ COUNTED_OUTCOMES_EXCLUDED = frozenset({"rate_limited", "not_sent", "in_flight"})
 ANSWERED_OUTCOMES = frozenset(
     {"ok", "refused", "not_found", "unauthorized", "rate_limited", "server_error"}
 )
+# Answers after which a keyed gateway keeps its answer under the call's key: the next call is
+# a new one, with a new key (store.ANSWERED_CALLS_SQL counts the same outcomes). A 429 comes
+# before the gateway's application, and an unanswered call's repeat must keep its key.
+KEY_SPENT_OUTCOMES = ANSWERED_OUTCOMES - {"rate_limited"}
 
 
 # What else a terminal transition writes in its own transaction (the webhook outbox's
@@ -114,6 +118,12 @@ class JobRun:
     answered: bool = False  # this run's last mutating call had a definite answer
     last_sent: Step | None = None  # the last cancel or refund this run sent
     sent_at: float | None = None  # when the current step's mutating call left (our clock)
+    answered_calls: int = 0  # this run's cancels and refunds with KEY_SPENT_OUTCOMES
+
+    def intent(self) -> str:
+        """Whose call the next cancel or refund is, the same on every repeat of an unanswered
+        call and new after an answered one: a keyed gateway makes the call's key from it."""
+        return f"{self.job.id}:{self.job.answered_calls + self.answered_calls}"
 
     def before_send(self, call: str) -> None:
         if call not in (Step.CANCEL, Step.REFUND):
@@ -161,6 +171,8 @@ class JobRun:
             # Known at the moment the answer comes: a 401's repeat, or the next step of this
             # run, may then be sent without waiting for the settle time.
             self.answered = record.outcome in ANSWERED_OUTCOMES
+            if record.outcome in KEY_SPENT_OUTCOMES:
+                self.answered_calls += 1
         else:
             self.others.append(record)
 
@@ -197,8 +209,7 @@ def _call_step(
     checksum: float | None,
 ) -> Result:
     job = observer.job
-    # Whose call it is, the same on every repeat: a keyed gateway makes the call's key from it.
-    intent = str(job.id)
+    intent = observer.intent()
     try:
         if step is Step.LOOKUP:
             payment = gateway.look_up(job.imp_uid, observer=observer)

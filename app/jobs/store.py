@@ -37,6 +37,12 @@ ATTEMPTS_SQL = """(SELECT count(*) FROM attempts a
     AND a.started_at >= COALESCE(jobs.retried_at, '-infinity')
     AND a.outcome IS DISTINCT FROM 'rate_limited' AND a.outcome IS DISTINCT FROM 'not_sent'
     AND a.outcome IS DISTINCT FROM 'in_flight')"""
+# The job's cancel and refund calls that the gateway answered (run.KEY_SPENT_OUTCOMES), ever: a
+# keyed gateway's key is made with it, so the repeat of an unanswered call has that call's key
+# and the call after an answered one a new key (PortOne replays a key's first answer).
+ANSWERED_CALLS_SQL = """(SELECT count(*) FROM attempts a
+  WHERE a.job_id = jobs.id AND a.call IN ('cancel', 'refund')
+    AND a.outcome IN ('ok', 'refused', 'not_found', 'unauthorized', 'server_error'))"""
 # Seconds until the job's unanswered call can no longer apply at iamport, by the database clock.
 SETTLE_LEFT_SQL = """CASE WHEN jobs.uncertain_call IS NULL THEN 0.0 ELSE GREATEST(0.0,
   EXTRACT(EPOCH FROM jobs.last_call_at + make_interval(secs => %(settle)s) - now()))::float8 END"""
@@ -218,6 +224,7 @@ class Claimed:
     # not a time, so the database's clock does not mix with the worker's.
     first_call_age: float | None = None
     api: str = "v1"  # the account's kind: "v2" keys every call that changes a payment
+    answered_calls: int = 0  # ANSWERED_CALLS_SQL
 
 
 # Guard: only a job that is ready (queued, due retry_wait, or running with an expired lease)
@@ -235,7 +242,8 @@ WHERE jobs.id = told.id
 RETURNING jobs.id, account, imp_uid, lease_token, {ATTEMPTS_SQL} AS attempts, uncertain_call,
     {SETTLE_LEFT_SQL} AS settle_left, pay_method, on_paid,
     refund_requested_at IS NOT NULL AS refund_requested, told.told AS look_first, idle_runs,
-    reason, error, {FIRST_CALL_AGE_SQL} AS first_call_age, api
+    reason, error, {FIRST_CALL_AGE_SQL} AS first_call_age, api,
+    {ANSWERED_CALLS_SQL} AS answered_calls
 """  # noqa: S608
 
 

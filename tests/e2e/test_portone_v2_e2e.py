@@ -9,15 +9,20 @@ repeating its call with the same key, never by waiting out the settle time.
 
 from __future__ import annotations
 
+import base64
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 from fastapi.testclient import TestClient
 
+from devtools.embedded import free_port, wait_for_port
+from devtools.launch import api_command
 from devtools.sandbox.control import SandboxControl, V2Control
+from tests.e2e.test_stopping import spawn
 from tests.support.factories import api_key, auth
 from tests.support.processes import start_worker, stop, wait_until
 from tests.support.settings import reset_caches
@@ -27,6 +32,7 @@ _n = itertools.count()
 STORE, SECRET = "store-e2e", "v2-secret-e2e"
 TIMEOUT = 2  # the account's timeout_seconds: hangs and trickles are cut at it
 TERMINAL = {"cancelled", "needs_refund", "refunded", "failed"}
+WHSEC = "whsec_" + base64.b64encode(b"the e2e store's webhook secret!!").decode()
 
 
 @pytest.fixture
@@ -47,10 +53,12 @@ def v2_env(
         f'base_url = "{sandbox_url}"\n'
         f"timeout_seconds = {TIMEOUT}\n"
         'on_paid = "refund"\n'
+        'webhook_secret_env = "TEST_V2_WHSEC"\n'
     )
     extra = {
         "ACCOUNTS_FILE": str(path),
         "TEST_V2_SECRET": SECRET,
+        "TEST_V2_WHSEC": WHSEC,
         "CANCEL_SETTLE_SECONDS": "600",
     }
     for k, v in extra.items():
@@ -230,3 +238,66 @@ def test_a_convenience_store_payment_on_v2_fails_with_a_plain_error(
     assert "convenience-store barcode" in done["error"]["message"]
     tally = v2.tally(payment_id)
     assert tally["close_calls"] == 0 and tally["cancel_calls"] == 0  # nothing was sent
+
+
+@pytest.fixture
+def api_url(v2_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
+    """The API under uvicorn, where the sandbox sends the store's signed webhooks."""
+    port = free_port()
+    proc = spawn(api_command(port), v2_env, tmp_path / "api.log")
+    try:
+        wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop(proc)
+
+
+def waiting(db: str, job_id: str) -> tuple[str, bool, float]:
+    with psycopg.connect(db) as conn:
+        row = conn.execute(
+            "SELECT status, look_first, EXTRACT(EPOCH FROM next_attempt_at - now())::float8 "
+            "FROM jobs WHERE id = %s",
+            (job_id,),
+        ).fetchone()
+    assert row is not None
+    return str(row[0]), bool(row[1]), float(row[2] or 0)
+
+
+def test_a_signed_v2_webhook_makes_the_job_look_first_and_a_forged_or_stale_one_does_not(
+    client: TestClient, v2: V2Control, v2_env: dict[str, str], api_url: str, v2_worker: Any
+) -> None:
+    key = api_key()
+    v2.add_store(STORE, SECRET, f"{api_url}/v1/portone/webhooks/shop2", WHSEC)
+    payment_id = payment(v2, method="virtual_account", status="READY")
+    job_id = post(client, key, payment_id, hint="vbank")
+    # Not issued yet: nothing to close, so the job waits; then it is made to wait an hour.
+    wait_until(
+        lambda: job(client, key, job_id)["payment_status"] == "pending", 20, "nothing to stop yet"
+    )
+    db = v2_env["DATABASE_URL"]
+    wait_until(lambda: waiting(db, job_id)[0] == "retry_wait", 20, "the job to wait")
+    with psycopg.connect(db, autocommit=True) as conn:
+        conn.execute(
+            "UPDATE jobs SET next_attempt_at = now() + interval '1 hour', "
+            "due_at = now() + interval '1 hour' WHERE id = %s",
+            (job_id,),
+        )
+    forged = v2.send_webhook(payment_id, store_id=STORE, signature="v1,Zm9yZ2VkIHNpZ25hdHVyZQ==")
+    stale = v2.send_webhook(payment_id, store_id=STORE, timestamp_offset=-600)
+    other = v2.send_webhook(payment_id, store_id=STORE, secret="whsec_" + "QUJD" * 8)
+    assert [h["status_code"] for h in (forged, stale, other)] == [401, 401, 401]
+    status, look_first, due_in = waiting(db, job_id)
+    assert (status, look_first) == ("retry_wait", False) and due_in > 3000  # nothing changed
+
+    # The virtual account is issued: PortOne's signed webhook makes the job look first, now.
+    v2.issue(payment_id)
+    done = finished(client, key, job_id, timeout=30)
+    steps = client.get(f"/v1/jobs/{job_id}/attempts", headers=auth(key)).json()["items"]
+    assert done["status"] == "cancelled", (done, steps)
+    tally = v2.tally(payment_id)
+    # Each close before the issue was refused; the one after it is a new call with a new key,
+    # not a replay of a refusal.
+    assert tally["closes_applied"] == 1 and tally["close_calls"] >= 2 and tally["replays"] == 0
+    keyed_only(tally)
+    delivered = [w for w in v2.webhooks() if w.get("status_code") == 200]
+    assert delivered, v2.webhooks()
