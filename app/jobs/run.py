@@ -65,8 +65,10 @@ ANSWERED_OUTCOMES = frozenset(
 )
 # Answers after which a keyed gateway keeps its answer under the call's key: the next call is
 # a new one, with a new key (store.ANSWERED_CALLS_SQL counts the same outcomes). A 429 comes
-# before the gateway's application, and an unanswered call's repeat must keep its key.
-KEY_SPENT_OUTCOMES = ANSWERED_OUTCOMES - {"rate_limited"}
+# before the gateway's application, and an unanswered call's repeat must keep its key; a
+# REQUESTED cancellation is waited for, never repeated, and a refund a person asks for after
+# it failed is a new call.
+KEY_SPENT_OUTCOMES = (ANSWERED_OUTCOMES - {"rate_limited"}) | {"requested"}
 
 
 # What else a terminal transition writes in its own transaction (the webhook outbox's

@@ -42,7 +42,8 @@ ATTEMPTS_SQL = """(SELECT count(*) FROM attempts a
 # and the call after an answered one a new key (PortOne replays a key's first answer).
 ANSWERED_CALLS_SQL = """(SELECT count(*) FROM attempts a
   WHERE a.job_id = jobs.id AND a.call IN ('cancel', 'refund')
-    AND a.outcome IN ('ok', 'refused', 'not_found', 'unauthorized', 'server_error'))"""
+    AND a.outcome IN ('ok', 'refused', 'not_found', 'unauthorized', 'server_error',
+                      'requested'))"""
 # Seconds until the job's unanswered call can no longer apply at iamport, by the database clock.
 SETTLE_LEFT_SQL = """CASE WHEN jobs.uncertain_call IS NULL THEN 0.0 ELSE GREATEST(0.0,
   EXTRACT(EPOCH FROM jobs.last_call_at + make_interval(secs => %(settle)s) - now()))::float8 END"""

@@ -226,6 +226,15 @@ def test_a_requested_cancellation_is_waited_for(
         assert v2.payment(payment_id)["status"] == "CANCELLED"
     else:
         assert done["error"]["message"] and v2.payment(payment_id)["status"] == "PAID"
+        # A person asks for the refund again: a new call with a new key, not the failed one's.
+        r = client.post(f"/v1/jobs/{job_id}/refund", headers=auth(key))
+        assert r.status_code == 202, r.text
+        again = finished(client, key, job_id)
+        assert again["status"] == "refunded", again
+        tally = v2.tally(payment_id)
+        assert (
+            tally["cancel_calls"] == 2 and tally["replays"] == 0 and tally["refunds_applied"] == 1
+        )
 
 
 def test_a_convenience_store_payment_on_v2_fails_with_a_plain_error(

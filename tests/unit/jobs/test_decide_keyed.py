@@ -6,10 +6,13 @@ ends the job with its reason."""
 from __future__ import annotations
 
 import random
+import re
 
 from app.jobs.decide import Decision, JobState, Kind, Method, Policy, Result, Step, decide, drive
 from app.jobs.records import UpstreamError
+from app.jobs.run import KEY_SPENT_OUTCOMES
 from app.jobs.status import JobStatus
+from app.jobs.store import ANSWERED_CALLS_SQL
 from app.upstream.payment import CancelHistoryEntry, Payment
 
 SEED = 3
@@ -191,3 +194,9 @@ def test_a_refunded_cvs_hint_keeps_no_error_of_the_void_it_could_not_make() -> N
     )
     d = run(JobState(keyed=True, refund_allowed=True), script)
     assert d.status is JobStatus.REFUNDED and d.error is None
+
+
+def test_the_answered_calls_the_database_counts_are_the_runs() -> None:
+    listed = re.search(r"outcome IN \(([^)]*)\)", ANSWERED_CALLS_SQL)
+    assert listed is not None
+    assert set(re.findall(r"'([a-z_]+)'", listed.group(1))) == KEY_SPENT_OUTCOMES
