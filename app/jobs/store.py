@@ -40,10 +40,11 @@ ATTEMPTS_SQL = """(SELECT count(*) FROM attempts a
 # The job's cancel and refund calls that the gateway answered (run.KEY_SPENT_OUTCOMES), ever: a
 # keyed gateway's key is made with it, so the repeat of an unanswered call has that call's key
 # and the call after an answered one a new key (PortOne replays a key's first answer).
-ANSWERED_CALLS_SQL = """(SELECT count(*) FROM attempts a
+# Only keyed (v2) jobs need it: a v1 claim does not pay for the count.
+ANSWERED_CALLS_SQL = """CASE WHEN jobs.api = 'v2' THEN (SELECT count(*) FROM attempts a
   WHERE a.job_id = jobs.id AND a.call IN ('cancel', 'refund')
     AND a.outcome IN ('ok', 'refused', 'not_found', 'unauthorized', 'server_error',
-                      'requested'))"""
+                      'requested')) ELSE 0 END"""
 # Seconds until the job's unanswered call can no longer apply at iamport, by the database clock.
 SETTLE_LEFT_SQL = """CASE WHEN jobs.uncertain_call IS NULL THEN 0.0 ELSE GREATEST(0.0,
   EXTRACT(EPOCH FROM jobs.last_call_at + make_interval(secs => %(settle)s) - now()))::float8 END"""
