@@ -95,7 +95,7 @@ export async function renderQueue({ view, session }, name) {
       } }) });
     }
     columns.push(
-      { title: "imp_uid", cell: (j) => el("a", { href: `#/jobs/${j.id}`, class: "mono" }, j.payment_id) },
+      { title: "payment_id", cell: (j) => el("a", { href: `#/jobs/${j.id}`, class: "mono" }, j.payment_id) },
       { title: "merchant_uid", cell: (j) => j.merchant_uid || "—", class: "mono" },
       { title: "events", cell: (j) => j.event_ids.join(", ") },
       { title: name === "failed" ? "error" : "payment", cell: (j) => (name === "failed" ? (j.error ? el("span", { class: "err-text" }, errorSummary(j.error)) : "—") : j.payment_status || "—") },
