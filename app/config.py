@@ -93,12 +93,20 @@ class Settings(BaseSettings):
         `send_margin_seconds` of the lease are left, so it ends before anyone else may take
         the job. The rest is room for the database writes around it.
         """
-        return 2 * self.iamport_timeout_seconds + 5
+        return self.lease_for(self.iamport_timeout_seconds)
 
     @property
     def send_margin_seconds(self) -> float:
         """The lease a worker must still hold, by its own clock, to send a cancel or refund."""
-        return self.iamport_timeout_seconds + 2
+        return self.send_margin_for(self.iamport_timeout_seconds)
+
+    def lease_for(self, timeout: float) -> float:
+        """The lease of a job whose gateway calls each end within `timeout` seconds."""
+        return 2 * timeout + 5
+
+    def send_margin_for(self, timeout: float) -> float:
+        """The lease left, by the worker's clock, needed to send a call of that timeout."""
+        return timeout + 2
 
     def require_urls(self) -> None:
         """Fail with a clear message when the service is started without its backing stores."""

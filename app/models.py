@@ -84,6 +84,7 @@ class Job(SQLModel, table=True):
         CheckConstraint("uncertain_call IN ('cancel', 'refund')", name="uncertain_call"),
         CheckConstraint("pay_method IN ('cvs', 'vbank')", name="pay_method"),
         CheckConstraint("on_paid IN ('hold', 'refund')", name="on_paid"),
+        CheckConstraint("api IN ('v1', 'v2')", name="api"),
         # Room on each page for a row's next versions (migration 0005).
         {"postgresql_with": {"fillfactor": 70}},
     )
@@ -97,7 +98,11 @@ class Job(SQLModel, table=True):
         default="default",
         sa_column=Column(String(40), nullable=False, server_default="default"),
     )
-    imp_uid: str = Field(max_length=64)
+    # The payment's id at its gateway: iamport's imp_uid, or PortOne V2's paymentId.
+    imp_uid: str = Field(max_length=200)
+    # The account's kind when the job was made ("v1" iamport, "v2" PortOne V2): it names the
+    # payment id in the job's shape.
+    api: str = Field(default="v1", sa_column=Column(String(2), nullable=False, server_default="v1"))
     merchant_uid: str | None = Field(default=None, max_length=128, index=True)
     status: str = Field(
         default=JobStatus.QUEUED.value,

@@ -1,8 +1,9 @@
 """`stockout demo`: the service's whole story, live, against a running `stockout dev`.
 
 Barcodes cancelled; a paid one held and then refunded; an iamport outage with retries, during
-which a customer is blocked at the till, and the recovery; a signed webhook received and
-verified. Each step reports ok, failed, or skipped when the API does not offer it.
+which a customer is blocked at the till, and the recovery; on a PortOne V2 account, a virtual
+account closed and a paid payment refunded; a signed webhook received and verified. Each step
+reports ok, failed, or skipped when the API (or the stack) does not offer it.
 """
 
 from __future__ import annotations
@@ -106,6 +107,7 @@ class Demo:
             else {}
         )
         self.run_id = time.strftime("%Y%m%d%H%M%S") + secrets.token_hex(2)
+        self.v2_account = env.get("V2_ACCOUNT", "")
         self.receiver = Receiver()
         self.webhook_secret: str | None = None
         self.endpoint_id: str | None = None
@@ -163,7 +165,7 @@ class Demo:
         with console.status(what) as status:
             while True:
                 jobs = [self.call("GET", f"/v1/jobs/{j}").json() for j in job_ids]
-                summary = ", ".join(f"{j['imp_uid'][-3:]}: {j['status']}" for j in jobs)
+                summary = ", ".join(f"{_payment_id(j)[-3:]}: {j['status']}" for j in jobs)
                 status.update(f"{what}  [dim]{summary}[/]")
                 if done(jobs):
                     return jobs
@@ -251,6 +253,50 @@ class Demo:
         self.till = till
         return f"{len(done)} jobs retried ({attempts} attempts in all) and cancelled"
 
+    def v2_event(self, tag: str, payment_id: str, hint: str, **extra: Any) -> dict[str, Any]:
+        if not self.v2_account:
+            raise Skipped("this stack has no PortOne V2 account (stockout dev makes one)")
+        body = {
+            "account": self.v2_account,
+            "event_id": f"demo-{self.run_id}-{tag}",
+            "sku": "SKU-DEMO",
+            "payments": [{"payment_id": payment_id, "pay_method": hint}],
+            **extra,
+        }
+        (job,) = self.call("POST", "/v1/stockout-events", json=body).json()["jobs"]
+        return dict(job)
+
+    def v2_close(self) -> str:
+        payment_id = f"demo-{self.run_id}-v2-vbank"
+        if self.v2_account:
+            self.sandbox.v2.create_payment(
+                payment_id=payment_id, method="virtual_account", amount=12000
+            )
+        job = self.v2_event("v2-close", payment_id, "vbank")
+        (done,) = self.wait(
+            [job["id"]], lambda js: js[0]["status"] in TERMINAL, "closing a V2 virtual account"
+        )
+        if done["status"] != JobStatus.CANCELLED:
+            raise StepFailed(f"the virtual account's job ended {done['status']}, not cancelled")
+        closes = self.sandbox.v2.tally(payment_id)["closes_applied"]
+        return f"{payment_id} closed at PortOne V2 (sandbox), {closes} close applied"
+
+    def v2_refund(self) -> str:
+        payment_id = f"demo-{self.run_id}-v2-card"
+        if self.v2_account:
+            self.sandbox.v2.create_payment(payment_id=payment_id, method="card", amount=12000)
+        job = self.v2_event("v2-refund", payment_id, "cvs", on_paid="refund")
+        (done,) = self.wait(
+            [job["id"]], lambda js: js[0]["status"] in TERMINAL, "refunding a V2 payment"
+        )
+        if done["status"] != JobStatus.REFUNDED:
+            raise StepFailed(f"the paid V2 payment's job ended {done['status']}, not refunded")
+        tally = self.sandbox.v2.tally(payment_id)
+        return (
+            f"{payment_id} refunded ({done['refund']['amount']:,.0f} won), "
+            f"{tally['refunds_applied']} refund applied, every call under an Idempotency-Key"
+        )
+
     def till_guard(self) -> str:
         till = self.till
         if not till:
@@ -295,6 +341,8 @@ class Demo:
             ("paid: held, then refunded", self.hold_and_refund),
             ("iamport outage: retries, recovery", self.outage),
             ("customer blocked at the till", self.till_guard),
+            ("PortOne V2: virtual account closed", self.v2_close),
+            ("PortOne V2: paid, refunded", self.v2_refund),
             ("webhooks delivered and verified", self.webhooks),
         ]
         for name, step in steps:
@@ -310,6 +358,11 @@ class Demo:
             console.print(f"[{color}]{result}[/]  {detail}", highlight=False)
             self.outcomes.append(Outcome(name, result, detail, time.monotonic() - started))
         return self.outcomes
+
+
+def _payment_id(job: dict[str, Any]) -> str:
+    """A job's payment id (an API older than V2 accounts shows only imp_uid)."""
+    return str(job.get("payment_id") or job.get("imp_uid") or "")
 
 
 def _generic(path: str) -> str:

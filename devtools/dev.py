@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import os
@@ -27,9 +28,13 @@ from devtools.embedded import (
     redis_server_binary,
     wait_for_port,
 )
+from devtools.sandbox.control import SandboxControl
 
 console = Console(stderr=True)
 SANDBOX_KEY, SANDBOX_SECRET = "sandbox_key", "sandbox_secret"
+# The sandbox's own PortOne V2 store, and the dev stack's V2 account that uses it.
+SANDBOX_STORE, SANDBOX_V2_SECRET = "store-sandbox", "portone_sandbox_secret"
+V2_ACCOUNT = "v2"
 EXTRAS_HINT = (
     "stockout dev needs Postgres and Redis: the embedded ones come with the dev install "
     "(`pip install -r requirements-dev.lock`, or `make run`), which production installs "
@@ -210,6 +215,47 @@ def key_still_valid(database_url: str, key: str, scopes: tuple[str, ...]) -> boo
     return row is not None and set(scopes) <= set(row[0])
 
 
+def write_accounts(data_dir: Path, sandbox_url: str, token: str, whsec: str) -> Path:
+    """The dev stack's accounts against the sandbox: `default` (iamport V1, the sandbox's own
+    merchant) and `v2` (PortOne V2, the sandbox's own store); secrets in files beside it."""
+    secrets_dir = data_dir / "secrets"
+    secrets_dir.mkdir(exist_ok=True)
+    secrets_dir.chmod(0o700)
+    files = {
+        "default_imp_secret": SANDBOX_SECRET,
+        "default_webhook_token": token,
+        "v2_api_secret": SANDBOX_V2_SECRET,
+        "v2_webhook_secret": whsec,
+    }
+    for name, value in files.items():
+        path = secrets_dir / name
+        path.write_text(value + "\n")
+        path.chmod(0o600)
+    accounts = data_dir / "accounts.toml"
+    accounts.write_text(
+        "# Written by `stockout dev` on each start: both gateways, against the sandbox.\n"
+        "[accounts.default]\n"
+        'api = "v1"\n'
+        f'imp_key = "{SANDBOX_KEY}"\n'
+        f'imp_secret_file = "{secrets_dir / "default_imp_secret"}"\n'
+        f'webhook_token_file = "{secrets_dir / "default_webhook_token"}"\n'
+        f'base_url = "{sandbox_url}"\n'
+        "\n"
+        f"[accounts.{V2_ACCOUNT}]\n"
+        'api = "v2"\n'
+        f'store_id = "{SANDBOX_STORE}"\n'
+        f'api_secret_file = "{secrets_dir / "v2_api_secret"}"\n'
+        f'webhook_secret_file = "{secrets_dir / "v2_webhook_secret"}"\n'
+        f'base_url = "{sandbox_url}"\n'
+    )
+    return accounts
+
+
+def new_webhook_secret() -> str:
+    """A Standard Webhooks secret, as PortOne's console hands them out."""
+    return "whsec_" + base64.b64encode(secrets.token_bytes(24)).decode()
+
+
 def wait_ready(url: str, children: Children, timeout: float = 60) -> None:
     """Wait until /readyz answers 200 (or a child dies)."""
     deadline = time.monotonic() + timeout
@@ -274,6 +320,7 @@ def run_dev(
             CANCEL_SETTLE_SECONDS=os.environ.get("CANCEL_SETTLE_SECONDS", "3"),
         )
         sandbox_url = ""
+        whsec = v2_account = ""
         if real_iamport:
             if not (env.get("IAMPORT_IMP_KEY") and env.get("IAMPORT_IMP_SECRET")):
                 raise DevError("--real-iamport needs IAMPORT_IMP_KEY and IAMPORT_IMP_SECRET")
@@ -301,6 +348,15 @@ def run_dev(
                 IAMPORT_IMP_KEY=SANDBOX_KEY,
                 IAMPORT_IMP_SECRET=SANDBOX_SECRET,
             )
+            if not env.get("ACCOUNTS_FILE"):
+                # A PortOne V2 account beside the iamport one; the sandbox signs its store's
+                # webhooks and sends them to the account's hook.
+                whsec = previous.get("V2_WEBHOOK_SECRET") or new_webhook_secret()
+                env["ACCOUNTS_FILE"] = str(write_accounts(data_dir, sandbox_url, token, whsec))
+                v2_account = V2_ACCOUNT
+                hook = f"{url}/v1/portone/webhooks/{V2_ACCOUNT}"
+                with SandboxControl(sandbox_url) as control:
+                    control.v2.add_store(SANDBOX_STORE, SANDBOX_V2_SECRET, hook, whsec)
 
         migrated = subprocess.run(
             launch.migrate_command(), env=env, cwd=launch.ROOT, capture_output=True, text=True
@@ -328,12 +384,22 @@ def run_dev(
                 "DATABASE_URL": pg.url,
                 "REDIS_URL": redis_server.url,
                 "IAMPORT_WEBHOOK_TOKEN": token,
+                "V2_ACCOUNT": v2_account,
+                "V2_WEBHOOK_SECRET": whsec,
             },
         )
         console.print(f"\n[bold green]stockout-cancel is up[/] at {url}  (logs in {logs})")
         console.print(f"  API docs  {url}/docs")
         if sandbox_url:
-            console.print(f"  sandbox   {sandbox_url}  (iamport simulator; control API /__control)")
+            console.print(
+                f"  sandbox   {sandbox_url}  (iamport and PortOne V2 simulator; control API "
+                "/__control)"
+            )
+        if v2_account:
+            console.print(
+                f"  accounts  default (iamport V1) and {v2_account} (PortOne V2, store "
+                f"{SANDBOX_STORE}) in {_shown(Path(env['ACCOUNTS_FILE']))}"
+            )
         console.print(f"  settings  {env_file}  (API_URL, API_KEY, SANDBOX, DATABASE_URL, ...)")
         console.print("  try it    [bold]stockout demo[/]   or, for the README's curl steps:")
         console.print(f"            set -a; . {_shown(env_file)}; set +a")

@@ -24,9 +24,12 @@ from app.kit.db import pool
 from app.kit.dispatch import chunks
 from app.kit.errors import UnknownAccount
 from app.kit.redis_conn import get_redis
-from app.upstream.accounts import accounts_of
+from app.upstream.accounts import Account, accounts_of, longest_timeout
+from app.upstream.contract import Gateway
 from app.upstream.guard import Guard, GuardPolicy
 from app.upstream.iamport.client import IamportClient
+from app.upstream.portone.client import PortOneClient
+from app.upstream.ratelimit import RateLimiter
 from app.webhooks import outbox
 from worker.process_pool import ChildLost, ThreadedProcessPool, child_threads, usable_cores
 
@@ -58,7 +61,7 @@ class Runner:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._clients: dict[str, IamportClient] = {}
+        self._clients: dict[str, IamportClient | PortOneClient] = {}
         self._rng = threading.local()
         self.children: ThreadedProcessPool | None = None
         self._local: ThreadPoolExecutor | None = None
@@ -67,8 +70,9 @@ class Runner:
 
     # -- the process's own jobs (in a child, or on one core in the worker itself) ------------
 
-    def gateway(self, account: str) -> IamportClient:
-        """One gateway client (one httpx pool, token and rate limit) per account and process."""
+    def gateway(self, account: str) -> IamportClient | PortOneClient:
+        """One gateway client (one httpx pool, rate limit and guard; a token for iamport) per
+        account and process: iamport's for a v1 account, PortOne V2's for a v2 one."""
         with self._lock:
             client = self._clients.get(account)
             if client is None:
@@ -77,7 +81,7 @@ class Runner:
                 if found is None:
                     raise UnknownAccount(f"no account {account} is configured")
                 guard = Guard(GuardPolicy(max_in_flight=self._account_share(settings)))
-                client = IamportClient.for_account(found, settings, get_redis(), guard)
+                client = _client_for(found, settings, guard)
                 self._clients[account] = client
             return client
 
@@ -107,19 +111,20 @@ class Runner:
         if not ids:
             return 0
         ran = 0
+        # Claimed before its account is known: the lease covers the slowest account's calls.
+        lease = settings.lease_for(longest_timeout(settings))
         with pool().connection() as conn:
             for job_id in ids:
                 # Each job's lease starts when its own run starts, not when the batch arrived.
-                job = store.claim(
-                    conn, job_id, settings.lease_seconds, settings.cancel_settle_seconds
-                )
+                job = store.claim(conn, job_id, lease, settings.cancel_settle_seconds)
                 if job is None:
                     continue  # not ready, or someone else's: a duplicate message costs nothing
                 structlog.contextvars.bind_contextvars(
                     job_id=str(job.id), account=job.account, imp_uid=job.imp_uid
                 )
                 try:
-                    gateway = self.gateway(job.account)
+                    gateway: Gateway = self.gateway(job.account)
+                    timeout = accounts_of(settings)[job.account].timeout_seconds
                 except UnknownAccount:
                     # Its account left the accounts file: nothing can be sent for it. The
                     # lease lapses and the job runs again once the account is back.
@@ -128,7 +133,15 @@ class Runner:
                     continue
                 try:
                     with tracing.span("job run", {"stockout.job_id": str(job.id)}):
-                        run_job(conn, gateway, job, settings, self.rng(), outbox.record_terminal)
+                        run_job(
+                            conn,
+                            gateway,
+                            job,
+                            settings,
+                            self.rng(),
+                            outbox.record_terminal,
+                            timeout=timeout,
+                        )
                 finally:
                     structlog.contextvars.clear_contextvars()
                 ran += 1
@@ -207,6 +220,22 @@ class Runner:
                 self._local = ThreadPoolExecutor(concurrency, thread_name_prefix="job")
                 self._local_size = concurrency
             return self._local
+
+
+def _client_for(
+    account: Account, settings: Settings, guard: Guard
+) -> IamportClient | PortOneClient:
+    """The gateway client of one account, with its own guard and rate limit."""
+    if account.api == "v1":
+        return IamportClient.for_account(account, settings, get_redis(), guard)
+    # The limit is shared by the account's clients in every process, and by no other account.
+    name = f"portone:rate:{account.name}:{account.store_id}"
+    return PortOneClient.for_account(
+        account,
+        limiter=RateLimiter(get_redis(), name, account.max_rps),
+        rate_limit_max_wait=settings.rate_limit_max_wait_seconds,
+        guard=guard,
+    )
 
 
 RUNNER = Runner()

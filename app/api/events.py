@@ -9,20 +9,23 @@ from starlette.concurrency import run_in_threadpool
 
 from app.api.deps import EventsWriter, JobsReader, loop_conns
 from app.config import Settings, get_settings
-from app.events.intake import Accepted, accept_event, accept_new_event
+from app.events.intake import Accepted, accept_event, accept_new_event, check_payment_fields
 from app.events.queries import get_event, list_events
 from app.events.schemas import AccountName, EventCreate, EventId, EventPage, EventPublic
 from app.jobs.queries import DEFAULT_LIMIT, MAX_LIMIT
 from app.kit.db import unit_of_work
 from app.kit.errors import NotFound
-from app.upstream.accounts import Account, require_runnable
+from app.upstream.accounts import Account, require_account, require_runnable
 from app.webhooks import outbox
 
 router = APIRouter(prefix="/v1/stockout-events", tags=["events"])
 
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     409: {"description": "event_conflict"},
-    422: {"description": "validation_error or unknown_account"},
+    422: {
+        "description": "validation_error (also a payment named by the other kind of account's "
+        "field) or unknown_account"
+    },
 }
 
 
@@ -37,7 +40,9 @@ async def post_event(event: EventCreate, request: Request, caller: EventsWriter)
     # The new jobs are handed to the publisher thread after the commit: Redis being down or
     # frozen delays the work (the sweeps pick it up) but never the 202.
     settings = get_settings()
-    account = require_runnable(settings, caller.account_for(event.account))
+    account = require_account(settings, caller.account_for(event.account))
+    check_payment_fields(event, account)
+    require_runnable(settings, account.name)
     async with loop_conns(request).connection() as conn:
         public = await accept_new_event(conn, event, account, settings)
     if public is not None:

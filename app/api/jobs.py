@@ -30,6 +30,9 @@ from app.operators.schemas import ActionList
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 Filter = Annotated[str, StringConstraints(min_length=1, max_length=128), AfterValidator(printable)]
+PaymentFilter = Annotated[
+    str, StringConstraints(min_length=1, max_length=200), AfterValidator(printable)
+]
 NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "not_found"}}
 
 
@@ -39,6 +42,7 @@ def read_jobs(
     account: Annotated[AccountName | None, Query()] = None,
     status: Annotated[JobStatus | None, Query()] = None,
     imp_uid: Annotated[Filter | None, Query()] = None,
+    payment_id: Annotated[PaymentFilter | None, Query()] = None,
     merchant_uid: Annotated[Filter | None, Query()] = None,
     sku: Annotated[Filter | None, Query()] = None,
     event_id: Annotated[Filter | None, Query()] = None,
@@ -51,7 +55,7 @@ def read_jobs(
 ) -> JobPage:
     """Jobs newest first, filtered; follow `next_cursor` for the next page."""
     filters = JobFilters(
-        caller.visible(account), status, imp_uid, merchant_uid, sku, event_id, drift
+        caller.visible(account), status, imp_uid, merchant_uid, sku, event_id, drift, payment_id
     )
     with unit_of_work() as uow:
         return list_jobs(uow.conn, filters, limit, cursor)

@@ -84,6 +84,7 @@ _ERROR = {"http_status": 200, "code": -1, "message": "already paid"}
 _JOB = {
     "id": _JOB_ID,
     "account": "main",
+    "payment_id": "imps_410124208172",
     "imp_uid": "imps_410124208172",
     "merchant_uid": "order-1001",
     "status": "cancelled",
@@ -132,6 +133,7 @@ _DRIFT = {
 _REFUNDED_JOB = {
     **_JOB,
     "id": "8b2e4d17-5c3a-4f6e-b1d9-7a0c2e9f4b68",
+    "payment_id": "imps_410124208173",
     "imp_uid": "imps_410124208173",
     "merchant_uid": "order-1002",
     "status": JobStatus.REFUNDED.value,

@@ -12,8 +12,9 @@ from rich.table import Table
 
 from app.config import get_settings
 from app.upstream.accounts import Account, AccountsError, load_accounts, read_accounts
-from app.upstream.errors import GatewayError
+from app.upstream.errors import GatewayError, NotFound
 from app.upstream.iamport.client import IamportClient
+from app.upstream.portone.client import PortOneClient
 
 accounts_cli = typer.Typer(help="Merchant accounts (ACCOUNTS_FILE).", no_args_is_help=True)
 
@@ -77,10 +78,14 @@ def accounts_check(
         raise typer.Exit(1)
 
 
+# A paymentId no shop uses: PortOne answers PAYMENT_NOT_FOUND to a secret it takes, 401 else.
+CHECK_PAYMENT_ID = "stockout-accounts-check"
+
+
 def _check(account: Account, timeout: float) -> str | None:
     """None when the gateway takes the account's credentials; else what went wrong."""
-    if account.api != "v1":
-        return f"not supported yet: no PortOne {account.api.upper()} client"
+    if account.api == "v2":
+        return _check_v2(account)
     if account.imp_key is None:
         return "imp_key: not set"
     secret = account.secrets.get("imp_secret")
@@ -95,6 +100,24 @@ def _check(account: Account, timeout: float) -> str | None:
     )
     try:
         client.fetch_token()
+    except GatewayError as exc:
+        return str(exc)
+    finally:
+        client.close()
+    return None
+
+
+def _check_v2(account: Account) -> str | None:
+    """PortOne V2 has no token exchange: a lookup of a payment no shop has proves the secret
+    and the store (not found), or says why not."""
+    secret = account.secrets.get("api_secret")
+    if secret is None or secret.value is None:
+        return f"api_secret: {secret.problem if secret else 'not set'}"
+    client = PortOneClient.for_account(account)
+    try:
+        client.look_up(CHECK_PAYMENT_ID)
+    except NotFound:
+        return None
     except GatewayError as exc:
         return str(exc)
     finally:

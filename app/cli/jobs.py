@@ -66,7 +66,7 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
     table = Table()
     for name, values in (
         ("id", [j["id"] for j in jobs]),
-        ("imp_uid", [j["imp_uid"] for j in jobs]),
+        ("payment_id", [payment_id_of(j) for j in jobs]),
     ):
         widest = max((len(str(v)) for v in values), default=len(name))
         table.add_column(name, no_wrap=True, min_width=widest)
@@ -80,7 +80,7 @@ def jobs_table(jobs: list[dict[str, Any]]) -> Table:
         error = j.get("error") or {}
         table.add_row(
             j["id"],
-            j["imp_uid"],
+            payment_id_of(j),
             j.get("account") or "",
             _styled(j["status"]),
             str(j["attempts"]),
@@ -108,22 +108,28 @@ def _all_jobs(params: dict[str, Any], max_pages: int = MAX_PAGES) -> list[dict[s
     return jobs
 
 
+def payment_id_of(job: dict[str, Any]) -> str:
+    """The job's payment id (an API older than V2 accounts shows only imp_uid)."""
+    return str(job.get("payment_id") or job.get("imp_uid") or "")
+
+
 def resolve_job(ref: str) -> dict[str, Any]:
-    """A job by full id, by imp_uid, or by a unique id prefix."""
+    """A job by full id, by payment id (an imp_uid or a V2 paymentId), or by a unique id
+    prefix."""
     try:
         job: dict[str, Any] = api_request("GET", f"/v1/jobs/{uuid.UUID(ref)}")
         return job
     except ValueError:
         pass
-    by_uid = _list_page({"imp_uid": ref, "limit": 1})["items"]
+    by_uid = _list_page({"payment_id": ref, "limit": 1})["items"]
     if by_uid:
         found: dict[str, Any] = by_uid[0]
         return found
     if not re.fullmatch(r"[0-9a-fA-F-]{1,36}", ref):
-        raise ApiError(f"no job with imp_uid {ref}")
+        raise ApiError(f"no job with payment id {ref}")
     matches = [j for j in _all_jobs({}) if j["id"].startswith(ref.lower())]
     if not matches:
-        raise ApiError(f"no job whose id starts with {ref} (nor with that imp_uid)")
+        raise ApiError(f"no job whose id starts with {ref} (nor with that payment id)")
     if len(matches) > 1:
         ids = ", ".join(j["id"] for j in matches[:5])
         raise ApiError(f"{ref} matches {len(matches)} jobs ({ids}...): give more of the id")
@@ -166,7 +172,7 @@ def _show(job: dict[str, Any]) -> None:
     facts = Table.grid(padding=(0, 2))
     for name, value in (
         ("id", job["id"]),
-        ("imp_uid", job["imp_uid"]),
+        ("payment_id", payment_id_of(job)),
         ("merchant_uid", job.get("merchant_uid") or ""),
         ("status", _styled(job["status"])),
         ("attempts", str(job["attempts"])),
@@ -267,12 +273,14 @@ def jobs_refund(
         job = resolve_job(ref)
         if not json:
             out.print(jobs_table([job]))
-        _confirm(f"refund {job['imp_uid']} (job {job['id']})?", yes)
+        _confirm(f"refund {payment_id_of(job)} (job {job['id']})?", yes)
         refunded = _refund(job["id"])
         if json:
             _print_json(refunded)
         else:
-            err.print(f"refund of {refunded['imp_uid']} is under way: status {refunded['status']}")
+            err.print(
+                f"refund of {payment_id_of(refunded)} is under way: status {refunded['status']}"
+            )
         return
     jobs = _all_jobs({"status": JobStatus.NEEDS_REFUND.value, "event_id": event})
     if older_than is not None:
@@ -289,7 +297,7 @@ def jobs_refund(
         try:
             results.append(_refund(j["id"]))
         except ApiError as exc:
-            err.print(f"{j['id']} {j['imp_uid']}: {exc}", highlight=False)
+            err.print(f"{j['id']} {payment_id_of(j)}: {exc}", highlight=False)
             if exc.status is None or exc.code is None:
                 raise  # not this job's problem: the API is unreachable or lacks the endpoint
     if json:

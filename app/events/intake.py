@@ -20,7 +20,7 @@ from app.jobs import store
 from app.jobs.decide import Method, OnPaid
 from app.kit.db import UnitOfWork
 from app.kit.dispatch import publish_later
-from app.kit.errors import EventConflict
+from app.kit.errors import EventConflict, WrongPaymentField
 from app.upstream.accounts import Account
 
 
@@ -33,19 +33,36 @@ class Accepted:
 def content_hash(event: EventCreate) -> str:
     """A digest of what the event says, blind to payment order and repeated imp_uids."""
     occurred = event.occurred_at.astimezone(UTC).isoformat() if event.occurred_at else None
-    payments = sorted(
-        (p.imp_uid, p.merchant_uid or "", p.pay_method) for p in event.unique_payments()
-    )
+    payments = sorted((p.id, p.merchant_uid or "", p.pay_method) for p in event.unique_payments())
     canonical = json.dumps(
         [event.sku, event.reason, occurred, payments, event.on_paid], separators=(",", ":")
     )
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
+# The field that names a payment on each kind of account.
+PAYMENT_FIELD = {"v1": "imp_uid", "v2": "payment_id"}
+
+
+def check_payment_fields(event: EventCreate, account: Account) -> None:
+    """WrongPaymentField (422) when a payment is named by the other kind of account's field."""
+    want = PAYMENT_FIELD[account.api]
+    wrong = [i for i, p in enumerate(event.payments) if p.field != want]
+    if not wrong:
+        return
+    kind = "a PortOne V2" if account.api == "v2" else "an iamport V1"
+    detail = f"account {account.name} is {kind} account: name its payments by {want}"
+    errors = [
+        {"loc": ["body", "payments", str(i), event.payments[i].field], "msg": detail,
+         "type": "wrong_payment_field"}
+        for i in wrong
+    ]  # fmt: skip
+    raise WrongPaymentField(detail, errors)
+
+
 def _new(event: EventCreate, account: Account, settings: Settings) -> store.NewEvent:
     jobs = [
-        store.NewJob(p.imp_uid, p.merchant_uid, Method(p.pay_method))
-        for p in event.unique_payments()
+        store.NewJob(p.id, p.merchant_uid, Method(p.pay_method)) for p in event.unique_payments()
     ]
     return store.NewEvent(
         account.name,
@@ -57,6 +74,7 @@ def _new(event: EventCreate, account: Account, settings: Settings) -> store.NewE
         jobs,
         OnPaid(event.on_paid or account.on_paid),
         settings.dispatch_grace_seconds,
+        account.api,
     )
 
 

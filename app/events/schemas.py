@@ -5,7 +5,15 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from app.jobs.schemas import JobPublic, OnPaidChoice, PayMethod
 from app.kit.text import Text, representable
@@ -25,13 +33,39 @@ ImpUid = Annotated[
 ]
 
 
+# PortOne V2's paymentId: chosen by the merchant, 1-200 characters.
+PaymentId = Annotated[Text, StringConstraints(min_length=1, max_length=200)]
+
+
 class PaymentRef(BaseModel):
+    """One payment of an event: `imp_uid` on a v1 (iamport) account, `payment_id` on a v2
+    (PortOne V2) one; which of the two the account takes is checked once it is known."""
+
     model_config = ConfigDict(extra="forbid")
 
-    imp_uid: ImpUid
+    imp_uid: ImpUid | None = None
+    payment_id: PaymentId | None = None
     merchant_uid: Annotated[Text, StringConstraints(max_length=128)] | None = None
     # A hint: iamport's record of the payment decides which call cancels it.
     pay_method: PayMethod = "cvs"
+
+    @model_validator(mode="after")
+    def _one_id(self) -> PaymentRef:
+        if (self.imp_uid is None) == (self.payment_id is None):
+            raise ValueError("give the payment's id as imp_uid (v1) or payment_id (v2), once")
+        return self
+
+    @property
+    def id(self) -> str:
+        """The payment's id at its gateway, whichever field named it."""
+        found = self.payment_id if self.payment_id is not None else self.imp_uid
+        assert found is not None  # _one_id
+        return found
+
+    @property
+    def field(self) -> str:
+        """The field that named the payment."""
+        return "imp_uid" if self.imp_uid is not None else "payment_id"
 
 
 class EventCreate(BaseModel):
@@ -51,10 +85,10 @@ class EventCreate(BaseModel):
     on_paid: OnPaidChoice | None = None
 
     def unique_payments(self) -> list[PaymentRef]:
-        """The payments in order, each imp_uid once (the first mention wins)."""
+        """The payments in order, each payment id once (the first mention wins)."""
         seen: dict[str, PaymentRef] = {}
         for p in self.payments:
-            seen.setdefault(p.imp_uid, p)
+            seen.setdefault(p.id, p)
         return list(seen.values())
 
 

@@ -12,6 +12,11 @@ Two rules carry the money guarantees:
   paid are definite; `ready` proves nothing until the settle time has passed.
 - A refund is only ever planned from a lookup made in the same run, with that lookup's
   refundable balance as its checksum, so iamport itself refuses a second refund.
+A gateway with idempotency keys (PortOne V2, `keyed`) settles an unanswered call sooner: the
+same call repeated with its key is the same request to it, answered with the first answer or
+"still running" (IN_FLIGHT, never a failure), so it is repeated rather than waited out while
+the gateway keeps the key; a cancellation it accepted but has not finished (REQUESTED) is
+waited for, looked up until it succeeds or fails.
 """
 
 from __future__ import annotations
@@ -67,6 +72,13 @@ class Kind(StrEnum):
     NOT_SENT = "not_sent"  # nothing left our side (no connection, fenced, no token)
     RATE_LIMITED = "rate_limited"  # 429 or our own limiter: nothing applied, wait
     UNAUTHORIZED = "unauthorized"  # 401 even with a fresh token: nothing applied
+    IN_FLIGHT = "in_flight"  # a keyed repeat answered "still running": the first call goes on
+    REQUESTED = "requested"  # a cancellation accepted but not finished: it may succeed or fail
+    UNSUPPORTED = "unsupported"  # the gateway has no such call (V2 cannot void a barcode)
+
+
+# Answers after which the call may still be at work upstream.
+UNANSWERED = frozenset({Kind.UNKNOWN, Kind.IN_FLIGHT, Kind.REQUESTED})
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,9 @@ class Policy:
     # How much earlier than our first call a cancellation's own time must be to be upstream's:
     # iamport's times are whole seconds (truncated), and so is the `now` the skew comes from.
     credit_margin_seconds: float = 5.0
+    # How long a keyed gateway keeps an idempotency key (PortOne V2: 3 hours): within it an
+    # unanswered call is settled by its repeat, after it by the settle time.
+    key_lifetime_seconds: float = 3 * 3600.0
 
     def backoff(self, attempt: int, rng: random.Random) -> float:
         """Full jitter: uniform in [0, min(cap, base * 2^(attempt-1))]."""
@@ -124,6 +139,9 @@ class JobState:
     first_sent_at: float | None = None
     # iamport's clock minus ours, in seconds, as the token exchange measured it.
     clock_skew: float | None = None
+    # The gateway keys every call that changes a payment (PortOne V2): a repeat of an
+    # unanswered call is that same call, not a second one.
+    keyed: bool = False
 
     @property
     def unsettled(self) -> bool:
@@ -235,6 +253,19 @@ def _still_open(state: JobState) -> Step | None:
     return state.uncertain if state.unsettled else None
 
 
+def _may_repeat(state: JobState, policy: Policy, step: Step) -> bool:
+    """Whether the unanswered `step` may be sent again now: only on a keyed gateway, only the
+    same call (its key), and only while the gateway still keeps the key."""
+    if not state.keyed or state.uncertain is not step:
+        return False
+    since = policy.settle_seconds - state.settle_left  # since the unanswered call was sent
+    return since < policy.key_lifetime_seconds
+
+
+def _look_again(state: JobState, policy: Policy, rng: random.Random) -> float:
+    return max(policy.backoff(max(1, state.attempts), rng), policy.unknown_floor_seconds)
+
+
 def _until_settled(state: JobState, policy: Policy, rng: random.Random, status: str) -> Decision:
     """Wait for an unanswered call: look again after a while, at the latest when it settles."""
     look_again = max(policy.backoff(max(1, state.attempts), rng), policy.unknown_floor_seconds)
@@ -255,17 +286,24 @@ def decide(
     rng: random.Random,
     *,
     refused: Step | None = None,
+    unsupported: UpstreamError | None = None,
 ) -> Decision:
     """What to do after `step` answered `result`.
 
     `state.attempts` already counts the call just made; `state.uncertain` is as it stood
-    before it. `refused` names the mutating step this run saw refused before this lookup.
+    before it. `refused` names the mutating step this run saw refused before this lookup;
+    `unsupported` is the gateway's reason when it had no call for that step.
     """
     if result.kind is Kind.RATE_LIMITED:
         # Waiting is not a failed attempt, and a 429 means the call did not apply.
         return _retry(result.retry_after or 1.0, state, uncertain=state.uncertain, error=None)
     if step is Step.LOOKUP:
-        return _after_lookup(result, state, policy, rng, refused)
+        return _after_lookup(result, state, policy, rng, refused, unsupported)
+    if result.kind is Kind.UNSUPPORTED:
+        # Nothing was sent. The payment says whether it needs that call at all (the event's
+        # method is a hint): a lookup decides; the gateway's reason is the error only if the
+        # job ends for it.
+        return Decision(next_step=Step.LOOKUP, uncertain=state.uncertain, error=state.error)
     if not result.sent or result.kind is Kind.NOT_SENT:
         # Nothing left our side, so nothing can have applied: a plain retry.
         delay = result.retry_after or policy.backoff(max(1, state.attempts), rng)
@@ -307,9 +345,9 @@ def _after_mutation(
         # Nothing of it is still in flight, but it may have applied: a lookup decides now,
         # and a cancellation it shows is ours.
         return Decision(next_step=Step.LOOKUP, uncertain=step, error=result.error)
-    if result.kind is Kind.UNKNOWN:
-        look_again = max(policy.backoff(state.attempts, rng), policy.unknown_floor_seconds)
-        delay = min(look_again, policy.settle_seconds)
+    if result.kind in UNANSWERED:
+        # Unknown, still running, or accepted but not finished: look again after a while.
+        delay = min(_look_again(state, policy, rng), policy.settle_seconds)
         return _retry(delay, state, uncertain=step, error=result.error)
     # UNAUTHORIZED: the call was not applied. Out of attempts, a lookup says how it ends.
     if state.attempts >= policy.max_attempts:
@@ -319,7 +357,12 @@ def _after_mutation(
 
 
 def _after_lookup(
-    result: Result, state: JobState, policy: Policy, rng: random.Random, refused: Step | None
+    result: Result,
+    state: JobState,
+    policy: Policy,
+    rng: random.Random,
+    refused: Step | None,
+    unsupported: UpstreamError | None = None,
 ) -> Decision:
     if result.kind is Kind.NOT_FOUND:
         return Decision(
@@ -333,16 +376,42 @@ def _after_lookup(
         delay = policy.backoff(max(1, state.idle_runs + 1), rng)
         return _retry(delay, state, uncertain=state.uncertain, error=result.error, idle=True)
 
-    decision = _after_payment(payment, state, policy, rng, refused)
+    decision = _after_payment(payment, state, policy, rng, refused, unsupported)
     # The method iamport's record gives is kept, whatever comes next.
     return decision if decision.method else replace(decision, method=method_of(payment))
 
 
 def _after_payment(
-    payment: Payment, state: JobState, policy: Policy, rng: random.Random, refused: Step | None
+    payment: Payment,
+    state: JobState,
+    policy: Policy,
+    rng: random.Random,
+    refused: Step | None,
+    unsupported: UpstreamError | None = None,
 ) -> Decision:
     status = payment.status
     method = method_of(payment) or state.method
+    if payment.cancel_pending and status != "cancelled":
+        # A cancellation the gateway accepted is still under way: no other call until it
+        # has succeeded or failed; look again.
+        return _retry(
+            min(_look_again(state, policy, rng), policy.cap_seconds) + 0.05,
+            state,
+            uncertain=state.uncertain,
+            error=None,
+            payment_status=status,
+        )
+    if (
+        unsupported is not None
+        and method is Method.CVS
+        and status not in ("cancelled", "paid", "failed")
+    ):
+        # The barcode is still payable and this gateway has no call that voids it: no run
+        # can do more. The gateway's reason is the error.
+        return Decision(
+            status=JobStatus.FAILED, payment_status=status, method=method, error=unsupported,
+            uncertain=_still_open(state),
+        )  # fmt: skip
     if status == "cancelled":
         if state.uncertain is Step.REFUND:
             return Decision(
@@ -363,6 +432,13 @@ def _after_payment(
             error=state.error,
         )
     if status == "paid":
+        if state.uncertain is Step.REFUND and payment.cancel_failed:
+            # Our refund reached the gateway and its cancellation failed there: the payment
+            # stays paid, for a person to finish.
+            return Decision(
+                status=JobStatus.NEEDS_REFUND, payment_status=status, method=method,
+                error=UpstreamError(message="the refund's cancellation failed at the gateway"),
+            )  # fmt: skip
         if not state.refund_allowed or refused is Step.REFUND:
             # Blocking is no longer possible: a person decides, or finishes a refund iamport
             # would not do for us (its refusal is in `error`). An unsettled call is kept, so
@@ -371,7 +447,7 @@ def _after_payment(
                 status=JobStatus.NEEDS_REFUND, payment_status=status, method=method,
                 error=state.error, uncertain=_still_open(state),
             )  # fmt: skip
-        if state.unsettled:
+        if state.unsettled and not _may_repeat(state, policy, Step.REFUND):
             return _until_settled(state, policy, rng, status)
         if state.attempts >= policy.max_attempts:
             return Decision(
@@ -395,6 +471,15 @@ def _after_payment(
             error=state.error or UpstreamError(message="the payment failed at iamport"),
             uncertain=_still_open(state),
         )
+    if status == "pending":
+        # Created at the gateway but neither issued nor paid: nothing to stop yet. Look again
+        # later; the idle bound ends the job with this plain error if it stays so.
+        delay = policy.backoff(max(1, state.idle_runs + 1), rng)
+        error = UpstreamError(message="nothing to stop yet: the payment is neither issued nor paid")
+        return Decision(
+            status=JobStatus.RETRY_WAIT, delay=delay, uncertain=state.uncertain, error=error,
+            idle=True, payment_status=status,
+        )  # fmt: skip
     if status != "ready":
         # A status iamport does not document: do not guess, look again later.
         delay = policy.backoff(max(1, state.idle_runs + 1), rng)
@@ -402,7 +487,7 @@ def _after_payment(
             delay, state, uncertain=state.uncertain, error=None, idle=True, payment_status=status
         )
     # ready: nothing has applied yet, or an unanswered call of ours still may.
-    if state.unsettled:
+    if state.unsettled and not _may_repeat(state, policy, Step.CANCEL):
         return _until_settled(state, policy, rng, status)
     if state.attempts >= policy.max_attempts:
         return Decision(
@@ -463,8 +548,13 @@ Call = Callable[[Step, Method, float | None], Result]
 
 
 def counts_as_attempt(step: Step, result: Result) -> bool:
-    """A mutating call that left our side and was not answered 429 is an attempt."""
-    return step in MUTATING and result.sent and result.kind is not Kind.RATE_LIMITED
+    """A mutating call that left our side and was not answered 429 is an attempt; a keyed
+    repeat answered "still running" is the first call, not another."""
+    return (
+        step in MUTATING
+        and result.sent
+        and result.kind not in (Kind.RATE_LIMITED, Kind.IN_FLIGHT, Kind.UNSUPPORTED)
+    )
 
 
 def drive(
@@ -483,6 +573,7 @@ def drive(
     settled_at = state.settle_left  # on the run's clock: when the last unanswered call settles
     step = first_step(state)
     refused: Step | None = None
+    unsupported: UpstreamError | None = None
     checksum: float | None = None
     payment_status: str | None = None
     for _ in range(MAX_STEPS):
@@ -498,9 +589,13 @@ def drive(
             if state.first_sent_at is None and result.sent_at is not None:
                 state = replace(state, first_sent_at=result.sent_at)
             # An answer of any kind ends the call at iamport; only an unanswered one goes on.
-            settled_at = started + policy.settle_seconds if result.kind is Kind.UNKNOWN else 0.0
+            settled_at = started + policy.settle_seconds if result.kind in UNANSWERED else 0.0
+        elif step in MUTATING and result.kind is Kind.IN_FLIGHT:
+            settled_at = started + policy.settle_seconds  # the first call is still at work
         state = replace(state, settle_left=settled_at - elapsed())
-        decision = decide(step, result, state, policy, rng, refused=refused)
+        decision = decide(
+            step, result, state, policy, rng, refused=refused, unsupported=unsupported
+        )
         payment_status = decision.payment_status or payment_status
         if decision.next_step is None:
             # What a lookup said of the payment's method is kept, whatever the run decided.
@@ -508,6 +603,9 @@ def drive(
             decision = replace(decision, payment_status=payment_status, method=method)
             return Run(_bounded(decision, state, policy), state.attempts)
         refused = step if step in MUTATING and decision.uncertain is None else None
+        unsupported = None
+        if step in MUTATING and result.kind is Kind.UNSUPPORTED:
+            unsupported = result.error or UpstreamError(message="the gateway has no such call")
         state = replace(
             state,
             uncertain=decision.uncertain,

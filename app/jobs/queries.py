@@ -35,6 +35,7 @@ class JobFilters:
     sku: str | None = None
     event_id: str | None = None
     drift: str | None = None  # "open": a drift nobody has cleared; "any": one, cleared or not
+    payment_id: str | None = None  # either kind of account's payment id
 
 
 # -- reads -----------------------------------------------------------------------------------
@@ -55,7 +56,12 @@ def list_jobs(
         params["status"] = filters.status
     if filters.imp_uid is not None:
         where.append("j.imp_uid = %(imp_uid)s")
+        # imp_uid names only v1 payments: a v2 job shows none.
+        where.append("j.api = 'v1'")
         params["imp_uid"] = filters.imp_uid
+    if filters.payment_id is not None:
+        where.append("j.imp_uid = %(payment_id)s")
+        params["payment_id"] = filters.payment_id
     if filters.merchant_uid is not None:
         where.append("j.merchant_uid = %(merchant_uid)s")
         params["merchant_uid"] = filters.merchant_uid

@@ -38,6 +38,8 @@ from app.kit import metrics
 from app.kit.db import UnitOfWork, unit_of_work
 from app.upstream.contract import CallRecord, Gateway
 from app.upstream.errors import (
+    CancelRequested,
+    InFlight,
     NotFound,
     NotSent,
     OutcomeUnknown,
@@ -46,6 +48,7 @@ from app.upstream.errors import (
     ServerError,
     Unauthorized,
     Unavailable,
+    Unsupported,
 )
 
 log = structlog.get_logger("worker")
@@ -53,11 +56,19 @@ REDIS_DOWN_DELAY = 5.0
 HOOKED_MEMORY_SECONDS = 10.0
 _hooked_at = -HOOKED_MEMORY_SECONDS  # when this process last found a webhook endpoint enabled
 DEFAULT_REASON = "out of stock"
-COUNTED_OUTCOMES_EXCLUDED = frozenset({"rate_limited", "not_sent"})
+# Not attempts: nothing applied (429, never sent), or a keyed repeat answered "still running",
+# which is the first call's (store.ATTEMPTS_SQL says the same).
+COUNTED_OUTCOMES_EXCLUDED = frozenset({"rate_limited", "not_sent", "in_flight"})
 # Outcomes that end a call at iamport (an answer of its own): nothing of it is still in flight.
 ANSWERED_OUTCOMES = frozenset(
     {"ok", "refused", "not_found", "unauthorized", "rate_limited", "server_error"}
 )
+# Answers after which a keyed gateway keeps its answer under the call's key: the next call is
+# a new one, with a new key (store.ANSWERED_CALLS_SQL counts the same outcomes). A 429 comes
+# before the gateway's application, and an unanswered call's repeat must keep its key; a
+# REQUESTED cancellation is waited for, never repeated, and a refund a person asks for after
+# it failed is a new call.
+KEY_SPENT_OUTCOMES = (ANSWERED_OUTCOMES - {"rate_limited"}) | {"requested"}
 
 
 # What else a terminal transition writes in its own transaction (the webhook outbox's
@@ -98,6 +109,9 @@ class JobRun:
     conn: Connection[Any]
     job: store.Claimed
     settings: Settings
+    # Each call's total deadline at this job's gateway (None: IAMPORT_TIMEOUT_SECONDS): the
+    # lease each write-ahead renews, and what must be left of it to send, follow from it.
+    timeout: float | None = None
     written: dict[int, CallRecord] = field(default_factory=dict)
     others: list[CallRecord] = field(default_factory=list)
     pending: tuple[int, Step] | None = None  # written ahead, answer not yet recorded
@@ -106,31 +120,47 @@ class JobRun:
     answered: bool = False  # this run's last mutating call had a definite answer
     last_sent: Step | None = None  # the last cancel or refund this run sent
     sent_at: float | None = None  # when the current step's mutating call left (our clock)
+    answered_calls: int = 0  # this run's cancels and refunds with KEY_SPENT_OUTCOMES
+
+    def intent(self) -> str:
+        """Whose call the next cancel or refund is, the same on every repeat of an unanswered
+        call and new after an answered one: a keyed gateway makes the call's key from it."""
+        return f"{self.job.id}:{self.job.answered_calls + self.answered_calls}"
 
     def before_send(self, call: str) -> None:
         if call not in (Step.CANCEL, Step.REFUND):
             return
         started = time.monotonic()
+        lease, margin = self.lease()
         attempt_id = store.write_ahead(
             self.conn,
             self.job.id,
             self.job.lease_token,
             Step(call),
-            lease_seconds=self.settings.lease_seconds,
+            lease_seconds=lease,
             settle=self.settings.cancel_settle_seconds,
             answered=self.answered,
+            # A keyed gateway (PortOne V2) gets the unanswered call again under its key: the
+            # same request to it, which settles the first rather than adding a second.
+            repeat=self.job.api == "v2" and call == self.job.uncertain_call,
         )
         if attempt_id is None:
             raise Held("the write-ahead was refused")
         self.pending = (attempt_id, Step(call))
-        left = self.settings.lease_seconds - (time.monotonic() - started)
-        if left < self.settings.send_margin_seconds:
+        left = lease - (time.monotonic() - started)
+        if left < margin:
             # A stall (GC, a frozen container) ate the lease: another worker may take the
             # job before this call could end. The row is kept, marked as never sent.
             raise Held("too little of the lease is left to send")
         self.sent = True
         self.sent_at = time.time()
         self.last_sent = Step(call)
+
+    def lease(self) -> tuple[float, float]:
+        """The lease a write-ahead takes, and how much of it must be left to send."""
+        if self.timeout is None:
+            return self.settings.lease_seconds, self.settings.send_margin_seconds
+        return self.settings.lease_for(self.timeout), self.settings.send_margin_for(self.timeout)
 
     def after_call(self, record: CallRecord) -> None:
         metrics.observe_upstream(record, self.job.account)
@@ -143,6 +173,8 @@ class JobRun:
             # Known at the moment the answer comes: a 401's repeat, or the next step of this
             # run, may then be sent without waiting for the settle time.
             self.answered = record.outcome in ANSWERED_OUTCOMES
+            if record.outcome in KEY_SPENT_OUTCOMES:
+                self.answered_calls += 1
         else:
             self.others.append(record)
 
@@ -179,6 +211,7 @@ def _call_step(
     checksum: float | None,
 ) -> Result:
     job = observer.job
+    intent = observer.intent()
     try:
         if step is Step.LOOKUP:
             payment = gateway.look_up(job.imp_uid, observer=observer)
@@ -189,9 +222,10 @@ def _call_step(
                 reason=job.reason or DEFAULT_REASON,
                 checksum=checksum,
                 observer=observer,
+                intent=intent,
             )
         elif method is Method.VBANK:
-            payment = gateway.close_vbank(job.imp_uid, observer=observer)
+            payment = gateway.close_vbank(job.imp_uid, observer=observer, intent=intent)
         else:
             payment = gateway.void_barcode(job.imp_uid, observer=observer)
     except Held as held:
@@ -199,6 +233,15 @@ def _call_step(
         return Result(Kind.NOT_SENT, sent=False)
     except RateLimited as exc:
         return Result(Kind.RATE_LIMITED, retry_after=exc.retry_after, sent=observer.sent)
+    except Unsupported as exc:
+        # Before Refused, its base: nothing was sent, and no repeat can succeed.
+        return Result(Kind.UNSUPPORTED, error=_error(exc), sent=False)
+    except CancelRequested as exc:
+        # Before InFlight, its base: accepted, finishing later.
+        return Result(Kind.REQUESTED, error=_error(exc), sent=observer.sent)
+    except InFlight as exc:
+        # Before OutcomeUnknown, its base: the first call goes on, it has not failed.
+        return Result(Kind.IN_FLIGHT, error=_error(exc), sent=observer.sent)
     except NotFound as exc:
         return _answered(observer, step, Kind.NOT_FOUND, _error(exc))
     except Refused as exc:
@@ -232,6 +275,7 @@ def state_of(job: store.Claimed) -> JobState:
         look_first=job.look_first,
         idle_runs=job.idle_runs,
         error=UpstreamError.model_validate(job.error) if job.error else None,
+        keyed=job.api == "v2",
         # The age is by the database's clock; now minus it puts the start on ours.
         first_sent_at=None if job.first_call_age is None else time.time() - job.first_call_age,
     )
@@ -244,9 +288,13 @@ def run_job(
     settings: Settings,
     rng: random.Random,
     on_terminal: OnTerminal,
+    *,
+    timeout: float | None = None,
 ) -> str:
-    """Drive one claimed job as far as this run can; returns the status recorded."""
-    observer = JobRun(conn, job, settings)
+    """Drive one claimed job as far as this run can; returns the status recorded.
+
+    `timeout` is each call's deadline at the job's gateway (None: IAMPORT_TIMEOUT_SECONDS)."""
+    observer = JobRun(conn, job, settings, timeout)
     state = state_of(job)
     policy = policy_from(settings)
     started = time.monotonic()

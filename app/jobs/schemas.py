@@ -6,7 +6,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 from app.jobs.records import Cancellation, Drift, Refund, UpstreamError
 from app.jobs.status import JobStatus
@@ -16,7 +23,13 @@ from app.kit.text import printable
 class JobPublic(BaseModel):
     id: uuid.UUID
     account: str
-    imp_uid: str
+    payment_id: str = Field(
+        description="The payment's id at its gateway: iamport's imp_uid, or PortOne V2's paymentId."
+    )
+    imp_uid: str | None = Field(
+        description="The payment's imp_uid on an iamport V1 account (the same as payment_id); "
+        "null on a PortOne V2 account."
+    )
     merchant_uid: str | None
     status: JobStatus
     pay_method: PayMethod
@@ -36,6 +49,17 @@ class JobPublic(BaseModel):
     created_at: datetime
     updated_at: datetime
     finished_at: datetime | None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_row(cls, data: Any) -> Any:
+        # A jobs row (PUBLIC_COLUMNS) keeps the payment id in imp_uid, and the account's kind
+        # in api, which says whether the job shows it as an imp_uid too.
+        if isinstance(data, dict) and "api" in data and "payment_id" not in data:
+            api = data["api"]
+            data = {k: v for k, v in data.items() if k != "api"}
+            data["payment_id"], data["imp_uid"] = payment_ids(api, data.get("imp_uid"))
+        return data
 
 
 class DriftClear(BaseModel):
@@ -78,15 +102,22 @@ class Stats(BaseModel):
     finished_last_hour: dict[str, int]
 
 
+def payment_ids(api: str, stored: Any) -> tuple[Any, Any]:
+    """A job's (payment_id, imp_uid) from its stored payment id: imp_uid only on v1."""
+    return stored, (stored if api == "v1" else None)
+
+
 def job_public(row: Any, event_ids: list[str]) -> JobPublic:
     """A Job as the API shows it, from a jobs row."""
     status = JobStatus(row.status)
     cancellation = row.cancellation if status is JobStatus.CANCELLED else None
     refund = row.refund if status is JobStatus.REFUNDED else None
+    payment_id, imp_uid = payment_ids(row.api, row.imp_uid)
     return JobPublic(
         id=row.id,
         account=row.account,
-        imp_uid=row.imp_uid,
+        payment_id=payment_id,
+        imp_uid=imp_uid,
         merchant_uid=row.merchant_uid,
         status=status,
         pay_method=row.pay_method,

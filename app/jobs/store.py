@@ -30,11 +30,21 @@ AsyncConn = AsyncConnection[Any]
 
 # Cancel and refund calls sent since the job was last put back by a person, as the attempt
 # rows show them: the one definition of a job's `attempts`. A call that was answered 429, or
-# that was written ahead but never left us, is no attempt; one whose worker died is.
+# that was written ahead but never left us, is no attempt, nor is a keyed repeat answered
+# "still running" (in_flight: the first call's); one whose worker died is.
 ATTEMPTS_SQL = """(SELECT count(*) FROM attempts a
   WHERE a.job_id = jobs.id AND a.call IN ('cancel', 'refund')
     AND a.started_at >= COALESCE(jobs.retried_at, '-infinity')
-    AND a.outcome IS DISTINCT FROM 'rate_limited' AND a.outcome IS DISTINCT FROM 'not_sent')"""
+    AND a.outcome IS DISTINCT FROM 'rate_limited' AND a.outcome IS DISTINCT FROM 'not_sent'
+    AND a.outcome IS DISTINCT FROM 'in_flight')"""
+# The job's cancel and refund calls that the gateway answered (run.KEY_SPENT_OUTCOMES), ever: a
+# keyed gateway's key is made with it, so the repeat of an unanswered call has that call's key
+# and the call after an answered one a new key (PortOne replays a key's first answer).
+# Only keyed (v2) jobs need it: a v1 claim does not pay for the count.
+ANSWERED_CALLS_SQL = """CASE WHEN jobs.api = 'v2' THEN (SELECT count(*) FROM attempts a
+  WHERE a.job_id = jobs.id AND a.call IN ('cancel', 'refund')
+    AND a.outcome IN ('ok', 'refused', 'not_found', 'unauthorized', 'server_error',
+                      'requested')) ELSE 0 END"""
 # Seconds until the job's unanswered call can no longer apply at iamport, by the database clock.
 SETTLE_LEFT_SQL = """CASE WHEN jobs.uncertain_call IS NULL THEN 0.0 ELSE GREATEST(0.0,
   EXTRACT(EPOCH FROM jobs.last_call_at + make_interval(secs => %(settle)s) - now()))::float8 END"""
@@ -51,8 +61,9 @@ FIRST_CALL_AGE_SQL = """(SELECT EXTRACT(EPOCH FROM now() - min(a.started_at))::f
 
 # The columns a job is shown with (app/reads.py reads them; ACCEPT_EVENT returns them).
 PUBLIC_COLUMNS = (
-    "id, account, imp_uid, merchant_uid, status, pay_method, on_paid, attempts, next_attempt_at, "
-    "payment_status, cancellation, refund, error, drift, created_at, updated_at, finished_at"
+    "id, account, api, imp_uid, merchant_uid, status, pay_method, on_paid, attempts, "
+    "next_attempt_at, payment_status, cancellation, refund, error, drift, created_at, updated_at, "
+    "finished_at"
 )
 # A new event, its jobs and their links in one statement. Guards: the primary key on
 # (account, event_id) (a concurrent duplicate waits for the winner's commit and inserts
@@ -71,8 +82,8 @@ WITH event AS (
   FROM unnest(%(imp_uids)s::text[], %(merchant_uids)s::text[], %(methods)s::text[])
        WITH ORDINALITY AS w(imp_uid, merchant_uid, pay_method, position)
 ), made AS (
-  INSERT INTO jobs (account, imp_uid, merchant_uid, pay_method, on_paid, reason, due_at)
-  SELECT %(account)s, w.imp_uid, w.merchant_uid, w.pay_method, %(on_paid)s, %(reason)s,
+  INSERT INTO jobs (account, api, imp_uid, merchant_uid, pay_method, on_paid, reason, due_at)
+  SELECT %(account)s, %(api)s, w.imp_uid, w.merchant_uid, w.pay_method, %(on_paid)s, %(reason)s,
          now() + make_interval(secs => %(grace)s)
   FROM wanted w WHERE EXISTS (SELECT FROM event)
   ORDER BY w.imp_uid
@@ -136,10 +147,12 @@ class NewEvent:
     jobs: Sequence[NewJob]
     on_paid: OnPaid
     grace_seconds: float  # how long a new job waits for its message before a sweep sends one
+    api: str = "v1"  # the account's kind, "v1" or "v2": it names the payment id in the job
 
     def params(self) -> dict[str, Any]:
         return {
             "account": self.account,
+            "api": self.api,
             "event_id": self.event_id,
             "sku": self.sku,
             "reason": self.reason,
@@ -213,6 +226,8 @@ class Claimed:
     # Seconds since the first cancel or refund of this job was sent (None: none was); an age,
     # not a time, so the database's clock does not mix with the worker's.
     first_call_age: float | None = None
+    api: str = "v1"  # the account's kind: "v2" keys every call that changes a payment
+    answered_calls: int = 0  # ANSWERED_CALLS_SQL
 
 
 # Guard: only a job that is ready (queued, due retry_wait, or running with an expired lease)
@@ -230,7 +245,8 @@ WHERE jobs.id = told.id
 RETURNING jobs.id, account, imp_uid, lease_token, {ATTEMPTS_SQL} AS attempts, uncertain_call,
     {SETTLE_LEFT_SQL} AS settle_left, pay_method, on_paid,
     refund_requested_at IS NOT NULL AS refund_requested, told.told AS look_first, idle_runs,
-    reason, error, {FIRST_CALL_AGE_SQL} AS first_call_age
+    reason, error, {FIRST_CALL_AGE_SQL} AS first_call_age, api,
+    {ANSWERED_CALLS_SQL} AS answered_calls
 """  # noqa: S608
 
 
@@ -252,7 +268,8 @@ WITH j AS (
       lease_until = now() + make_interval(secs => %(lease)s), updated_at = now()
   WHERE id = %(id)s AND lease_token = %(token)s AND status = 'running' AND lease_until > now()
     AND (uncertain_call IS NULL OR %(answered)s
-         OR last_call_at <= now() - make_interval(secs => %(settle)s))
+         OR last_call_at <= now() - make_interval(secs => %(settle)s)
+         OR (%(repeat)s AND uncertain_call = %(call)s))
   RETURNING id
 )
 INSERT INTO attempts (job_id, call, started_at, trace_id)
@@ -269,8 +286,12 @@ def write_ahead(
     lease_seconds: float,
     settle: float,
     answered: bool,
+    repeat: bool = False,
 ) -> int | None:
-    """The attempt row's id, or None when the lease is gone or an earlier call is unsettled."""
+    """The attempt row's id, or None when the lease is gone or an earlier call is unsettled.
+
+    `repeat`: the call is the unanswered one again with its idempotency key, the same request
+    to the gateway, so it need not wait for the first to settle."""
     params = {
         "id": job_id,
         "token": token,
@@ -278,6 +299,7 @@ def write_ahead(
         "lease": lease_seconds,
         "settle": settle,
         "answered": answered,
+        "repeat": repeat,
         "trace_id": tracing.trace_id(),
     }
     row = conn.execute(WRITE_AHEAD, params).fetchone()

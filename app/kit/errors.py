@@ -69,3 +69,14 @@ class UnknownAccount(DomainError):
         # Shaped like a validation error (an `errors` list), as every 422 is.
         error = {"loc": ["body", "account"], "msg": detail, "type": "unknown_account"}
         super().__init__(detail, errors=[error])
+
+
+class WrongPaymentField(DomainError):
+    """An event names a payment by the other kind of account's field: `imp_uid` on a PortOne V2
+    account, `payment_id` on an iamport V1 one."""
+
+    status, code = 422, "validation_error"
+
+    def __init__(self, detail: str, errors: list[dict[str, Any]]) -> None:
+        # Shaped like every other validation error: the `errors` list says where.
+        super().__init__(detail, errors=errors)

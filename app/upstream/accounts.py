@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 DEFAULT = "default"
 NAME = re.compile(r"[a-z0-9][a-z0-9-]{0,39}")
 V2_BASE_URL = "https://api.portone.io"
+# PortOne recommends read timeouts of at least 60 s for V2: it goes on with PG-backed calls
+# after the client hangs up, so a shorter one only turns answers into unknowns.
+V2_TIMEOUT_SECONDS = 60.0
 Api = Literal["v1", "v2"]
 OnPaid = Literal["hold", "refund"]
 
@@ -67,12 +70,20 @@ def require_account(settings: Settings, name: str) -> Account:
 
 
 def require_runnable(settings: Settings, name: str) -> Account:
-    """The configured account whose jobs the workers can run, or UnknownAccount (422)."""
-    found = require_account(settings, name)
-    if found.api != "v1":
-        # Refused at the door rather than accepted into jobs no worker can run.
-        raise UnknownAccount(f"account {name} is a PortOne V2 account; its jobs cannot run yet")
-    return found
+    """The configured account whose jobs the workers can run, or UnknownAccount (422): every
+    configured account, of either kind."""
+    return require_account(settings, name)
+
+
+def longest_timeout(settings: Settings) -> float:
+    """The longest per-call timeout of any account: what a job's lease must cover before its
+    account is known."""
+    return max(
+        [
+            settings.iamport_timeout_seconds,
+            *(a.timeout_seconds for a in accounts_of(settings).values()),
+        ]
+    )
 
 
 class AccountsError(Exception):
@@ -101,6 +112,8 @@ class Account:
     base_url: str
     max_rps: float
     on_paid: OnPaid
+    # Each call's total deadline: IAMPORT_TIMEOUT_SECONDS for v1, 60 s for v2 by default.
+    timeout_seconds: float = 10.0
     imp_key: SecretStr | None = None  # v1
     tier: str | None = None  # v1: an agency's sub-merchant
     store_id: str | None = None  # v2
@@ -116,6 +129,7 @@ class _Common(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
     max_rps: float | None = Field(default=None, gt=0)
+    timeout_seconds: float | None = Field(default=None, gt=0)
     base_url: str | None = None
     on_paid: OnPaid | None = None
 
@@ -218,6 +232,7 @@ def default_account(settings: Settings) -> Account:
         base_url=settings.iamport_base_url,
         max_rps=settings.iamport_max_rps,
         on_paid=settings.on_paid,
+        timeout_seconds=settings.iamport_timeout_seconds,
         imp_key=settings.iamport_imp_key,
         secrets=secrets,
     )
@@ -275,6 +290,7 @@ def _account(where: str, name: str, raw: Any, settings: Settings) -> Account:
             base_url=parsed.base_url or settings.iamport_base_url,
             max_rps=parsed.max_rps or settings.iamport_max_rps,
             on_paid=parsed.on_paid or settings.on_paid,
+            timeout_seconds=parsed.timeout_seconds or settings.iamport_timeout_seconds,
             imp_key=SecretStr(parsed.imp_key),
             tier=parsed.tier,
             secrets=secrets,
@@ -285,6 +301,7 @@ def _account(where: str, name: str, raw: Any, settings: Settings) -> Account:
         base_url=parsed.base_url or V2_BASE_URL,
         max_rps=parsed.max_rps or settings.iamport_max_rps,
         on_paid=parsed.on_paid or settings.on_paid,
+        timeout_seconds=parsed.timeout_seconds or V2_TIMEOUT_SECONDS,
         store_id=parsed.store_id,
         secrets=secrets,
     )

@@ -120,6 +120,9 @@ class Payment(Lenient):
     # A cancellation the gateway accepted but has not finished (PortOne V2's REQUESTED): it is
     # in neither cancel_history nor cancel_amount yet, and may still succeed or fail.
     cancel_pending: bool = False
+    # The newest cancellation the gateway knows of failed (PortOne V2's FAILED): it did not
+    # apply, and the payment stands as it was.
+    cancel_failed: bool = False
 
     @field_validator("amount", "cancel_amount", mode="before")
     @classmethod

@@ -155,6 +155,8 @@ def test_a_newcomers_first_hour(dev: Dev) -> None:
     assert re.search(r"barcodes cancelled\s+│ ok", demo.stdout), demo.stdout
     assert re.search(r"blocked at the till\s+│ ok", demo.stdout), demo.stdout
     assert re.search(r"held, then refunded\s+│ ok", demo.stdout), demo.stdout
+    assert re.search(r"virtual account closed\s+│ ok", demo.stdout), demo.stdout
+    assert re.search(r"V2: paid, refunded\s+│ ok", demo.stdout), demo.stdout
 
     # A process that dies takes `stockout dev` down with a non-zero status...
     assert dev.proc is not None

@@ -39,6 +39,7 @@ from app.upstream.errors import (
     Unavailable,
     Unsupported,
 )
+from app.upstream.guard import Guard
 from app.upstream.http import (
     BASE_HEADERS,
     GATEWAY_STATUSES,
@@ -83,6 +84,7 @@ class PortOneClient:
         limiter: RateLimiter | None = None,
         rate_limit_max_wait: float = 5.0,
         transport: httpx.BaseTransport | None = None,
+        guard: Guard | None = None,
     ) -> None:
         if not api_secret:
             raise ValueError("a PortOne V2 client needs the account's API secret")
@@ -98,6 +100,7 @@ class PortOneClient:
             rate_limit_max_wait=rate_limit_max_wait,
             transport=transport,
             gateway=GATEWAY,
+            guard=guard,
         )
 
     @classmethod
@@ -105,12 +108,13 @@ class PortOneClient:
         cls,
         account: Account,
         *,
-        timeout: float = DEFAULT_TIMEOUT,
+        timeout: float | None = None,
         limiter: RateLimiter | None = None,
         rate_limit_max_wait: float = 5.0,
         transport: httpx.BaseTransport | None = None,
+        guard: Guard | None = None,
     ) -> PortOneClient:
-        """The client of a v2 account (its base URL, store and API secret)."""
+        """The client of a v2 account (its base URL, store, API secret and timeout)."""
         secret = account.secret("api_secret")
         if account.api != "v2" or account.store_id is None or secret is None:
             raise ValueError(f"account {account.name} is not a v2 account with an API secret")
@@ -118,10 +122,11 @@ class PortOneClient:
             store_id=account.store_id,
             api_secret=secret,
             base_url=account.base_url,
-            timeout=timeout,
+            timeout=account.timeout_seconds if timeout is None else timeout,
             limiter=limiter,
             rate_limit_max_wait=rate_limit_max_wait,
             transport=transport,
+            guard=guard,
         )
 
     def __repr__(self) -> str:

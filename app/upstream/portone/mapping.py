@@ -8,14 +8,15 @@ its method objects are mapped onto them so that each V2 state asks for what it s
 - READY and PENDING are `pending`: nothing to stop yet. Not `ready`, which would send a cancel
   for a payment that has nothing to cancel;
 - any other status is kept as sent, which the decisions treat as unknown: look again later.
-Only SUCCEEDED cancellations are history; a REQUESTED one sets `cancel_pending`.
+Only SUCCEEDED cancellations are history; a REQUESTED one sets `cancel_pending`, and a newest
+one that FAILED `cancel_failed`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from app.upstream.payment import Payment
+from app.upstream.payment import Payment, unix_seconds
 from app.upstream.portone.schemas import Cancellation, V2Payment
 
 STATUSES = {
@@ -38,6 +39,7 @@ METHODS = {
 }
 SUCCEEDED = "SUCCEEDED"
 REQUESTED = "REQUESTED"
+FAILED = "FAILED"
 
 
 def payment_status(status: str) -> str:
@@ -76,6 +78,17 @@ def cancel_amount(payment: V2Payment) -> float:
     return sum(c.totalAmount for c in payment.cancellations if c.status == SUCCEEDED)
 
 
+def newest_failed(payment: V2Payment) -> bool:
+    """Whether the payment's newest cancellation (by its request time, last in the list on
+    ties or without one) failed."""
+    if not payment.cancellations:
+        return False
+    ordered = sorted(
+        enumerate(payment.cancellations), key=lambda p: (unix_seconds(p[1].requestedAt), p[0])
+    )
+    return ordered[-1][1].status == FAILED
+
+
 def to_payment(payment: V2Payment) -> Payment:
     """The V2 payment as the Payment the decisions read; `imp_uid` carries the paymentId."""
     succeeded = [c for c in payment.cancellations if c.status == SUCCEEDED]
@@ -99,5 +112,6 @@ def to_payment(payment: V2Payment) -> Payment:
             "cancelled_at": payment.cancelledAt,
             "cancel_history": [history_entry(c) for c in succeeded],
             "cancel_pending": any(c.status == REQUESTED for c in payment.cancellations),
+            "cancel_failed": newest_failed(payment),
         }
     )

@@ -56,12 +56,24 @@ base_url = "{sandbox_url}"
 api = "v2"
 api_secret_env = "T_SHOP2_SECRET"
 store_id = "store-0a1b2c"
+base_url = "{sandbox_url}"
+
+[accounts.shop3]
+api = "v2"
+api_secret_env = "T_SHOP3_SECRET"
+store_id = "store-sandbox"
+base_url = "{sandbox_url}"
 """
     )
     return path
 
 
-ENV = {"T_GOOD_TOKEN": "good-hook-token", "T_BAD_SECRET": WRONG, "T_SHOP2_SECRET": WRONG + "2"}
+ENV = {
+    "T_GOOD_TOKEN": "good-hook-token",
+    "T_BAD_SECRET": WRONG,
+    "T_SHOP2_SECRET": WRONG + "2",
+    "T_SHOP3_SECRET": "portone_sandbox_secret",  # the sandbox's own V2 store
+}
 
 
 def no_secret(result: subprocess.CompletedProcess[str]) -> None:
@@ -131,8 +143,9 @@ def test_check_authenticates_each_account_at_its_gateway(
     lines = result.stdout.strip().splitlines()
     assert lines[0] == "good: ok"
     assert lines[1].startswith("bad: iamport token: unauthorized, http 401")
-    assert lines[2].startswith("shop2: not supported yet")
-    assert len(lines) == 3
+    assert lines[2].startswith("shop2: portone lookup: unauthorized, http 401")
+    assert lines[3] == "shop3: ok"
+    assert len(lines) == 4
     no_secret(result)
 
     one = stockout("check", "good", env={"ACCOUNTS_FILE": str(path), **ENV})
@@ -144,7 +157,7 @@ def test_check_of_an_unknown_account_is_one_line(tmp_path: Path, sandbox_url: st
     result = stockout("check", "nope", env={"ACCOUNTS_FILE": str(path), **ENV})
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip().splitlines() == [
-        "error: no account nope; the accounts are good, bad, shop2"
+        "error: no account nope; the accounts are good, bad, shop2, shop3"
     ]
 
 

@@ -58,6 +58,7 @@ def test_list_is_newest_first_with_all_fields(api: TestClient, key: str) -> None
     assert set(job) == {
         "id",
         "account",
+        "payment_id",
         "imp_uid",
         "merchant_uid",
         "status",

@@ -166,6 +166,9 @@ def test_unsettled(uncertain: Step | None, settle_left: float, unsettled: bool) 
         (Step.REFUND, Kind.NOT_SENT, False, False),
         (Step.CANCEL, Kind.UNKNOWN, False, False),
         (Step.LOOKUP, Kind.OK, True, False),
+        (Step.REFUND, Kind.IN_FLIGHT, True, False),
+        (Step.REFUND, Kind.REQUESTED, True, True),
+        (Step.CANCEL, Kind.UNSUPPORTED, False, False),
     ],
 )
 def test_counts_as_attempt(step: Step, kind: Kind, sent: bool, counts: bool) -> None:
@@ -215,6 +218,20 @@ def _pair_expectations() -> list[tuple[Step, Kind, Decision]]:
                     error=ERR,
                 ),
             ),
+            *(
+                (
+                    step,
+                    kind,
+                    Decision(
+                        status=JobStatus.RETRY_WAIT,
+                        delay=min(max(backoff(1), 10.0), 120.0),
+                        uncertain=step,
+                        error=ERR,
+                    ),
+                )
+                for kind in (Kind.IN_FLIGHT, Kind.REQUESTED)
+            ),
+            (step, Kind.UNSUPPORTED, Decision(next_step=Step.LOOKUP, uncertain=None, error=OLD)),
             (
                 step,
                 Kind.NOT_SENT,
@@ -244,7 +261,16 @@ def _pair_expectations() -> list[tuple[Step, Kind, Decision]]:
             Decision(status=JobStatus.RETRY_WAIT, delay=1.0, error=OLD),
         ),
     ]
-    for kind in (Kind.REFUSED, Kind.ENDED, Kind.UNKNOWN, Kind.NOT_SENT, Kind.UNAUTHORIZED):
+    for kind in (
+        Kind.REFUSED,
+        Kind.ENDED,
+        Kind.UNKNOWN,
+        Kind.NOT_SENT,
+        Kind.UNAUTHORIZED,
+        Kind.IN_FLIGHT,
+        Kind.REQUESTED,
+        Kind.UNSUPPORTED,
+    ):
         rows.append(
             (
                 Step.LOOKUP,
@@ -709,7 +735,7 @@ def test_lookup_failed_fails(
     )
 
 
-@pytest.mark.parametrize("status", ["partial_cancelled", "", "READY", "pending"])
+@pytest.mark.parametrize("status", ["partial_cancelled", "", "READY"])
 @pytest.mark.parametrize("uncertain", [None, Step.CANCEL])
 @pytest.mark.parametrize("idle_runs", [0, 2])
 def test_an_undocumented_status_is_not_guessed(

@@ -571,3 +571,16 @@ def test_a_key_refuses_what_it_cannot_name() -> None:
         idempotency_key(JOB, 'refund"', PAYMENT_ID)
     with pytest.raises(ValueError):
         idempotency_key(JOB, "refund", PAYMENT_ID, balance=float("nan"))
+
+
+def test_a_newest_cancellation_that_failed_is_told_apart() -> None:
+    failed = cancellation("FAILED", requestedAt="2024-05-02T00:00:00Z")
+    older = cancellation("SUCCEEDED", amount=300, requestedAt="2024-05-01T12:00:00Z")
+    body = payment_body(
+        "PARTIAL_CANCELLED", amount={"total": 1000, "cancelled": 300}, cancellations=[failed, older]
+    )
+    assert to_payment(V2Payment.model_validate(body)).cancel_failed
+    later = cancellation("SUCCEEDED", amount=300, requestedAt="2024-05-03T00:00:00Z")
+    body["cancellations"] = [failed, later]
+    assert not to_payment(V2Payment.model_validate(body)).cancel_failed
+    assert not to_payment(V2Payment.model_validate(payment_body())).cancel_failed

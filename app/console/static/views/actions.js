@@ -39,7 +39,7 @@ export async function refundJobs(jobs) {
   const ok = await confirmDialog({
     title: jobs.length === 1 ? "Refund this payment?" : `Refund ${jobs.length} payments?`,
     text: refundSummary(jobs),
-    items: jobs.map((j) => `${j.imp_uid}${j.merchant_uid ? ` (order ${j.merchant_uid})` : ""}`),
+    items: jobs.map((j) => `${j.payment_id}${j.merchant_uid ? ` (order ${j.merchant_uid})` : ""}`),
     warning: "The money goes back to the customers. This cannot be undone.",
     confirm: jobs.length === 1 ? "Refund 1 payment" : `Refund ${jobs.length} payments`,
   });
@@ -51,7 +51,7 @@ export async function retryJobs(jobs) {
   const ok = await confirmDialog({
     title: n === 1 ? "Retry this job?" : `Retry ${n} jobs?`,
     text: `Put ${n} failed job${n === 1 ? "" : "s"} back to queued: the service looks each payment up and cancels its barcode at iamport again.`,
-    items: jobs.map((j) => j.imp_uid),
+    items: jobs.map((j) => j.payment_id),
     warning: "",
     confirm: n === 1 ? "Retry 1 job" : `Retry ${n} jobs`,
     danger: false,

@@ -48,13 +48,14 @@ export async function renderJob({ view, session }, id) {
   }
 
   function drawHead(job) {
-    clear(head).append(el("h1", {}, el("span", { class: "mono" }, job.imp_uid), " ", statusBadge(job.status)));
+    clear(head).append(el("h1", {}, el("span", { class: "mono" }, job.payment_id), " ", statusBadge(job.status)));
   }
 
   function drawFacts(job) {
     const rows = [
       ["id", el("span", { class: "mono" }, job.id)],
-      ["imp_uid", el("span", { class: "mono" }, job.imp_uid)],
+      ["payment_id", el("span", { class: "mono" }, job.payment_id)],
+      ["imp_uid", job.imp_uid ? el("span", { class: "mono" }, job.imp_uid) : "— (PortOne V2)"],
       ["merchant_uid", job.merchant_uid || "—"],
       ["status", statusBadge(job.status)],
       ["payment at iamport", job.payment_status || "—"],

@@ -2,14 +2,14 @@
 import { api, withQuery } from "../api.js";
 import { clear, el, every, fmtTime, ago, STATUSES, statusBadge, table } from "../util.js";
 
-const FILTERS = ["status", "account", "imp_uid", "merchant_uid", "sku", "event_id"];
+const FILTERS = ["status", "account", "payment_id", "imp_uid", "merchant_uid", "sku", "event_id"];
 const REFRESH_MS = 10000;
 
 export function jobColumns() {
   return [
     { title: "created", cell: (j) => el("span", { title: fmtTime(j.created_at) }, ago(j.created_at)) },
     { title: "account", cell: (j) => j.account, class: "mono" },
-    { title: "imp_uid", cell: (j) => el("a", { href: `#/jobs/${j.id}`, class: "mono" }, j.imp_uid) },
+    { title: "payment_id", cell: (j) => el("a", { href: `#/jobs/${j.id}`, class: "mono" }, j.payment_id) },
     { title: "merchant_uid", cell: (j) => j.merchant_uid || "—", class: "mono" },
     { title: "status", cell: (j) => statusBadge(j.status) },
     { title: "payment", cell: (j) => j.payment_status || "—" },

@@ -89,13 +89,13 @@ export async function renderQueue({ view, session }, name) {
         for (const j of rows) e.target.checked ? selected.add(j.id) : selected.delete(j.id);
         draw();
       } });
-      columns.push({ title: all, class: "check", cell: (j) => el("input", { type: "checkbox", class: "pick", "data-id": j.id, checked: selected.has(j.id), "aria-label": `select ${j.imp_uid}`, onchange: (e) => {
+      columns.push({ title: all, class: "check", cell: (j) => el("input", { type: "checkbox", class: "pick", "data-id": j.id, checked: selected.has(j.id), "aria-label": `select ${j.payment_id}`, onchange: (e) => {
         e.target.checked ? selected.add(j.id) : selected.delete(j.id);
         syncButtons();
       } }) });
     }
     columns.push(
-      { title: "imp_uid", cell: (j) => el("a", { href: `#/jobs/${j.id}`, class: "mono" }, j.imp_uid) },
+      { title: "payment_id", cell: (j) => el("a", { href: `#/jobs/${j.id}`, class: "mono" }, j.payment_id) },
       { title: "merchant_uid", cell: (j) => j.merchant_uid || "—", class: "mono" },
       { title: "events", cell: (j) => j.event_ids.join(", ") },
       { title: name === "failed" ? "error" : "payment", cell: (j) => (name === "failed" ? (j.error ? el("span", { class: "err-text" }, errorSummary(j.error)) : "—") : j.payment_status || "—") },
