@@ -207,8 +207,9 @@ def test_busy_worker_with_iamport_hanging(
     db = env["DATABASE_URL"]
     sandbox.set_faults(latency_ms=HANG_MS)
     log = tmp_path / "w.log"
-    # The production client timeout: each job thread waits on iamport that long.
-    proc = start(env | {"IAMPORT_TIMEOUT_SECONDS": "10"}, log)
+    # A client timeout past any stop's end: the job threads are still waiting on iamport (its
+    # getToken, which all of them wait for) when the stop must be over.
+    proc = start(env | {"IAMPORT_TIMEOUT_SECONDS": "30"}, log)
     try:
         ids = enqueue(db, env["REDIS_URL"], sandbox, 12)
         wait_until(lambda: running(db, ids) >= 4, 30, "jobs in flight")
