@@ -24,7 +24,7 @@ from app.kit.db import pool
 from app.kit.dispatch import chunks
 from app.kit.errors import UnknownAccount
 from app.kit.redis_conn import get_redis
-from app.upstream.accounts import Account, accounts_of, longest_timeout
+from app.upstream.accounts import Account, accounts_of, leases
 from app.upstream.contract import Gateway
 from app.upstream.guard import Guard, GuardPolicy
 from app.upstream.iamport.client import IamportClient
@@ -111,12 +111,16 @@ class Runner:
         if not ids:
             return 0
         ran = 0
-        # Claimed before its account is known: the lease covers the slowest account's calls.
-        lease = settings.lease_for(longest_timeout(settings))
+        # The claim gives each job its own account's lease (an account that left the file: the
+        # default's); the job's account is known only once it is claimed.
+        default_lease = settings.lease_seconds
+        by_account = leases(settings)
         with pool().connection() as conn:
             for job_id in ids:
                 # Each job's lease starts when its own run starts, not when the batch arrived.
-                job = store.claim(conn, job_id, lease, settings.cancel_settle_seconds)
+                job = store.claim(
+                    conn, job_id, default_lease, settings.cancel_settle_seconds, by_account
+                )
                 if job is None:
                     continue  # not ready, or someone else's: a duplicate message costs nothing
                 structlog.contextvars.bind_contextvars(

@@ -9,7 +9,7 @@ worker, one transaction where a terminal transition writes its webhook messages 
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from enum import StrEnum
@@ -233,10 +233,14 @@ class Claimed:
 # Guard: only a job that is ready (queued, due retry_wait, or running with an expired lease)
 # is taken, and the fresh lease token makes every later write of this run conditional on it.
 # The inner FOR UPDATE reads look_first as it stands when the row is ours.
+# The job's own account's lease where one is given (its calls' timeout decides it), else the
+# default: a slow PortOne V2 account's long lease does not hold a crashed worker's iamport jobs.
+CLAIM_LEASE_SQL = "COALESCE((%(leases)s::jsonb ->> jobs.account)::float8, %(lease)s)"
 CLAIM = f"""
 UPDATE jobs SET status = 'running', lease_token = gen_random_uuid(),
-    lease_until = now() + make_interval(secs => %(lease)s),
-    due_at = now() + make_interval(secs => %(lease)s), look_first = false, updated_at = now()
+    lease_until = now() + make_interval(secs => {CLAIM_LEASE_SQL}),
+    due_at = now() + make_interval(secs => {CLAIM_LEASE_SQL}), look_first = false,
+    updated_at = now()
 FROM (SELECT id, look_first AS told FROM jobs WHERE id = %(id)s FOR UPDATE) told
 WHERE jobs.id = told.id
   AND (status = 'queued'
@@ -250,9 +254,16 @@ RETURNING jobs.id, account, imp_uid, lease_token, {ATTEMPTS_SQL} AS attempts, un
 """  # noqa: S608
 
 
-def claim(conn: Conn, job_id: uuid.UUID, lease_seconds: float, settle: float) -> Claimed | None:
-    """Take the lease on the job if it is ready to run; None when it is not (or not ours)."""
-    params = {"id": job_id, "lease": lease_seconds, "settle": settle}
+def claim(
+    conn: Conn,
+    job_id: uuid.UUID,
+    lease_seconds: float,
+    settle: float,
+    leases: Mapping[str, float] | None = None,
+) -> Claimed | None:
+    """Take the lease on the job if it is ready to run; None when it is not (or not ours).
+    `leases` by account override `lease_seconds` for their jobs."""
+    params = {"id": job_id, "lease": lease_seconds, "settle": settle, "leases": Jsonb(leases or {})}
     return conn.cursor(row_factory=class_row(Claimed)).execute(CLAIM, params).fetchone()
 
 

@@ -75,15 +75,11 @@ def require_runnable(settings: Settings, name: str) -> Account:
     return require_account(settings, name)
 
 
-def longest_timeout(settings: Settings) -> float:
-    """The longest per-call timeout of any account: what a job's lease must cover before its
-    account is known."""
-    return max(
-        [
-            settings.iamport_timeout_seconds,
-            *(a.timeout_seconds for a in accounts_of(settings).values()),
-        ]
-    )
+def leases(settings: Settings) -> dict[str, float]:
+    """Each account's job lease: long enough for its own calls' timeout."""
+    return {
+        name: settings.lease_for(a.timeout_seconds) for name, a in accounts_of(settings).items()
+    }
 
 
 class AccountsError(Exception):

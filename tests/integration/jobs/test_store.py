@@ -142,6 +142,22 @@ def test_claim_takes_only_what_is_ready() -> None:
     assert claim(running) is not None  # an expired lease is taken over
 
 
+def test_claim_gives_a_job_its_own_accounts_lease() -> None:
+    mine, other = make_jobs(2)
+    set_row(other, "account = 'elsewhere'")  # an account the lease map does not name
+    with pool().connection() as conn:
+        for job_id in (mine, other):
+            assert store.claim(conn, job_id, LEASE, SETTLE, {"default": 125.0}) is not None
+        left: dict[uuid.UUID, float] = dict(
+            conn.execute(
+                "SELECT id, EXTRACT(EPOCH FROM lease_until - now()) FROM jobs WHERE id = ANY(%s)",
+                ([mine, other],),
+            ).fetchall()
+        )
+    assert 120 < left[mine] <= 125  # its account's
+    assert LEASE - 5 < left[other] <= LEASE  # the default
+
+
 def test_claim_reports_attempts_from_the_attempt_rows_and_the_settle_time() -> None:
     (job_id,) = make_jobs(1)
     job = claim(job_id)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from app.config import get_settings
-from app.upstream.accounts import accounts_of, longest_timeout
+from app.upstream.accounts import accounts_of, leases
 from app.upstream.iamport.client import IamportClient
 from app.upstream.portone.client import PortOneClient
 from tests.support.settings import reset_caches
@@ -61,8 +61,10 @@ def test_each_account_gets_its_own_kind_of_client(accounts: None) -> None:
     assert "v2-secret" not in repr(v2)
 
 
-def test_the_claims_lease_covers_the_slowest_account(accounts: None) -> None:
+def test_each_accounts_lease_covers_its_own_calls(accounts: None) -> None:
     settings = get_settings()
-    assert {a.timeout_seconds for a in accounts_of(settings).values()} == {10.0, 60.0, 75.0}
-    assert longest_timeout(settings) == 75.0
-    assert settings.lease_for(75.0) > settings.send_margin_for(75.0) + 75.0
+    found = accounts_of(settings)
+    assert {a.timeout_seconds for a in found.values()} == {10.0, 60.0, 75.0}
+    for name, lease in leases(settings).items():
+        timeout = found[name].timeout_seconds
+        assert lease > settings.send_margin_for(timeout) + timeout
