@@ -396,10 +396,14 @@ def find_lost(db: str, workload: Workload, j: Judgement, f: Findings) -> None:
     f.conflict_jobs = sorted({u for _, u in workload.plan.conflict_imp_uids} & jobs)
 
 
-def find_unrecorded(db: str, sandbox: SandboxControl) -> list[str]:
-    """Cancel and refund calls iamport saw that no attempt row records."""
+def find_unrecorded(db: str, sandbox: SandboxControl) -> tuple[list[str], int]:
+    """Cancel and refund calls iamport saw that no attempt row records (a run writes each ahead;
+    a reconciliation writes none, so one sending a cancel or refund would show here), and how
+    many batch lookups (reconciliation's alone) there were."""
     seen: dict[str, int] = {}
-    for call in sandbox.calls():
+    calls = sandbox.calls()
+    batches = sum(1 for c in calls if c["call"] == "lookup" and c["imp_uid"] is None)
+    for call in calls:
         if call["call"] in ("cancel", "cancel_vbank", "refund") and call["imp_uid"]:
             seen[call["imp_uid"]] = seen.get(call["imp_uid"], 0) + 1
     with psycopg.connect(db) as conn:
@@ -410,11 +414,12 @@ def find_unrecorded(db: str, sandbox: SandboxControl) -> list[str]:
                 "GROUP BY j.imp_uid"
             ).fetchall()
         )
-    return [
+    unrecorded = [
         f"{uid}: {n} calls, {recorded.get(uid, 0)} recorded"
         for uid, n in sorted(seen.items())
         if n > recorded.get(uid, 0)
     ]
+    return unrecorded, batches
 
 
 def scan_logs(logs: Path, needles: dict[str, str]) -> list[str]:
@@ -594,7 +599,7 @@ def _exercise(
         report = check(db, sandbox, changed=frozenset(c.imp_uid for c in changes))
         reconciled = check_reconciled(db, sandbox, changes, report.truth)
         sandbox_stats = sandbox.stats()
-        unrecorded = find_unrecorded(db, sandbox)
+        unrecorded, batches = find_unrecorded(db, sandbox)
     stack.hooks.wait_settled(db, webhook_limit, _say)
     moves, moved_jobs = reconciled_moves(stack.logs)
     for summary in final_round.get("accounts", []):
@@ -632,7 +637,7 @@ def _exercise(
         len(tokens),
         json_out,
         hook_report,
-        Reconciliation(reconciled, nemesis.admin_counts(), moves, settled),
+        Reconciliation(reconciled, nemesis.admin_counts(), moves, settled, batches),
     )
 
 
@@ -644,6 +649,7 @@ class Reconciliation:
     admin_changes: dict[str, int]
     moves: dict[str, int]  # jobs moved (or drift recorded), by kind, from the workers' logs
     settled: bool  # the changed payments' jobs ended where the gateway says in the drain
+    batch_lookups: int = 0
 
 
 def _reconciled(
@@ -763,6 +769,7 @@ def _print_report(
         **(
             {
                 "admin changes by action": rec.admin_changes,
+                "batch lookups (reconciliation)": rec.batch_lookups,
                 "jobs moved by reconciliation": rec.moves,
                 "drifts recorded (jobs, by kind)": rec.report.drifts,
                 "settled as someone else's": rec.report.upstream,

@@ -1,4 +1,4 @@
-"""The chaos checker's section-11 rules, and the admin strike's picks, without a stack."""
+"""The chaos checker's reconciliation rules, and the admin strike's picks, without a stack."""
 
 from __future__ import annotations
 

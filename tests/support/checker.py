@@ -116,7 +116,7 @@ class Change:
 
 @dataclass
 class Reconciled:
-    """Jobs against section 11's rules: where the gateway says, each contradiction once."""
+    """Jobs against the reconciliation rules (app/jobs/drift.py): where the gateway says, each contradiction once."""
 
     not_where: list[str] = field(default_factory=list)
     drift_twice: list[str] = field(default_factory=list)
@@ -135,7 +135,7 @@ def _where(
     drift: dict[str, Any] | None,
     refund: dict[str, Any] | None,
 ) -> str | None:
-    """Why the job is not where the gateway says (section 11), or None."""
+    """Why the job is not where the gateway says (the reconciliation rules), or None."""
     shown = payment and payment["status"]
     if change is not None:
         if change.action == "refund":  # needs_refund, refunded in the admin
@@ -174,7 +174,7 @@ def check_reconciled(
     changes: list[Change],
     truth: dict[str, dict[str, Any] | None] | None = None,
 ) -> Reconciled:
-    """Each job against its payment by section 11's rules: the changed ones by what was done to
+    """Each job against its payment by the reconciliation rules: the changed ones by what was done to
     them (`truth` None: only those, looked up now, as the drain's test of being settled), every
     other one by the general rules against `truth`; and every job's `job.drift` messages, at
     most one per endpoint for each contradiction."""
