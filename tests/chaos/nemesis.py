@@ -16,15 +16,16 @@ from devtools.sandbox.control import SandboxControl
 
 KINDS = ("faults", "token_expiry", "kill_worker", "redis", "postgres", "calm", "admin")
 WEIGHTS = (5, 2, 4, 2, 2, 1, 2)
-# What an admin strike does, with the job status it looks for: refund a paid payment (its job
-# needs_refund), take a payment for a failed one (its job failed), create and void an unpaid one
-# that iamport did not know yet (its job failed), and mark paid a cancelled one (its job
-# cancelled: a drift). At most this many of each per account and strike.
+# What an admin strike does, with the job statuses it looks for: refund a paid payment (its
+# job needs_refund, or not ended yet: it will meet the refund on its next lookup), take a
+# payment for a failed one (its job failed), create and void an unpaid one that iamport did not
+# know yet (its job failed), and mark paid a cancelled one (its job cancelled: a drift). At
+# most this many of each per account, status and strike.
 ADMIN_ACTIONS = {
-    "refund": "needs_refund",
-    "pay": "failed",
-    "cancel": "failed",
-    "drift": "cancelled",
+    "refund": ("needs_refund", "waiting"),
+    "pay": ("failed",),
+    "cancel": ("failed",),
+    "drift": ("cancelled",),
 }
 ADMIN_PER_ACCOUNT = 1
 HANG_SECONDS = 2.5  # longer than the services' IAMPORT_TIMEOUT_SECONDS=1: a real timeout
@@ -231,7 +232,8 @@ class Nemesis:
     def admin_counts(self) -> dict[str, int]:
         out: dict[str, int] = {}
         for c in self.admin_changes:
-            out[c.action] = out.get(c.action, 0) + 1
+            what = f"{c.action} (job not ended)" if c.job_status == "waiting" else c.action
+            out[what] = out.get(what, 0) + 1
         return out
 
     def admin(self, sandbox: SandboxControl) -> str:
@@ -242,7 +244,9 @@ class Nemesis:
         done = {c.imp_uid for c in self.admin_changes}
         candidates = self.target.admin_candidates()
         made: list[str] = []
-        for action, job_status in ADMIN_ACTIONS.items():
+        for action, job_status in (
+            (action, status) for action, statuses in ADMIN_ACTIONS.items() for status in statuses
+        ):
             by_account: dict[str, list[str]] = {}
             for imp_uid, account in candidates.get(job_status, []):
                 if imp_uid not in done:
@@ -280,7 +284,7 @@ class Nemesis:
             if status is not None:
                 return False  # only one iamport did not know when the job ended
             sandbox.create_payment(**self.target.payment_spec(imp_uid, account))
-        elif status is None:
+        elif status is None or (action == "refund" and status != "paid"):
             return False
         try:
             if action == "drift":

@@ -239,13 +239,16 @@ class Stack:
         return crashed
 
     def admin_candidates(self) -> dict[str, list[tuple[str, str]]]:
-        """Terminal jobs the admin strike may pick, by status (none while Postgres is down)."""
+        """Jobs the admin strike may pick, by status, `waiting` for any not yet terminal
+        (none while Postgres is down)."""
         out: dict[str, list[tuple[str, str]]] = {}
         try:
             with psycopg.connect(self.pg.url, connect_timeout=2) as conn:
                 for imp_uid, account, status in conn.execute(
-                    "SELECT imp_uid, account, status FROM jobs "
-                    "WHERE status IN ('needs_refund', 'failed', 'cancelled') ORDER BY imp_uid"
+                    f"SELECT imp_uid, account, CASE WHEN {WAITING_SQL} THEN 'waiting' "
+                    "ELSE status END FROM jobs WHERE status IN "
+                    "('needs_refund', 'failed', 'cancelled') OR "
+                    f"{WAITING_SQL} ORDER BY imp_uid"
                 ):
                     out.setdefault(status, []).append((imp_uid, account))
         except psycopg.Error:

@@ -44,7 +44,7 @@ def test_short_chaos_run_has_no_violations(seed: int, tmp_path: Path) -> None:
     assert {"faults", "kill_worker", "redis", "postgres", "token_expiry", "admin"} <= set(strikes)
     # Payments changed behind the service's back, each kind, settled by reconciliation.
     changed = report["figures"]["admin changes by action"]
-    assert set(changed) == {"refund", "pay", "cancel", "drift"}, changed
+    assert {"refund", "pay", "cancel", "drift"} <= set(changed), changed
     assert report["figures"]["drifts recorded (jobs, by kind)"]["cancelled_but_paid"] >= 1
     # The flaky webhook receivers answered 500s and timeouts, and still got every message.
     figures = report["figures"]

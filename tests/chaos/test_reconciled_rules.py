@@ -19,6 +19,16 @@ def test_a_payment_refunded_in_the_admin_must_end_refunded_by_upstream() -> None
     assert _where(change, REFUNDED, "refunded", None, {"refunded_by": "service"}) is not None
 
 
+def test_a_payment_refunded_while_its_job_waits_ends_cancelled_or_refunded() -> None:
+    change = Change("u", "refund", "waiting")
+    assert _where(change, REFUNDED, "cancelled", None, None) is None
+    assert _where(change, REFUNDED, "refunded", None, {"refunded_by": "upstream"}) is None
+    assert _where(change, REFUNDED, "refunded", None, {"refunded_by": "service"}) is not None
+    ours = {**REFUNDED, "refund_calls": 1}  # a refund of ours went unanswered: the credit rule
+    assert _where(change, ours, "refunded", None, {"refunded_by": "service"}) is None
+    assert _where(change, REFUNDED, "needs_refund", None, None) is not None
+
+
 def test_a_failed_job_paid_since_needs_a_refund_or_was_refunded_by_us() -> None:
     change = Change("u", "pay", "failed")
     assert _where(change, PAID, "needs_refund", None, None) is None
@@ -86,6 +96,7 @@ class FakeTarget:
             "needs_refund": [("nr-a", "a"), ("nr-b", "b")],
             "failed": [("f-a", "a"), ("unknown-a", "a"), ("f-b", "b")],
             "cancelled": [("c-a", "a"), ("c-b", "b")],
+            "waiting": [("w-a", "a")],
         }
 
     def payment_spec(self, imp_uid: str, account: str) -> dict[str, Any]:
@@ -101,12 +112,14 @@ def test_an_admin_strike_changes_each_kind_per_account_once_and_only_what_fits()
             "f-b": "failed",
             "c-a": "cancelled",
             "c-b": "cancelled",
+            "w-a": "paid",
         }
     )
     nemesis = Nemesis(1, FakeTarget(), "http://sandbox", 1.0)
     nemesis.admin(sandbox)  # type: ignore[arg-type]
     by = {(c.imp_uid, c.action) for c in nemesis.admin_changes}
     assert {("nr-a", "refund"), ("nr-b", "refund"), ("c-a", "drift"), ("c-b", "drift")} <= by
+    assert ("w-a", "refund") in by  # a job not ended yet: its run meets the refund
     assert ("unknown-a", "cancel") in by  # created at the sandbox first, then voided
     assert {a for _, a in by} == set(ADMIN_ACTIONS)
     assert ("c-a", "set paid") in sandbox.done

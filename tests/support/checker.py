@@ -138,7 +138,17 @@ def _where(
     """Why the job is not where the gateway says (the reconciliation rules), or None."""
     shown = payment and payment["status"]
     if change is not None:
-        if change.action == "refund":  # needs_refund, refunded in the admin
+        if change.action == "refund" and change.job_status == "waiting":
+            # Its run meets the refund: a cancellation it did not make (or, when a refund or
+            # cancel of ours went unanswered, may have: the credit rule's), or, if it ended
+            # needs_refund just before, reconciliation's refund by upstream.
+            by = (refund or {}).get("refunded_by")
+            ours = bool((payment or {}).get("refund_calls"))
+            if status not in ("cancelled", "refunded") or (
+                status == "refunded" and by != "upstream" and not ours
+            ):
+                return f"refunded in the admin while waiting: job {status}, refunded_by {by}"
+        elif change.action == "refund":  # needs_refund, refunded in the admin
             by = (refund or {}).get("refunded_by")
             if status != "refunded" or by != "upstream":
                 return f"refunded in the admin: job {status}, refunded_by {by}"
