@@ -572,6 +572,7 @@ def _exercise(
         drained = True
         settled = False
         final_round: dict[str, Any] = {}
+        drifts_before: dict[str, str] = {}
         try:
             last = 0.0
 
@@ -591,6 +592,7 @@ def _exercise(
             settled = _reconciled(db, sandbox, changes, max(5.0, min(left, 25.0)), drained_now)
             # Then a round of our own, as an operator's `stockout reconcile`, and what it moved
             # settles too.
+            drifts_before = _drifts(db)
             final_round = _final_round(stack.env)
             _reconciled(db, sandbox, changes, 30.0, drained_now)  # judged by the checker
         except AssertionError:
@@ -601,6 +603,13 @@ def _exercise(
             tokens.add(token)
         report = check(db, sandbox, changed=frozenset(c.imp_uid for c in changes))
         reconciled = check_reconciled(db, sandbox, changes, report.truth)
+        # A drift recorded before the final round and its rounds is the same record after them.
+        after = _drifts(db)
+        reconciled.drift_twice += [
+            f"{uid}: drift seen at {seen}, again at {after.get(uid)}"
+            for uid, seen in sorted(drifts_before.items())
+            if after.get(uid) != seen
+        ]
         sandbox_stats = sandbox.stats()
         unrecorded, batches = find_unrecorded(db, sandbox)
     stack.hooks.wait_settled(db, webhook_limit, _say)
@@ -721,6 +730,15 @@ def reconciled_moves(logs: Path) -> tuple[dict[str, int], set[str]]:
             moves[str(entry.get("move"))] = moves.get(str(entry.get("move")), 0) + 1
             jobs.add(str(entry.get("job_id")))
     return moves, jobs
+
+
+def _drifts(db: str) -> dict[str, str]:
+    """imp_uid -> when its job's drift was seen, for every job holding one."""
+    with psycopg.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT imp_uid, drift->>'seen_at' FROM jobs WHERE drift IS NOT NULL"
+        ).fetchall()
+    return {str(uid): str(seen) for uid, seen in rows}
 
 
 def _job_ids(db: str, changes: list[Change]) -> set[str]:
