@@ -5,7 +5,9 @@
 Embedded Postgres and Redis on fixed ports (so they restart where the services expect them),
 migrations, the API under uvicorn, two Celery workers (threads pool), a separate beat and the
 iamport sandbox. The workload posts events over HTTP with a real key while customers pay and
-the nemesis strikes; then faults are cleared, the jobs drain, and every job is compared with
+the nemesis strikes (changing payments behind the service's back too, while beat reconciles
+every RECONCILE_INTERVAL_SECONDS); then faults are cleared, the jobs drain, the changed
+payments' jobs settle, a final `stockout reconcile` round runs, and every job is compared with
 the sandbox's truth. Exit status 1 on any violation.
 """
 
