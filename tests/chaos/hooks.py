@@ -42,6 +42,7 @@ SUBSCRIPTIONS: dict[str, list[str] | None] = {
     SUBSET: ["job.refunded", "job.failed"],
 }
 EVENT_COMPLETED = "event.completed"
+JOB_DRIFT = "job.drift"
 TERMINAL_VALUES = {s.value for s in TERMINAL}
 
 
@@ -148,8 +149,9 @@ class Hooks:
             time.sleep(0.1)
         return self.settled
 
-    def check(self, db: str) -> HookReport:
-        return _check(db, self)
+    def check(self, db: str, moved: set[str] | None = None) -> HookReport:
+        """`moved`: the ids of jobs a reconciliation took from one end to another."""
+        return _check(db, self, moved or set())
 
 
 def _pending(db: str) -> int | None:
@@ -163,7 +165,7 @@ def _pending(db: str) -> int | None:
         return None
 
 
-def _check(db: str, hooks: Hooks) -> HookReport:
+def _check(db: str, hooks: Hooks, moved: set[str]) -> HookReport:
     with psycopg.connect(db) as conn:
         jobs: dict[str, str] = {
             str(job_id): status for job_id, status in conn.execute("SELECT id, status FROM jobs")
@@ -197,6 +199,7 @@ def _check(db: str, hooks: Hooks) -> HookReport:
     unknown: list[str] = []  # at a receiver, not in the outbox (or for another endpoint)
     unseen: list[str] = []  # delivered in the outbox, never answered 2xx by the receiver
     delivered = duplicates = requests = cut_off = 0
+    drifts_got: dict[tuple[str, str], int] = {}  # (endpoint, job id): unique job.drift messages
     for ep in hooks.endpoints.values():
         r = ep.receiver
         with r.lock:
@@ -226,12 +229,19 @@ def _check(db: str, hooks: Hooks) -> HookReport:
                 ]
                 if listed != event_jobs.get(event_id, set()) or open_jobs:
                     wrong_event.append(f"{ep.name} {wid} {event_id}: open jobs {open_jobs[:3]}")
+            elif kind == JOB_DRIFT:
+                job_id = str(data.get("id"))
+                drifts_got[(ep.name, job_id)] = drifts_got.get((ep.name, job_id), 0) + 1
+                if data.get("status") != jobs.get(job_id) or not data.get("drift"):
+                    wrong_job.append(f"{ep.name} {wid} {kind} {job_id}: job is {jobs.get(job_id)}")
             elif kind.startswith("job."):
                 job_id, said = str(data.get("id")), kind.removeprefix("job.")
                 jobs_got.add((kind, job_id))
                 now = jobs.get(job_id)
                 # A held payment may be refunded later by a person: needs_refund, then refunded.
                 allowed = {now, "needs_refund"} if now == "refunded" else {now}
+                if job_id in moved:  # failed, then settled by a reconciliation
+                    allowed.add("failed")
                 if data.get("status") != said or said not in allowed:
                     wrong_job.append(f"{ep.name} {wid} {kind} {job_id}: job is {now}")
             else:
@@ -260,6 +270,7 @@ def _check(db: str, hooks: Hooks) -> HookReport:
         "webhook timeouts served": sum(e.behaviour.served_slow for e in hooks.endpoints.values()),
         "webhook attempts per message (max)": max((row[6] for row in outbox), default=0),
         "webhooks settled": hooks.settled,
+        "job.drift messages at receivers": sum(drifts_got.values()),
         "webhooks time to settle seconds": round(hooks.settle_seconds, 1),
     }
     violations = {
@@ -274,5 +285,8 @@ def _check(db: str, hooks: Hooks) -> HookReport:
         "webhook messages written twice": written_twice,
         "webhooks at a receiver not in its outbox": unknown,
         "webhooks delivered in the outbox, not at the receiver": unseen,
+        "job.drift messages at a receiver more than once for a job": [
+            f"{ep} {job_id} x{n}" for (ep, job_id), n in sorted(drifts_got.items()) if n > 1
+        ],
     }
     return HookReport(figures, violations)

@@ -1,4 +1,5 @@
-"""The nemesis: a seeded thread that breaks iamport, workers, Redis and Postgres at intervals."""
+"""The nemesis: a seeded thread that breaks iamport, workers, Redis and Postgres at intervals,
+and changes payments behind the service's back, as a merchant does in iamport's admin."""
 
 from __future__ import annotations
 
@@ -9,10 +10,24 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+import httpx
+
 from devtools.sandbox.control import SandboxControl
 
-KINDS = ("faults", "token_expiry", "kill_worker", "redis", "postgres", "calm")
-WEIGHTS = (5, 2, 4, 2, 2, 1)
+KINDS = ("faults", "token_expiry", "kill_worker", "redis", "postgres", "calm", "admin")
+WEIGHTS = (5, 2, 4, 2, 2, 1, 2)
+# What an admin strike does, with the job statuses it looks for: refund a paid payment (its
+# job needs_refund, or not ended yet: it will meet the refund on its next lookup), take a
+# payment for a failed one (its job failed), create and void an unpaid one that iamport did not
+# know yet (its job failed), and mark paid a cancelled one (its job cancelled: a drift). At
+# most this many of each per account, status and strike.
+ADMIN_ACTIONS = {
+    "refund": ("needs_refund", "waiting"),
+    "pay": ("failed",),
+    "cancel": ("failed",),
+    "drift": ("cancelled",),
+}
+ADMIN_PER_ACCOUNT = 1
 HANG_SECONDS = 2.5  # longer than the services' IAMPORT_TIMEOUT_SECONDS=1: a real timeout
 # A late apply lands this long after the call arrived; the run's CANCEL_SETTLE_SECONDS must
 # be longer, or a careful service would (rightly) be blamed for the sandbox's slowness.
@@ -27,6 +42,13 @@ class Target(Protocol):
     def start_redis(self) -> None: ...
     def stop_postgres(self) -> None: ...
     def start_postgres(self) -> None: ...
+    def admin_candidates(self) -> dict[str, list[tuple[str, str]]]:
+        """Terminal jobs by status: (imp_uid, account) each."""
+        ...
+
+    def payment_spec(self, imp_uid: str, account: str) -> dict[str, Any]:
+        """How to create, at the sandbox, a payment of the account iamport did not know."""
+        ...
 
 
 @dataclass
@@ -92,6 +114,17 @@ def fault_profile(rng: random.Random) -> dict[str, Any]:
     return profile
 
 
+@dataclass(frozen=True)
+class AdminChange:
+    """One payment changed behind the service's back, and what its job was then."""
+
+    at: float  # seconds since the run started
+    imp_uid: str
+    account: str
+    action: str  # refund | pay | cancel | drift (ADMIN_ACTIONS)
+    job_status: str
+
+
 @dataclass
 class Nemesis:
     """Strikes every `mean_interval` seconds (jittered) until stopped; every kind at least once.
@@ -108,6 +141,7 @@ class Nemesis:
     strikes: list[Strike] = field(default_factory=list)
     active: str = "none"
     errors: list[str] = field(default_factory=list)
+    admin_changes: list[AdminChange] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.rng = random.Random(f"nemesis-{self.seed}")
@@ -141,23 +175,24 @@ class Nemesis:
         with SandboxControl(self.sandbox_url) as sandbox:
             kind = "faults"
             while True:
-                began = time.monotonic()
-                try:
-                    detail = self._strike(kind, sandbox)
-                except Exception as exc:  # the run must see a nemesis that could not act
-                    self.errors.append(f"{kind}: {type(exc).__name__}: {exc}")
-                    detail = "error"
-                self.strikes.append(
-                    Strike(
-                        round(began - self.started, 1),
-                        kind,
-                        detail,
-                        round(time.monotonic() - began, 1),
-                    )
-                )
+                self.strike(kind, sandbox)
                 if self._stop.wait(self.rng.uniform(0.5, 1.5) * self.mean_interval):
                     return
                 kind = self._next_kind()
+
+    def strike(self, kind: str, sandbox: SandboxControl) -> Strike:
+        """One strike of `kind`, recorded (the run's last admin strike comes this way too)."""
+        began = time.monotonic()
+        try:
+            detail = self._strike(kind, sandbox)
+        except Exception as exc:  # the run must see a nemesis that could not act
+            self.errors.append(f"{kind}: {type(exc).__name__}: {exc}")
+            detail = "error"
+        strike = Strike(
+            round(began - self.started, 1), kind, detail, round(time.monotonic() - began, 1)
+        )
+        self.strikes.append(strike)
+        return strike
 
     def _strike(self, kind: str, sandbox: SandboxControl) -> str:
         rng = self.rng
@@ -177,6 +212,8 @@ class Nemesis:
             return "every token expired"
         if kind == "kill_worker":
             return self.target.kill_worker(rng)
+        if kind == "admin":
+            return self.admin(sandbox)
         outage = rng.uniform(1.0, 4.0)
         was = self.active
         if kind == "redis":
@@ -191,3 +228,79 @@ class Nemesis:
             self.target.start_postgres()
         self.active = was
         return f"down {outage:.1f}s"
+
+    def admin_counts(self) -> dict[str, int]:
+        out: dict[str, int] = {}
+        for c in self.admin_changes:
+            what = f"{c.action} (job not ended)" if c.job_status == "waiting" else c.action
+            out[what] = out.get(what, 0) + 1
+        return out
+
+    def admin(self, sandbox: SandboxControl) -> str:
+        """Change a few payments, per account and action, whose jobs have ended (ADMIN_ACTIONS);
+        each imp_uid once in the run. A change the payment no longer fits (409: a customer or
+        the service changed it meanwhile) is skipped."""
+        rng = self.rng
+        done = {c.imp_uid for c in self.admin_changes}
+        candidates = self.target.admin_candidates()
+        made: list[str] = []
+        for action, job_status in (
+            (action, status) for action, statuses in ADMIN_ACTIONS.items() for status in statuses
+        ):
+            by_account: dict[str, list[str]] = {}
+            for imp_uid, account in candidates.get(job_status, []):
+                if imp_uid not in done:
+                    by_account.setdefault(account, []).append(imp_uid)
+            for account in sorted(by_account):
+                uids = by_account[account]
+                rng.shuffle(uids)
+                n = 0
+                for imp_uid in uids[:8]:
+                    if n >= ADMIN_PER_ACCOUNT:
+                        break
+                    if self._admin_one(sandbox, action, imp_uid, account):
+                        done.add(imp_uid)
+                        self.admin_changes.append(
+                            AdminChange(
+                                round(time.monotonic() - self.started, 1),
+                                imp_uid,
+                                account,
+                                action,
+                                job_status,
+                            )
+                        )
+                        made.append(f"{action} {imp_uid}")
+                        n += 1
+        return ", ".join(made) or "nothing to change"
+
+    def _admin_one(self, sandbox: SandboxControl, action: str, imp_uid: str, account: str) -> bool:
+        try:
+            status = sandbox.payment(imp_uid)["status"]
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code != 404:
+                raise
+            status = None
+        if action == "cancel":
+            if status is not None:
+                return False  # only one iamport did not know when the job ended
+            sandbox.create_payment(**self.target.payment_spec(imp_uid, account))
+        elif status is None or (action == "refund" and status != "paid"):
+            return False
+        try:
+            if action == "drift":
+                if status != "cancelled":
+                    return False
+                # iamport showing paid a payment the service saw cancelled: a contradiction
+                # only a person can settle.
+                sandbox.set_status(imp_uid, "paid")
+            elif action == "refund":
+                sandbox.admin(imp_uid, "refund")
+            elif action == "pay":
+                sandbox.admin(imp_uid, "pay")
+            else:
+                sandbox.admin(imp_uid, "cancel")
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 409:
+                return False
+            raise
+        return True

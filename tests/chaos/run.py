@@ -5,7 +5,9 @@
 Embedded Postgres and Redis on fixed ports (so they restart where the services expect them),
 migrations, the API under uvicorn, two Celery workers (threads pool), a separate beat and the
 iamport sandbox. The workload posts events over HTTP with a real key while customers pay and
-the nemesis strikes; then faults are cleared, the jobs drain, and every job is compared with
+the nemesis strikes (changing payments behind the service's back too, while beat reconciles
+every RECONCILE_INTERVAL_SECONDS); then faults are cleared, the jobs drain, the changed
+payments' jobs settle, a final `stockout reconcile` round runs, and every job is compared with
 the sandbox's truth. Exit status 1 on any violation.
 """
 
@@ -39,19 +41,21 @@ from tests.chaos.hooks import HookReport, Hooks
 from tests.chaos.nemesis import Nemesis
 from tests.chaos.workload import (
     ACCOUNTS,
+    BY_NAME,
     Judgement,
     Workload,
     create_at_sandbox,
     judge,
     make_plan,
 )
-from tests.support.checker import Report, check
+from tests.support.checker import Change, Reconciled, Report, check, check_reconciled
 from tests.support.processes import service_env, start_worker, stop, wait_until
 from tests.support.stack import migrate
 
 IMP_KEY = "chaos_imp_key"
 WORKER_CONCURRENCY = 16
 TOLERATE_WORKER_CRASHES = False
+RECONCILE_INTERVAL_SECONDS = 5
 NON_TERMINAL_SQL = f"SELECT count(*) FROM jobs WHERE {WAITING_SQL}"
 
 
@@ -127,6 +131,10 @@ class Stack:
             **{_var(name, "HOOK"): token for name, token in self.hook_tokens.items()},
             # Longer than the nemesis's calls that apply after their caller hung up.
             CANCEL_SETTLE_SECONDS="6",
+            # Beat's reconciliation acts during the run: a round every few seconds, over every
+            # waiting job untouched for a moment and every job finished since the start.
+            RECONCILE_INTERVAL_SECONDS=str(RECONCILE_INTERVAL_SECONDS),
+            RECONCILE_STALE_SECONDS="3",
             LOG_LEVEL="INFO",  # so the logs scanned for secrets hold something
             LOG_JSON="true",
             **HOOKS_ENV,
@@ -231,6 +239,37 @@ class Stack:
             crashed.append(f"{name} exited {self.procs[name].returncode} at t={since:.0f}s: {why}")
             self.add_worker()
         return crashed
+
+    def admin_candidates(self) -> dict[str, list[tuple[str, str]]]:
+        """Jobs the admin strike may pick, by status, `waiting` for any not yet terminal
+        (none while Postgres is down)."""
+        out: dict[str, list[tuple[str, str]]] = {}
+        try:
+            with psycopg.connect(self.pg.url, connect_timeout=2) as conn:
+                for imp_uid, account, status in conn.execute(
+                    f"SELECT imp_uid, account, CASE WHEN {WAITING_SQL} THEN 'waiting' "
+                    "ELSE status END FROM jobs WHERE status IN "
+                    "('needs_refund', 'failed', 'cancelled') OR "
+                    f"{WAITING_SQL} ORDER BY imp_uid"
+                ):
+                    out.setdefault(status, []).append((imp_uid, account))
+        except psycopg.Error:
+            pass
+        return out
+
+    def payment_spec(self, imp_uid: str, account: str) -> dict[str, Any]:
+        a = BY_NAME[account]
+        return {
+            "imp_key": a.imp_key,
+            "tier": a.tier,
+            "imp_uid": imp_uid,
+            "merchant_uid": f"order-{imp_uid}",
+            "amount": 1000,
+            "status": "ready",
+            "pay_method": "cvs",
+            "confirm_url": self.hook_url("cvs-confirm", account),
+            "notice_url": self.hook_url("notifications", account),
+        }
 
     def stop_redis(self) -> None:
         self.redis.stop()
@@ -362,10 +401,14 @@ def find_lost(db: str, workload: Workload, j: Judgement, f: Findings) -> None:
     f.conflict_jobs = sorted({u for _, u in workload.plan.conflict_imp_uids} & jobs)
 
 
-def find_unrecorded(db: str, sandbox: SandboxControl) -> list[str]:
-    """Cancel and refund calls iamport saw that no attempt row records."""
+def find_unrecorded(db: str, sandbox: SandboxControl) -> tuple[list[str], int]:
+    """Cancel and refund calls iamport saw that no attempt row records (a run writes each ahead;
+    a reconciliation writes none, so one sending a cancel or refund would show here), and how
+    many batch lookups (reconciliation's alone) there were."""
     seen: dict[str, int] = {}
-    for call in sandbox.calls():
+    calls = sandbox.calls()
+    batches = sum(1 for c in calls if c["call"] == "lookup" and c["imp_uid"] is None)
+    for call in calls:
         if call["call"] in ("cancel", "cancel_vbank", "refund") and call["imp_uid"]:
             seen[call["imp_uid"]] = seen.get(call["imp_uid"], 0) + 1
     with psycopg.connect(db) as conn:
@@ -376,11 +419,12 @@ def find_unrecorded(db: str, sandbox: SandboxControl) -> list[str]:
                 "GROUP BY j.imp_uid"
             ).fetchall()
         )
-    return [
+    unrecorded = [
         f"{uid}: {n} calls, {recorded.get(uid, 0)} recorded"
         for uid, n in sorted(seen.items())
         if n > recorded.get(uid, 0)
     ]
+    return unrecorded, batches
 
 
 def scan_logs(logs: Path, needles: dict[str, str]) -> list[str]:
@@ -522,8 +566,15 @@ def _exercise(
     workload_seconds = time.monotonic() - started
     with SandboxControl(stack.sandbox_url) as sandbox:
         sandbox.clear_faults()
+        # A last admin strike, now that most jobs have ended: reconciliation meets it in the
+        # drain.
+        nemesis.strike("admin", sandbox)
+        changes = [Change(c.imp_uid, c.action, c.job_status) for c in nemesis.admin_changes]
         drain_started = time.monotonic()
         drained = True
+        settled = False
+        final_round: dict[str, Any] = {}
+        drifts_before: dict[str, str] = {}
         try:
             last = 0.0
 
@@ -537,17 +588,38 @@ def _exercise(
                 return left == 0
 
             wait_until(drained_now, drain_limit, "every job terminal", interval=0.5)
+            # A few of beat's rounds; a round a killed worker left holding its account's lock
+            # (max(interval, 60s)) may keep them longer: the final round waits for the lock.
+            left = drain_limit - (time.monotonic() - drain_started)
+            settled = _reconciled(db, sandbox, changes, max(5.0, min(left, 25.0)), drained_now)
+            # Then a round of our own, as an operator's `stockout reconcile`, and what it moved
+            # settles too.
+            drifts_before = _drifts(db)
+            final_round = _final_round(stack.env)
+            _reconciled(db, sandbox, changes, 30.0, drained_now)  # judged by the checker
         except AssertionError:
             drained = False
         drain_seconds = time.monotonic() - drain_started
         token = current_token(stack.sandbox_url, stack.imp_secret)
         if token:
             tokens.add(token)
-        report = check(db, sandbox)
+        report = check(db, sandbox, changed=frozenset(c.imp_uid for c in changes))
+        reconciled = check_reconciled(db, sandbox, changes, report.truth)
+        # A drift recorded before the final round and its rounds is the same record after them.
+        after = _drifts(db)
+        reconciled.drift_twice += [
+            f"{uid}: drift seen at {seen}, again at {after.get(uid)}"
+            for uid, seen in sorted(drifts_before.items())
+            if after.get(uid) != seen
+        ]
         sandbox_stats = sandbox.stats()
-        unrecorded = find_unrecorded(db, sandbox)
+        unrecorded, batches = find_unrecorded(db, sandbox)
     stack.hooks.wait_settled(db, webhook_limit, _say)
-    hook_report = stack.hooks.check(db)
+    moves, moved_jobs = reconciled_moves(stack.logs)
+    for summary in final_round.get("accounts", []):
+        for label, n in {**summary["moved"], **summary["drift"]}.items():
+            moves[f"{label} (final round)"] = moves.get(f"{label} (final round)", 0) + n
+    hook_report = stack.hooks.check(db, moved_jobs | _job_ids(db, changes))
     j = judge(workload)
     f = Findings(
         dead_processes=stack.dead(),
@@ -579,7 +651,104 @@ def _exercise(
         len(tokens),
         json_out,
         hook_report,
+        Reconciliation(reconciled, nemesis.admin_counts(), moves, settled, batches),
     )
+
+
+@dataclass
+class Reconciliation:
+    """What reconciliation made of the payments changed behind the service's back."""
+
+    report: Reconciled
+    admin_changes: dict[str, int]
+    moves: dict[str, int]  # jobs moved (or drift recorded), by kind, from the workers' logs
+    settled: bool  # the changed payments' jobs ended where the gateway says in the drain
+    batch_lookups: int = 0
+
+
+def _reconciled(
+    db: str, sandbox: SandboxControl, changes: list[Change], limit: float, drained: Any
+) -> bool:
+    """Until every changed payment's job is where the gateway says (bounded), with progress."""
+    started = last = time.monotonic()
+    while True:
+        if drained():
+            left = check_reconciled(db, sandbox, changes).not_where
+            if not left:
+                return True
+            if time.monotonic() - last >= 3:
+                last = time.monotonic()
+                _say(
+                    f"  reconciling: {len(left)} changed payments' jobs not settled, e.g. {left[0]}"
+                )
+        if time.monotonic() - started > limit:
+            return False
+        time.sleep(1.0)
+
+
+def _final_round(env: dict[str, str]) -> dict[str, Any]:
+    """`stockout reconcile --json`, retried while a round of beat's holds an account's lock
+    (at most max(RECONCILE_INTERVAL_SECONDS, 60) after the worker holding it was killed)."""
+    body: dict[str, Any] = {}
+    deadline = time.monotonic() + 70
+    while True:
+        done = subprocess.run(
+            [sys.executable, "-m", "app.cli", "reconcile", "--json"],
+            env=env,
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        try:
+            body = json.loads(done.stdout)
+        except ValueError:
+            _say(f"  final round: exit {done.returncode}: {done.stderr[-300:]}")
+            return {}
+        skipped = [s["account"] for s in body.get("accounts", []) if s.get("skipped")]
+        if not skipped or time.monotonic() > deadline:
+            break
+        _say(f"  final round: skipped {skipped}, a round holds the lock; again")
+        time.sleep(2.0)
+    looked = {s["account"]: s["looked_up"] for s in body.get("accounts", [])}
+    _say(f"  final round: looked up {looked}")
+    return body
+
+
+def reconciled_moves(logs: Path) -> tuple[dict[str, int], set[str]]:
+    """What beat's rounds did, from the workers' JSON logs: moves by kind, and the job ids."""
+    moves: dict[str, int] = {}
+    jobs: set[str] = set()
+    for path in sorted(logs.glob("w*.log")):
+        for line in path.read_text(errors="replace").splitlines():
+            if '"reconciled"' not in line:
+                continue
+            try:
+                entry = json.loads(line)
+            except ValueError:
+                continue
+            if entry.get("event") != "reconciled":
+                continue
+            moves[str(entry.get("move"))] = moves.get(str(entry.get("move")), 0) + 1
+            jobs.add(str(entry.get("job_id")))
+    return moves, jobs
+
+
+def _drifts(db: str) -> dict[str, str]:
+    """imp_uid -> when its job's drift was seen, for every job holding one."""
+    with psycopg.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT imp_uid, drift->>'seen_at' FROM jobs WHERE drift IS NOT NULL"
+        ).fetchall()
+    return {str(uid): str(seen) for uid, seen in rows}
+
+
+def _job_ids(db: str, changes: list[Change]) -> set[str]:
+    with psycopg.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT id::text FROM jobs WHERE imp_uid = ANY(%s)", ([c.imp_uid for c in changes],)
+        ).fetchall()
+    return {r[0] for r in rows}
 
 
 def _print_report(
@@ -595,6 +764,7 @@ def _print_report(
     n_tokens: int,
     json_out: Path | None,
     hooks: HookReport | None = None,
+    rec: Reconciliation | None = None,
 ) -> bool:
     pays_allowed = sum(1 for p in workload.pays if p.allowed)
     figures: dict[str, Any] = {
@@ -619,6 +789,18 @@ def _print_report(
         "time to drain seconds": round(drain_seconds, 1),
         "drained": drained,
         **(hooks.figures if hooks else {}),
+        **(
+            {
+                "admin changes by action": rec.admin_changes,
+                "batch lookups (reconciliation)": rec.batch_lookups,
+                "jobs moved by reconciliation": rec.moves,
+                "drifts recorded (jobs, by kind)": rec.report.drifts,
+                "settled as someone else's": rec.report.upstream,
+                "changed jobs settled before the final round": rec.settled,
+            }
+            if rec
+            else {}
+        ),
     }
     violations: dict[str, Any] = {
         "not drained (non-terminal jobs)": report.non_terminal,
@@ -646,6 +828,14 @@ def _print_report(
         "workers that died on their own": [] if TOLERATE_WORKER_CRASHES else f.worker_crashes,
         "nemesis errors": f.nemesis_errors,
         **(hooks.violations if hooks else {}),
+        **(
+            {
+                "jobs not where the gateway says": rec.report.not_where,
+                "drifts recorded more than once": rec.report.drift_twice,
+            }
+            if rec
+            else {}
+        ),
     }
     _say("")
     _say("== chaos figures ==")

@@ -1,4 +1,5 @@
-"""The chaos run, short: 600 payments under every kind of strike, in `make test`.
+"""The chaos run, short: 600 payments under every kind of strike, in `make test`, payments
+changed behind the service's back among them.
 
 It runs `python -m tests.chaos.run` in a subprocess, exactly as `make chaos` does, and reads
 the figures it writes. A seed that ever fails goes into SEEDS, so it is run from then on.
@@ -40,7 +41,11 @@ def test_short_chaos_run_has_no_violations(seed: int, tmp_path: Path) -> None:
     assert report["figures"]["jobs accepted"] >= 590
     assert report["figures"]["drained"] is True
     strikes = report["figures"]["nemesis strikes"]
-    assert {"faults", "kill_worker", "redis", "postgres", "token_expiry"} <= set(strikes), strikes
+    assert {"faults", "kill_worker", "redis", "postgres", "token_expiry", "admin"} <= set(strikes)
+    # Payments changed behind the service's back, each kind, settled by reconciliation.
+    changed = report["figures"]["admin changes by action"]
+    assert {"refund", "pay", "cancel", "drift"} <= set(changed), changed
+    assert report["figures"]["drifts recorded (jobs, by kind)"]["cancelled_but_paid"] >= 1
     # The flaky webhook receivers answered 500s and timeouts, and still got every message.
     figures = report["figures"]
     assert figures["webhooks settled"] is True
