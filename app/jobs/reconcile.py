@@ -24,6 +24,8 @@ from typing import Any, Protocol
 import redis
 import structlog
 from psycopg import Connection
+from redis.exceptions import LockError
+from redis.lock import Lock
 
 from app.config import Settings
 from app.jobs import store
@@ -316,6 +318,7 @@ def window_start(hours: float, since: datetime | None = None) -> datetime:
 
 
 LOCK_KEY = "stockout:reconcile:lock:{account}"
+LOCK_SECONDS = 60
 NOT_YET_V2 = "not yet for v2 accounts"
 Progress = Callable[[str, int], Callable[[int], None]]  # (account, total) -> advance(n)
 
@@ -387,11 +390,12 @@ def _one_account(
     if account.api != "v1":
         log.info("reconcile_skipped", account=account.name, why=NOT_YET_V2)
         return Summary(account.name, skipped=NOT_YET_V2)
-    key = LOCK_KEY.format(account=account.name)
-    # Held for at most one interval: a round that died does not block the next for long.
-    ttl = max(int(settings.reconcile_interval_seconds), 60)
+    # redis-py's lock: a token of our own, released or extended only while it is ours. Short,
+    # and renewed with each batch, so a round whose worker died blocks the next for at most
+    # LOCK_SECONDS, while a long round keeps it.
+    lock = redis_client.lock(LOCK_KEY.format(account=account.name), timeout=LOCK_SECONDS)
     try:
-        if not redis_client.set(key, "1", nx=True, ex=ttl):
+        if not lock.acquire(blocking=False):
             return Summary(account.name, skipped="a round is running already")
     except redis.RedisError as exc:
         return Summary(account.name, errors=1, messages=[f"redis: {type(exc).__name__}"])
@@ -399,7 +403,7 @@ def _one_account(
         client = IamportClient.for_account(account, settings, redis_client)
     except RuntimeError as exc:  # credentials missing: a configuration problem, said once
         log.warning("reconcile_skipped", account=account.name, why=str(exc))
-        _release(redis_client, key)
+        _release(lock)
         return Summary(account.name, errors=1, messages=[str(exc)])
     try:
         with pool().connection() as conn:
@@ -408,9 +412,8 @@ def _one_account(
                 advance = progress(account.name, count(conn, plan))
 
             def on_page(n: int) -> None:
-                # A long round keeps its lock: it lasts an interval from the latest batch.
-                with contextlib.suppress(redis.RedisError):
-                    redis_client.expire(key, ttl)
+                with contextlib.suppress(redis.RedisError, LockError):
+                    lock.extend(LOCK_SECONDS, replace_ttl=True)
                 if advance is not None:
                     advance(n)
 
@@ -429,11 +432,11 @@ def _one_account(
         return Summary(account.name, errors=1, messages=[type(exc).__name__])
     finally:
         client.close()
-        _release(redis_client, key)
+        _release(lock)
     log.info("reconcile_done", **summary.as_dict())
     return summary
 
 
-def _release(redis_client: redis.Redis, key: str) -> None:
-    with contextlib.suppress(redis.RedisError):  # else it expires
-        redis_client.delete(key)
+def _release(lock: Lock) -> None:
+    with contextlib.suppress(redis.RedisError, LockError):  # else it expires
+        lock.release()

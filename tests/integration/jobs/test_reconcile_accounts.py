@@ -15,7 +15,13 @@ import pytest
 from app.config import get_settings
 from app.jobs import store
 from app.jobs.decide import Method, OnPaid
-from app.jobs.reconcile import NOT_YET_V2, UnknownAccountName, reconcile_all
+from app.jobs.reconcile import (
+    LOCK_KEY,
+    LOCK_SECONDS,
+    NOT_YET_V2,
+    UnknownAccountName,
+    reconcile_all,
+)
 from app.kit.db import pool
 from app.kit.redis_conn import get_redis
 from app.webhooks import outbox
@@ -165,3 +171,17 @@ def test_since_widens_the_window(accounts: SandboxControl) -> None:
     since = datetime(2020, 1, 1, tzinfo=UTC)
     assert run(account="main", since=since)["main"].moved == {"needs_refund": 1}
     assert row(old)["status"] == "queued"
+
+
+def test_a_round_running_elsewhere_is_skipped_and_its_lock_left_alone(
+    accounts: SandboxControl,
+) -> None:
+    key = LOCK_KEY.format(account="main")
+    with get_redis() as client:
+        client.set(key, "another-round", ex=LOCK_SECONDS)  # another process's round
+        assert run(account="main")["main"].skipped == "a round is running already"
+        assert client.get(key) == b"another-round"  # not ours: not released
+        assert 0 < client.ttl(key) <= LOCK_SECONDS  # a dead round's lock lapses soon
+        client.delete(key)
+        assert run(account="main")["main"].skipped is None
+        assert not client.exists(key)  # ours, released when the round ended
