@@ -1,4 +1,5 @@
-"""The chaos run, short: 600 payments under every kind of strike, in `make test`.
+"""The chaos run, short: 600 payments (PortOne V2 ones among them) under every kind of strike,
+in `make test`.
 
 It runs `python -m tests.chaos.run` in a subprocess, exactly as `make chaos` does, and reads
 the figures it writes. A seed that ever fails goes into SEEDS, so it is run from then on.
@@ -41,6 +42,15 @@ def test_short_chaos_run_has_no_violations(seed: int, tmp_path: Path) -> None:
     assert report["figures"]["drained"] is True
     strikes = report["figures"]["nemesis strikes"]
     assert {"faults", "kill_worker", "redis", "postgres", "token_expiry"} <= set(strikes), strikes
+    # PortOne V2 jobs ran under the same strikes, every change under an Idempotency-Key.
+    assert report["figures"]["v2 jobs"] > 0 and report["figures"]["v2 mutating calls"] > 0
+    for line in (
+        "v2 refunds applied per payment over 1",
+        "v2 closes applied per payment over 1",
+        "v2 mutating requests without an Idempotency-Key",
+        "v2 keys reused for a different call",
+    ):
+        assert report["violations"][line] in (0, []), line
     # The flaky webhook receivers answered 500s and timeouts, and still got every message.
     figures = report["figures"]
     assert figures["webhooks settled"] is True
