@@ -127,6 +127,8 @@ class V2Server:
         faults = self.faults_for(store)
         decision = decide(faults, v2.rng, call, payment_id)
         fault = decision.fault if decision.fault != "expired_token" else None  # no V2 tokens
+        if fault is not None:
+            v2.faults_injected[fault] = v2.faults_injected.get(fault, 0) + 1
         if not await _pause(request, decision.latency, mutating):
             return Response(status_code=CLIENT_CLOSED)
         if fault == "429":

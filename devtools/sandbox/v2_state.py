@@ -412,6 +412,7 @@ class V2Sandbox:
         self.unauthorized = 0
         self.webhooks: list[dict[str, Any]] = []
         self.call_log: list[dict[str, Any]] = []
+        self.faults_injected: dict[str, int] = {}
 
     # -- stores --------------------------------------------------------------------------
 
@@ -871,6 +872,7 @@ class V2Sandbox:
             "payments": len(self.payments),
             "keys_held": len(self.keys),
             "webhooks_sent": len(self.webhooks),
+            "faults_injected": dict(self.faults_injected),
         }
 
 

@@ -718,6 +718,8 @@ def _v2_figures(report: Report) -> dict[str, Any]:
     return {
         "v2 jobs": v2.jobs,
         "v2 jobs by status": v2.by_status,
+        "v2 calls": v2.calls,
+        "v2 faults injected": v2.faults_injected,
         "v2 mutating calls": v2.mutating_calls,
         "v2 answers replayed from a key": v2.replays,
         "v2 answers still outstanding": v2.outstanding,

@@ -358,3 +358,4 @@ def test_the_call_log_keeps_each_mutating_call_and_its_key_as_sent(
     prints = [c["fingerprint"] for c in log]
     assert prints[0] == prints[1] and len(set(prints[1:])) == 3
     assert [c["seq"] for c in v2.calls(since=3)] == [4]
+    assert v2.stats()["faults_injected"] == {"429": 1}

@@ -60,6 +60,8 @@ class V2Report:
     replays: int = 0  # answered from a key's stored answer
     outstanding: int = 0  # answered 409 IDEMPOTENCY_OUTSTANDING_REQUEST
     refunds_requested: int = 0  # answered REQUESTED, finished later
+    faults_injected: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)  # by kind: lookup, cancel_vbank, refund
 
     @property
     def key_violations(self) -> int:
@@ -160,6 +162,8 @@ def check_v2(
     report.replays = int(totals["replays"])
     report.outstanding = int(totals["outstanding"])
     report.refunds_requested = int(totals["refunds_requested"])
+    report.faults_injected = dict(stats.get("faults_injected", {}))
+    report.calls = dict(stats["calls"])
     return report
 
 
