@@ -401,13 +401,10 @@ def _after_payment(
             error=None,
             payment_status=status,
         )
-    if (
-        unsupported is not None
-        and method is Method.CVS
-        and status not in ("cancelled", "paid", "failed")
-    ):
+    if unsupported is not None and method is Method.CVS and status in ("ready", "pending"):
         # The barcode is still payable and this gateway has no call that voids it: no run
-        # can do more. The gateway's reason is the error.
+        # can do more. The gateway's reason is the error. Only for a status known to be
+        # unpaid: one the gateway does not document may be a paid payment (on_paid then).
         return Decision(
             status=JobStatus.FAILED, payment_status=status, method=method, error=unsupported,
             uncertain=_still_open(state),

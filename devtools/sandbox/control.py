@@ -310,3 +310,10 @@ class V2Control:
 
     def stats(self) -> dict[str, Any]:
         return cast(dict[str, Any], self._call("GET", "/v2/stats"))
+
+    def calls(self, since: int = 0) -> list[dict[str, Any]]:
+        """The mutating calls as they arrived, after sequence number `since`: `store_id`,
+        `payment_id`, `method`, `path`, `key` (the Idempotency-Key as sent, None without one)
+        and `fingerprint` (method, path and body)."""
+        body = self._call("GET", "/v2/calls", params={"since": since})
+        return cast(list[dict[str, Any]], body["calls"])

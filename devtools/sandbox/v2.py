@@ -121,9 +121,14 @@ class V2Server:
         else:
             v2.count(payment_id, "cancel_calls")
         store = v2.authenticate(request.headers.get("authorization"))
+        if mutating:
+            header = request.headers.get("idempotency-key")
+            v2.log_call(store, payment_id, request.method, request.url.path, header, raw)
         faults = self.faults_for(store)
         decision = decide(faults, v2.rng, call, payment_id)
         fault = decision.fault if decision.fault != "expired_token" else None  # no V2 tokens
+        if fault is not None:
+            v2.faults_injected[fault] = v2.faults_injected.get(fault, 0) + 1
         if not await _pause(request, decision.latency, mutating):
             return Response(status_code=CLIENT_CLOSED)
         if fault == "429":
@@ -509,6 +514,15 @@ class V2Server:
     async def stats(self, request: Request) -> Response:
         return _json(200, self.v2.stats())
 
+    async def calls(self, request: Request) -> Response:
+        """The mutating calls as they arrived (`since`: after that sequence number), each with
+        its Idempotency-Key as sent and its request's fingerprint."""
+        try:
+            since = int(request.query_params.get("since", "0"))
+        except ValueError:
+            return _json(400, {"error": "since must be an integer"})
+        return _json(200, {"calls": self.v2.call_log[max(0, since) :]})
+
     def reset(self) -> None:
         for task in list(self.background):  # nothing late may land on the fresh state
             task.cancel()
@@ -540,4 +554,5 @@ class V2Server:
             Route(f"{c}/webhooks/send", self.send_webhook, methods=["POST"]),
             Route(f"{c}/webhooks", self.webhooks, methods=["GET"]),
             Route(f"{c}/stats", self.stats, methods=["GET"]),
+            Route(f"{c}/calls", self.calls, methods=["GET"]),
         ]

@@ -411,6 +411,8 @@ class V2Sandbox:
         self.calls_by_kind: dict[str, int] = {}
         self.unauthorized = 0
         self.webhooks: list[dict[str, Any]] = []
+        self.call_log: list[dict[str, Any]] = []
+        self.faults_injected: dict[str, int] = {}
 
     # -- stores --------------------------------------------------------------------------
 
@@ -554,6 +556,35 @@ class V2Sandbox:
     def count(self, payment_id: str, name: str, by: int = 1) -> None:
         setattr(self.tally(payment_id), name, getattr(self.tally(payment_id), name) + by)
         setattr(self.totals, name, getattr(self.totals, name) + by)
+
+    def log_call(
+        self,
+        store: V2Store | None,
+        payment_id: str,
+        method: str,
+        path: str,
+        header: str | None,
+        raw: bytes,
+    ) -> None:
+        """Remember one mutating call as it arrived, before any fault: its store, payment,
+        request (method, path, the body's fingerprint) and its Idempotency-Key as sent (None:
+        without one), so a checker can tell keys missing or sent for two different calls."""
+        try:
+            key = idempotency_key(header)
+        except ValueError:
+            key = header  # malformed: kept as sent
+        self.call_log.append(
+            {
+                "seq": len(self.call_log) + 1,
+                "at": self.clock(),
+                "store_id": None if store is None else store.store_id,
+                "payment_id": payment_id,
+                "method": method,
+                "path": path,
+                "key": key,
+                "fingerprint": fingerprint(method, path, raw),
+            }
+        )
 
     # -- REQUESTED cancellations ---------------------------------------------------------
 
@@ -841,6 +872,7 @@ class V2Sandbox:
             "payments": len(self.payments),
             "keys_held": len(self.keys),
             "webhooks_sent": len(self.webhooks),
+            "faults_injected": dict(self.faults_injected),
         }
 
 

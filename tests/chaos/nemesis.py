@@ -125,6 +125,32 @@ class AdminChange:
     job_status: str
 
 
+# Faults PortOne V2 cannot have: it has no tokens (the token-expiry strike, expire_tokens, is
+# iamport's alone too), and its Payment has no iamport timestamps or cancel_history.
+V1_ONLY_FAULTS = frozenset({"token_expiry", "odd_timestamps", "missing_history"})
+REQUESTED_SECONDS = (0.5, 3.0)  # a REQUESTED cancellation finishes this long after
+
+
+def v2_fault_profile(rng: random.Random) -> dict[str, Any]:
+    """A random mix of two to four of the faults PortOne V2 can have, for one V2 store."""
+    menu = fault_menu(rng)
+    chosen = rng.sample(sorted(set(menu) - V1_ONLY_FAULTS), rng.randint(2, 4))
+    profile: dict[str, Any] = {"hang_seconds": HANG_SECONDS, "seed": rng.randint(0, 2**31)}
+    for name in chosen:
+        profile.update(menu[name]())
+    return profile
+
+
+def v2_settings(rng: random.Random) -> dict[str, Any]:
+    """How V2 cancels behave meanwhile: a share answered REQUESTED, finishing later (mostly
+    SUCCEEDED; sometimes FAILED, which leaves the payment paid)."""
+    return {
+        "requested_rate": _rate(rng, 0.0, 0.5),
+        "requested_seconds": round(rng.uniform(*REQUESTED_SECONDS), 1),
+        "requested_outcome": "FAILED" if rng.random() < 0.2 else "SUCCEEDED",
+    }
+
+
 @dataclass
 class Nemesis:
     """Strikes every `mean_interval` seconds (jittered) until stopped; every kind at least once.
@@ -142,6 +168,7 @@ class Nemesis:
     active: str = "none"
     errors: list[str] = field(default_factory=list)
     admin_changes: list[AdminChange] = field(default_factory=list)
+    v2_stores: tuple[str, ...] = ()  # PortOne V2 stores: each gets its own fault profile
 
     def __post_init__(self) -> None:
         self.rng = random.Random(f"nemesis-{self.seed}")
@@ -202,9 +229,10 @@ class Nemesis:
             sandbox.set_faults(**profile)
             shown = sorted(k for k in profile if k not in ("seed", "hang_seconds", "retry_after"))
             self.active = " ".join(f"{k}={profile[k]}" for k in shown)
-            return str(profile)
+            return str(profile) + self._v2_faults(sandbox)
         if kind == "calm":
             sandbox.clear_faults()
+            self._v2_calm(sandbox)
             self.active = "none"
             return "faults cleared"
         if kind == "token_expiry":
@@ -304,3 +332,24 @@ class Nemesis:
                 return False
             raise
         return True
+
+    # -- PortOne V2 ----------------------------------------------------------------------------
+
+    def _v2_faults(self, sandbox: SandboxControl) -> str:
+        """Each V2 store its own profile (drawn from the faults V2 can have) and REQUESTED
+        cancels; what is set, for the strike's detail."""
+        shown = []
+        for store_id in self.v2_stores:
+            profile = v2_fault_profile(self.rng)
+            settings = v2_settings(self.rng)
+            sandbox.v2.clear_faults(store_id)
+            sandbox.v2.set_faults(store_id, **profile)
+            sandbox.v2.settings(**settings)
+            shown.append(f" v2 {store_id}: {profile} {settings}")
+        return "".join(shown)
+
+    def _v2_calm(self, sandbox: SandboxControl) -> None:
+        for store_id in self.v2_stores:
+            sandbox.v2.clear_faults(store_id)
+        if self.v2_stores:
+            sandbox.v2.settings(requested_rate=0.0)

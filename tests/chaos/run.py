@@ -42,11 +42,14 @@ from tests.chaos.nemesis import Nemesis
 from tests.chaos.workload import (
     ACCOUNTS,
     BY_NAME,
+    V1_ACCOUNTS,
+    V2_ACCOUNTS,
     Judgement,
     Workload,
     create_at_sandbox,
     judge,
     make_plan,
+    ref_id,
 )
 from tests.support.checker import Change, Reconciled, Report, check, check_reconciled
 from tests.support.processes import service_env, start_worker, stop, wait_until
@@ -103,9 +106,31 @@ class Stack:
                 f'imp_secret_env = "{_var(a.name, "SECRET")}"\n'
                 f'webhook_token_env = "{_var(a.name, "HOOK")}"\n'
                 + (f'tier = "{a.tier}"\n' if a.tier else "")
-                for a in ACCOUNTS
+                for a in V1_ACCOUNTS
             )
+            + self.v2_accounts_toml()
         )
+
+    def v2_accounts_toml(self) -> str:
+        """The PortOne V2 accounts: each its store and secret, at the sandbox; its timeout
+        shorter than the nemesis's hangs, as IAMPORT_TIMEOUT_SECONDS is for v1."""
+        return "".join(
+            f'[accounts.{a.name}]\napi = "v2"\nstore_id = "{a.store_id}"\n'
+            f'api_secret_env = "{_var(a.name, "SECRET")}"\n'
+            f'base_url = "{self.sandbox_url}"\ntimeout_seconds = 1\n'
+            for a in V2_ACCOUNTS
+        )
+
+    @property
+    def v2_stores(self) -> dict[str, str]:
+        """Each V2 account's store_id."""
+        return {a.name: str(a.store_id) for a in V2_ACCOUNTS}
+
+    def add_v2_stores(self) -> None:
+        """The V2 accounts' stores at the sandbox, each with its account's secret."""
+        with SandboxControl(self.sandbox_url) as sandbox:
+            for a in V2_ACCOUNTS:
+                sandbox.v2.add_store(str(a.store_id), self.account_secrets[a.name])
 
     @property
     def imp_secret(self) -> str:
@@ -147,7 +172,7 @@ class Stack:
         """The sandbox's accounts beyond main, its default: `KEY:SECRET[:TIER]`."""
         return [
             f"{a.imp_key}:{self.account_secrets[a.name]}" + (f":{a.tier}" if a.tier else "")
-            for a in ACCOUNTS
+            for a in V1_ACCOUNTS
             if a.name != "main"
         ]
 
@@ -184,6 +209,7 @@ class Stack:
             self.add_worker()
         self._spawn("beat", beat_command(self.base / "beat-schedule"))
         wait_for_port(self.sandbox_port, 30)
+        self.add_v2_stores()
         wait_for_port(self.api_port, 30)
 
     def add_worker(self) -> str:
@@ -241,16 +267,16 @@ class Stack:
         return crashed
 
     def admin_candidates(self) -> dict[str, list[tuple[str, str]]]:
-        """Jobs the admin strike may pick, by status, `waiting` for any not yet terminal
-        (none while Postgres is down)."""
+        """iamport jobs the admin strike may pick (reconciliation covers iamport accounts), by
+        status, `waiting` for any not yet terminal (none while Postgres is down)."""
         out: dict[str, list[tuple[str, str]]] = {}
         try:
             with psycopg.connect(self.pg.url, connect_timeout=2) as conn:
                 for imp_uid, account, status in conn.execute(
                     f"SELECT imp_uid, account, CASE WHEN {WAITING_SQL} THEN 'waiting' "
-                    "ELSE status END FROM jobs WHERE status IN "
+                    "ELSE status END FROM jobs WHERE api = 'v1' AND (status IN "
                     "('needs_refund', 'failed', 'cancelled') OR "
-                    f"{WAITING_SQL} ORDER BY imp_uid"
+                    f"{WAITING_SQL}) ORDER BY imp_uid"
                 ):
                     out.setdefault(status, []).append((imp_uid, account))
         except psycopg.Error:
@@ -393,7 +419,7 @@ def find_lost(db: str, workload: Workload, j: Judgement, f: Findings) -> None:
     f.lost_imp_uids = sorted(j.accepted_imp_uids - jobs)
     for event_id in workload.accepted_at:
         body = workload.plan.bodies[event_id]
-        want = {p["imp_uid"] for p in body["payments"]}
+        want = {ref_id(p) for p in body["payments"]}
         if event_id not in events or links.get(event_id, set()) != want:
             f.lost_events.append(event_id)
         elif events[event_id] != body["sku"]:
@@ -536,7 +562,9 @@ def _exercise(
 ) -> bool:
     db = stack.pg.url
     workload = Workload(plan, stack.api_url, key, stack.sandbox_url)
-    nemesis = Nemesis(seed, stack, stack.sandbox_url, interval)
+    nemesis = Nemesis(
+        seed, stack, stack.sandbox_url, interval, v2_stores=tuple(stack.v2_stores.values())
+    )
     tokens: set[str] = set()
     started = time.monotonic()
     runner = threading.Thread(target=workload.run, name="workload", daemon=True)
@@ -570,6 +598,8 @@ def _exercise(
         # drain.
         nemesis.strike("admin", sandbox)
         changes = [Change(c.imp_uid, c.action, c.job_status) for c in nemesis.admin_changes]
+        for store_id in stack.v2_stores.values():
+            sandbox.v2.clear_faults(store_id)
         drain_started = time.monotonic()
         drained = True
         settled = False
@@ -603,7 +633,12 @@ def _exercise(
         token = current_token(stack.sandbox_url, stack.imp_secret)
         if token:
             tokens.add(token)
-        report = check(db, sandbox, changed=frozenset(c.imp_uid for c in changes))
+        report = check(
+            db,
+            sandbox,
+            changed=frozenset(c.imp_uid for c in changes),
+            v2_stores=stack.v2_stores,
+        )
         reconciled = check_reconciled(db, sandbox, changes, report.truth)
         # A drift recorded before the final round and its rounds is the same record after them.
         after = _drifts(db)
@@ -801,6 +836,7 @@ def _print_report(
             if rec
             else {}
         ),
+        **_v2_figures(report),
     }
     violations: dict[str, Any] = {
         "not drained (non-terminal jobs)": report.non_terminal,
@@ -836,6 +872,7 @@ def _print_report(
             if rec
             else {}
         ),
+        **_v2_violations(report),
     }
     _say("")
     _say("== chaos figures ==")
@@ -865,6 +902,40 @@ def _print_report(
             )
         )
     return total == 0
+
+
+def _v2_figures(report: Report) -> dict[str, Any]:
+    """What PortOne V2 saw: its mutating calls, replays of a key's answer, answers of "still
+    outstanding", REQUESTED cancellations, and reused keys it refused."""
+    v2 = report.v2
+    if v2 is None:
+        return {}
+    return {
+        "v2 jobs": v2.jobs,
+        "v2 jobs by status": v2.by_status,
+        "v2 calls": v2.calls,
+        "v2 faults injected": v2.faults_injected,
+        "v2 mutating calls": v2.mutating_calls,
+        "v2 answers replayed from a key": v2.replays,
+        "v2 answers still outstanding": v2.outstanding,
+        "v2 refunds answered REQUESTED": v2.refunds_requested,
+        "v2 calls arriving while one was worked on": v2.overlaps,
+        "v2 keys refused as reused": v2.refused_as_reused,
+    }
+
+
+def _v2_violations(report: Report) -> dict[str, Any]:
+    """PortOne V2's lines: each payment refunded and closed at most once, every mutating call
+    under a key, and no key sent for two different calls (method, path, body or payment)."""
+    v2 = report.v2
+    if v2 is None:
+        return {}
+    return {
+        "v2 refunds applied per payment over 1": max(0, v2.refunds_max - 1),
+        "v2 closes applied per payment over 1": max(0, v2.closes_max - 1),
+        "v2 mutating requests without an Idempotency-Key": v2.without_key,
+        "v2 keys reused for a different call": v2.keys_reused,
+    }
 
 
 if __name__ == "__main__":

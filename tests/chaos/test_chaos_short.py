@@ -1,5 +1,5 @@
-"""The chaos run, short: 600 payments under every kind of strike, in `make test`, payments
-changed behind the service's back among them.
+"""The chaos run, short: 600 payments (PortOne V2 ones among them) under every kind of strike,
+in `make test`, payments changed behind the service's back among them.
 
 It runs `python -m tests.chaos.run` in a subprocess, exactly as `make chaos` does, and reads
 the figures it writes. A seed that ever fails goes into SEEDS, so it is run from then on.
@@ -46,6 +46,15 @@ def test_short_chaos_run_has_no_violations(seed: int, tmp_path: Path) -> None:
     changed = report["figures"]["admin changes by action"]
     assert {"refund", "pay", "cancel", "drift"} <= set(changed), changed
     assert report["figures"]["drifts recorded (jobs, by kind)"]["cancelled_but_paid"] >= 1
+    # PortOne V2 jobs ran under the same strikes, every change under an Idempotency-Key.
+    assert report["figures"]["v2 jobs"] > 0 and report["figures"]["v2 mutating calls"] > 0
+    for line in (
+        "v2 refunds applied per payment over 1",
+        "v2 closes applied per payment over 1",
+        "v2 mutating requests without an Idempotency-Key",
+        "v2 keys reused for a different call",
+    ):
+        assert report["violations"][line] in (0, []), line
     # The flaky webhook receivers answered 500s and timeouts, and still got every message.
     figures = report["figures"]
     assert figures["webhooks settled"] is True

@@ -5,7 +5,13 @@ from __future__ import annotations
 import random
 
 from devtools.sandbox.faults import Faults
-from tests.chaos.nemesis import LATE_APPLY_SECONDS, fault_menu, fault_profile
+from tests.chaos.nemesis import (
+    LATE_APPLY_SECONDS,
+    fault_menu,
+    fault_profile,
+    v2_fault_profile,
+    v2_settings,
+)
 
 
 def test_every_menu_entry_is_a_valid_fault_setting() -> None:
@@ -39,3 +45,19 @@ def test_profiles_are_valid_and_seeded() -> None:
         if merged.late_apply_rate:
             assert LATE_APPLY_SECONDS[0] <= merged.late_apply_seconds <= LATE_APPLY_SECONDS[1]
         assert fault_profile(random.Random(seed)) == profile
+
+
+def test_v2_profiles_hold_only_faults_v2_can_have() -> None:
+    seen: set[str] = set()
+    for seed in range(200):
+        profile = v2_fault_profile(random.Random(seed))
+        merged = Faults().merged(profile)
+        assert merged.hang_seconds == 2.5
+        assert not merged.token_expiry_rate and not merged.odd_timestamps_rate
+        assert not merged.missing_history_rate
+        seen |= set(profile)
+    for field in ("late_apply_rate", "drop_after_rate", "error_after_rate", "trickle_rate"):
+        assert field in seen
+    settings = v2_settings(random.Random(3))
+    assert 0 <= settings["requested_rate"] <= 0.5
+    assert settings["requested_outcome"] in ("SUCCEEDED", "FAILED")

@@ -25,6 +25,20 @@ STATUS_WEIGHTS = {"ready": 82, "paid": 8, "cancelled": 4, "failed": 3, "unknown"
 VBANK_SHARE = 0.25  # virtual accounts among the payments
 WRONG_HINT = 0.1  # events that name the wrong pay_method: iamport's record must decide
 REFUND_SHARE = 0.5  # events that ask for paid payments to be refunded at once
+# A PortOne V2 account's payments: (status, method) at PortOne and their weights; "unknown"
+# ones are never created there. A convenience-store payment has no V2 call that stops it.
+V2_STATUS_WEIGHTS = {
+    ("VIRTUAL_ACCOUNT_ISSUED", "virtual_account"): 45,
+    ("PAID", "card"): 28,
+    ("PAID", "virtual_account"): 4,
+    ("CANCELLED", "card"): 5,
+    ("FAILED", "card"): 4,
+    ("READY", "card"): 3,
+    ("PENDING", "virtual_account"): 2,
+    ("PENDING", "convenience_store"): 3,
+    ("PAID", "convenience_store"): 3,
+    ("unknown", "card"): 3,
+}
 RETRY_DEADLINE_SECONDS = 120.0  # an event still not accepted after this long is a violation
 API_TIMEOUT_SECONDS = 30.0
 
@@ -37,6 +51,8 @@ class ChaosAccount:
     imp_key: str
     tier: str | None
     weight: int  # its share of the events
+    api: str = "v1"  # "v2": a PortOne V2 store, its payments named by payment_id
+    store_id: str | None = None  # v2: its store at PortOne
 
 
 # Two merchants and an agency's sub-merchant (its calls must all carry Tier A01).
@@ -44,8 +60,21 @@ ACCOUNTS = (
     ChaosAccount("main", "chaos_imp_key", None, 50),
     ChaosAccount("shop2", "chaos_shop2_key", None, 30),
     ChaosAccount("agency-a01", "chaos_agency_key", "A01", 20),
+    # PortOne V2: its own store and API secret; closes and refunds under Idempotency-Keys.
+    ChaosAccount("portone-v2", "", None, 20, api="v2", store_id="chaos-store-v2"),
 )
 BY_NAME = {a.name: a for a in ACCOUNTS}
+V1_ACCOUNTS = tuple(a for a in ACCOUNTS if a.api == "v1")
+V2_ACCOUNTS = tuple(a for a in ACCOUNTS if a.api == "v2")
+
+
+def is_v2(account: str) -> bool:
+    return BY_NAME[account].api == "v2"
+
+
+def ref_id(ref: dict[str, Any]) -> str:
+    """The payment an event's entry names, by imp_uid (v1) or payment_id (v2)."""
+    return str(ref.get("imp_uid") or ref["payment_id"])
 
 
 @dataclass
@@ -57,6 +86,11 @@ class Planned:
     status: str
     pay_method: str = "cvs"
     account: str = "main"
+    v2_method: str | None = None  # v2: its method at PortOne (status is then PortOne's)
+
+    @property
+    def v2(self) -> bool:
+        return self.v2_method is not None
 
 
 @dataclass
@@ -122,6 +156,8 @@ def make_plan(seed: int, n_payments: int, duration: float) -> Plan:
         account = rng.choices(ACCOUNTS, weights_by_account)[0].name
         for p in chunk:
             p.account = account
+            if is_v2(account):
+                _as_v2(p, rng)
         refs = list(chunk)
         same = [p for p in posted if p.account == account]
         if same and rng.random() < 0.2:  # overlap: imp_uids already named by earlier events
@@ -136,6 +172,8 @@ def make_plan(seed: int, n_payments: int, duration: float) -> Plan:
                 return p.pay_method
             return "cvs" if p.pay_method == "vbank" else "vbank"
 
+        field_ = "payment_id" if is_v2(account) else "imp_uid"
+
         body: dict[str, Any] = {
             "account": account,
             "event_id": event_id,
@@ -143,9 +181,9 @@ def make_plan(seed: int, n_payments: int, duration: float) -> Plan:
             "reason": "out of stock",
             "occurred_at": "2026-11-25T06:00:00Z",
             "payments": [
-                {"imp_uid": p.imp_uid, "merchant_uid": p.merchant_uid, "pay_method": hint(p)}
+                {field_: p.imp_uid, "merchant_uid": p.merchant_uid, "pay_method": hint(p)}
                 if rng.random() < 0.9
-                else {"imp_uid": p.imp_uid}
+                else {field_: p.imp_uid}
                 for p in refs
             ],
         }
@@ -160,15 +198,24 @@ def make_plan(seed: int, n_payments: int, duration: float) -> Plan:
         if rng.random() < 0.06:
             fresh = [f"imps_c{seed}_x{k}"]
             conflicting = dict(body, sku=body["sku"] + "-other")
-            conflicting["payments"] = [*body["payments"], {"imp_uid": fresh[0]}]
+            conflicting["payments"] = [*body["payments"], {field_: fresh[0]}]
             actions.append(
                 Action("conflict", event_id, conflicting, at + rng.uniform(0.5, 8), fresh)
             )
     actions.sort(key=lambda a: a.at)
-    payable = [p.imp_uid for p in payments if p.status == "ready"]
+    # Customers pay barcodes (v1) and deposit into issued virtual accounts (v2).
+    payable = [p.imp_uid for p in payments if p.status in ("ready", "VIRTUAL_ACCOUNT_ISSUED")]
     n_pays = max(3, n_payments // 25)
     pays = sorted((rng.uniform(0, duration), rng.choice(payable)) for _ in range(n_pays))
     return Plan(seed, payments, actions, pays, bodies)
+
+
+def _as_v2(p: Planned, rng: random.Random) -> None:
+    """Make a planned payment a PortOne V2 one: its status and method drawn anew."""
+    ((status, method),) = rng.choices(list(V2_STATUS_WEIGHTS), list(V2_STATUS_WEIGHTS.values()))
+    p.status, p.v2_method = status, method
+    # The event's hint: a virtual account is vbank; anything else is named as a barcode is.
+    p.pay_method = "vbank" if method == "virtual_account" else "cvs"
 
 
 def create_at_sandbox(
@@ -194,7 +241,7 @@ def create_at_sandbox(
             "notice_url": hook_url("notifications", p.account),
         }
         for i, p in enumerate(plan.payments)
-        if p.status != "unknown"
+        if p.status != "unknown" and not p.v2
     ]
     specs += [
         {
@@ -205,9 +252,39 @@ def create_at_sandbox(
             "confirm_url": hook_url("cvs-confirm", account),
         }
         for account, u in plan.conflict_imp_uids
+        if not is_v2(account)
     ]
     for i in range(0, len(specs), 500):
         sandbox.create_payments(specs[i : i + 500])
+    create_at_v2(sandbox, plan)
+
+
+def create_at_v2(sandbox: SandboxControl, plan: Plan) -> None:
+    """The V2 accounts' planned payments (but the unknown ones) and their conflicts' fresh
+    ones, at the sandbox's PortOne V2, each in its account's store."""
+
+    def store(account: str) -> str:
+        return str(BY_NAME[account].store_id)
+
+    specs = [
+        {
+            "payment_id": p.imp_uid,
+            "store_id": store(p.account),
+            "amount": 1000 + (i % 50) * 100,
+            "status": p.status,
+            "method": p.v2_method,
+            "order_name": p.merchant_uid,
+        }
+        for i, p in enumerate(plan.payments)
+        if p.v2 and p.status != "unknown"
+    ]
+    specs += [
+        {"payment_id": u, "store_id": store(account), "amount": 1000, "method": "card"}
+        for account, u in plan.conflict_imp_uids
+        if is_v2(account)
+    ]
+    for i in range(0, len(specs), 500):
+        sandbox.v2.create_payments(specs[i : i + 500])
 
 
 @dataclass
@@ -330,15 +407,30 @@ class Workload:
             self.posts.append(post)
 
     def _customers(self) -> None:
+        v2_stores = {p.imp_uid: BY_NAME[p.account].store_id for p in self.plan.payments if p.v2}
         with SandboxControl(self.sandbox_url) as sandbox:
             for at, imp_uid in self.plan.pays:
                 self._sleep_until(at)
                 started = time.monotonic()
+                if imp_uid in v2_stores:
+                    self.pays.append(_deposit(sandbox, imp_uid, v2_stores[imp_uid], started))
+                    continue
                 try:
                     result = sandbox.pay(imp_uid)
                     self.pays.append(PayTry(imp_uid, started, bool(result["allowed"])))
                 except httpx.HTTPError as exc:
                     self.pays.append(PayTry(imp_uid, started, None, type(exc).__name__))
+
+
+def _deposit(sandbox: SandboxControl, payment_id: str, store_id: str | None, at: float) -> PayTry:
+    """A customer deposits into a V2 virtual account (refused once it is closed)."""
+    try:
+        sandbox.v2.pay(payment_id, store_id)
+        return PayTry(payment_id, at, True)
+    except httpx.HTTPStatusError as exc:
+        return PayTry(payment_id, at, False, f"HTTP {exc.response.status_code}")
+    except httpx.HTTPError as exc:
+        return PayTry(payment_id, at, None, type(exc).__name__)
 
 
 @dataclass
@@ -372,8 +464,8 @@ def judge(workload: Workload) -> Judgement:
         if post.final is None or post.final not in allowed or odd:
             j.unexpected_statuses.append(f"{kind} {post.action.event_id}: {post.statuses}")
         if post.final in (200, 202) and post.body is not None:
-            want = {p["imp_uid"] for p in post.action.body["payments"]}
-            got = {job["imp_uid"] for job in post.body.get("jobs", [])}
+            want = {ref_id(p) for p in post.action.body["payments"]}
+            got = {job["payment_id"] for job in post.body.get("jobs", [])}
             if want != got or post.body.get("event_id") != post.action.event_id:
                 j.wrong_bodies.append(f"{post.action.event_id}: jobs {sorted(got ^ want)[:5]}")
     for event_id, posts in by_event.items():
@@ -386,15 +478,16 @@ def judge(workload: Workload) -> Judgement:
         if any(p.final in (200, 202) for p in firsts):
             j.accepted_events += 1
             j.accepted_imp_uids.update(
-                p["imp_uid"] for p in workload.plan.bodies[event_id]["payments"]
+                ref_id(p) for p in workload.plan.bodies[event_id]["payments"]
             )
     by_uid_accepted: dict[str, float] = {}
     for event_id, at in workload.accepted_at.items():
         for p in workload.plan.bodies[event_id]["payments"]:
-            by_uid_accepted[p["imp_uid"]] = min(at, by_uid_accepted.get(p["imp_uid"], at))
+            uid = ref_id(p)
+            by_uid_accepted[uid] = min(at, by_uid_accepted.get(uid, at))
     # Only a barcode asks the till guard (confirm_url); a deposit to a virtual account cannot
     # be refused, which is why a paid virtual account ends needs_refund or refunded instead.
-    barcodes = {p.imp_uid for p in workload.plan.payments if p.pay_method == "cvs"}
+    barcodes = {p.imp_uid for p in workload.plan.payments if p.pay_method == "cvs" and not p.v2}
     for pay in workload.pays:
         accepted = by_uid_accepted.get(pay.imp_uid)
         if pay.imp_uid not in barcodes:

@@ -337,3 +337,25 @@ def test_an_answer_lost_after_applying_is_settled_by_its_key(
     assert paid_back.status == "cancelled"
     tally = v2.tally("lost-1")
     assert tally["refunds_applied"] == 1 and tally["replays"] == 1
+
+
+def test_the_call_log_keeps_each_mutating_call_and_its_key_as_sent(
+    v2: V2Control, http: httpx.Client
+) -> None:
+    v2.create_payment(payment_id="p-log", store_id=STORE, method="card", status="PAID")
+    v2.set_faults(STORE, calls=["refund"], rate_429=1)  # refused in front: still logged
+    assert cancel(http, "p-log", amount=500).status_code == 429
+    v2.clear_faults(STORE)
+    assert cancel(http, "p-log", amount=500).status_code == 200
+    assert cancel(http, "p-log", key=None, amount=200).status_code == 200
+    assert cancel(http, "p-log", amount=100).status_code == 422  # the key, another request
+    http.get("/payments/p-log", params={"storeId": STORE})  # a lookup is not logged
+    log = v2.calls()
+    key = KEY.strip('"')
+    assert [c["key"] for c in log] == [key, key, None, key]
+    assert {c["payment_id"] for c in log} == {"p-log"} and {c["store_id"] for c in log} == {STORE}
+    assert log[0]["method"] == "POST" and log[0]["path"] == "/payments/p-log/cancel"
+    prints = [c["fingerprint"] for c in log]
+    assert prints[0] == prints[1] and len(set(prints[1:])) == 3
+    assert [c["seq"] for c in v2.calls(since=3)] == [4]
+    assert v2.stats()["faults_injected"] == {"429": 1}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import itertools
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -137,6 +138,40 @@ def test_an_issued_virtual_account_is_closed_once(
     assert tally["closes_applied"] == 1 and tally["close_calls"] == 1
     keyed_only(tally)
     assert v2.payment(payment_id)["status"] == "CANCELLED"
+
+
+@pytest.mark.parametrize("call", ["close", "refund"])
+def test_an_applied_call_whose_payment_could_not_be_read_back_is_ours(
+    client: TestClient, v2: V2Control, v2_worker: Any, call: str
+) -> None:
+    # The close (or refund) is answered as done, and the lookup that reads the payment back
+    # is answered 429, which says of a call that it did not apply: the job must still know
+    # that its own call did it, not credit someone else (found by the chaos run).
+    key = api_key()
+    method = "virtual_account" if call == "close" else "card"
+    payment_id = payment(v2, method=method)
+    v2.set_faults(STORE, calls=["lookup"], imp_uids=[payment_id], rate_429=1, retry_after=0.2)
+    job_id = post(client, key, payment_id, hint="vbank" if call == "close" else "cvs")
+
+    def applied() -> int:
+        tally = v2.tally(payment_id)
+        return tally["closes_applied"] if call == "close" else tally["refunds_applied"]
+
+    if call == "refund":  # a refund needs a lookup's balance first: let one through
+        v2.clear_faults(STORE)
+        wait_until(lambda: v2.tally(payment_id)["lookups"] >= 1, 20, "the first lookup")
+        v2.set_faults(STORE, calls=["lookup"], imp_uids=[payment_id], rate_429=1, retry_after=0.2)
+    wait_until(lambda: applied() == 1, 20, f"the {call} to apply")
+    time.sleep(1)  # the read-back follows the answer at once, and fails
+    v2.clear_faults(STORE)
+    done = finished(client, key, job_id)
+    if call == "close":
+        assert done["status"] == "cancelled", done
+        assert done["cancellation"]["cancelled_by"] == "service"
+    else:
+        assert done["status"] == "refunded", done
+    assert applied() == 1
+    keyed_only(v2.tally(payment_id))
 
 
 @pytest.mark.parametrize(

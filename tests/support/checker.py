@@ -25,6 +25,7 @@ class Report:
     refunds_unasked: list[str] = field(default_factory=list)
     by_status: dict[str, int] = field(default_factory=dict)
     truth: dict[str, dict[str, Any] | None] = field(default_factory=dict)
+    v2: V2Report | None = None  # PortOne V2 jobs (their counts are in the ones above too)
 
     @property
     def violations(self) -> int:
@@ -37,7 +38,134 @@ class Report:
             + self.overlapping_cancels
             + self.refunds_without_lookup
             + len(self.refunds_unasked)
+            + (self.v2.key_violations if self.v2 is not None else 0)
         )
+
+
+@dataclass
+class V2Report:
+    """PortOne V2 jobs against the V2 sandbox's truth, tallies and log of mutating calls."""
+
+    jobs: int = 0
+    non_terminal: int = 0
+    wrong_outcome: list[str] = field(default_factory=list)
+    refunds_unasked: list[str] = field(default_factory=list)
+    by_status: dict[str, int] = field(default_factory=dict)
+    refunds_max: int = 0  # refunds applied to one payment, at most
+    closes_max: int = 0  # virtual-account closes applied to one payment, at most
+    without_key: list[str] = field(default_factory=list)  # mutating calls sent without a key
+    keys_reused: list[str] = field(default_factory=list)  # a key sent for two different calls
+    refused_as_reused: int = 0  # the sandbox's own count: answered 422 for a reused key
+    overlaps: int = 0  # mutating calls that arrived while another was being worked on
+    mutating_calls: int = 0
+    replays: int = 0  # answered from a key's stored answer
+    outstanding: int = 0  # answered 409 IDEMPOTENCY_OUTSTANDING_REQUEST
+    refunds_requested: int = 0  # answered REQUESTED, finished later
+    faults_injected: dict[str, int] = field(default_factory=dict)
+    calls: dict[str, int] = field(default_factory=dict)  # by kind: lookup, cancel_vbank, refund
+
+    @property
+    def key_violations(self) -> int:
+        return (
+            max(0, self.refunds_max - 1)
+            + max(0, self.closes_max - 1)
+            + len(self.without_key)
+            + len(self.keys_reused)
+        )
+
+
+# A V2 payment neither issued nor paid ends its job failed with this plain error; a job whose
+# payment is (or, with no method to tell, was named) a convenience-store barcode may end with
+# the reason V2 cannot void one.
+NOTHING_TO_STOP = "nothing to stop yet"
+NO_BARCODE_VOID = "convenience-store barcode"
+
+
+def expected_v2(truth: dict[str, Any] | None, attempts: int, max_attempts: int) -> set[str]:
+    """The terminal statuses that agree with the payment at PortOne V2."""
+    if truth is None:
+        return {"failed"}
+    status = truth["status"]
+    if status == "CANCELLED":
+        return {"refunded"} if truth["tally"]["refunds_applied"] > 0 else {"cancelled"}
+    if status in ("PAID", "PARTIAL_CANCELLED"):
+        return {"needs_refund"}
+    if status in ("FAILED", "READY", "PENDING"):
+        return {"failed"}
+    return {"failed"} if attempts >= max_attempts else set()  # VIRTUAL_ACCOUNT_ISSUED
+
+
+def _v2_truth(sandbox: SandboxControl, payment_id: str, store_id: str | None) -> Any:
+    try:
+        return sandbox.v2.payment(payment_id, store_id)
+    except httpx.HTTPStatusError as exc:
+        if exc.response.status_code == 404:
+            return None
+        raise
+
+
+def check_v2(
+    db: str, sandbox: SandboxControl, stores: dict[str, str], max_attempts: int = 8
+) -> V2Report:
+    """Every V2 job against its payment (`stores`: each V2 account's store_id), and every
+    mutating call the sandbox saw for its Idempotency-Key."""
+    with psycopg.connect(db) as conn:
+        rows = conn.execute(
+            "SELECT account, imp_uid, status, attempts, cancellation, error, pay_method, "
+            "on_paid = 'refund' OR refund_requested_at IS NOT NULL FROM jobs WHERE api = 'v2'"
+        ).fetchall()
+    report = V2Report(jobs=len(rows))
+    for account, payment_id, status, attempts, cancellation, error, hint, refund_allowed in rows:
+        payment = _v2_truth(sandbox, payment_id, stores.get(account))
+        tally = payment["tally"] if payment is not None else {}
+        if tally.get("cancel_calls", 0) and not refund_allowed:
+            report.refunds_unasked.append(f"{payment_id}: refund sent without on_paid=refund")
+        report.by_status[status] = report.by_status.get(status, 0) + 1
+        if status not in TERMINAL:
+            report.non_terminal += 1
+            continue
+        at = payment and payment["status"]
+        if status not in expected_v2(payment, attempts, max_attempts):
+            report.wrong_outcome.append(f"{payment_id}: job {status}, V2 payment {at}")
+            continue
+        if status == "cancelled" and payment is not None:
+            ours = tally.get("closes_applied", 0) > 0
+            by = (cancellation or {}).get("cancelled_by")
+            if ours and by == "upstream":
+                report.wrong_outcome.append(f"{payment_id}: closed by us, recorded as upstream")
+            elif not ours and by == "service":
+                report.wrong_outcome.append(f"{payment_id}: not closed by us, recorded as ours")
+        if status == "failed" and at in ("READY", "PENDING"):
+            message = str((error or {}).get("message", ""))
+            barcode = hint == "cvs" or payment.get("method_kind") == "convenience_store"
+            if NOTHING_TO_STOP not in message and not (barcode and NO_BARCODE_VOID in message):
+                report.wrong_outcome.append(f"{payment_id}: failed ({at}) with {message!r}")
+    by_key: dict[tuple[str | None, str], set[tuple[str, str]]] = {}
+    log = sandbox.v2.calls()
+    report.mutating_calls = len(log)
+    for call in log:
+        if call["key"] is None:
+            report.without_key.append(f"{call['payment_id']}: {call['method']} {call['path']}")
+        else:
+            seen = by_key.setdefault((call["store_id"], call["key"]), set())
+            seen.add((call["fingerprint"], call["payment_id"]))
+    report.keys_reused = [
+        f"{key}: {len(calls)} different calls ({', '.join(sorted({p for _, p in calls}))})"
+        for (_, key), calls in sorted(by_key.items(), key=lambda kv: kv[0][1])
+        if len(calls) > 1
+    ]
+    stats = sandbox.v2.stats()
+    totals = stats["totals"]
+    report.refunds_max = int(stats["max_refunds_applied"])
+    report.closes_max = int(stats["max_closes_applied"])
+    report.refused_as_reused = int(totals["key_reused"])
+    report.overlaps = int(totals["overlaps"])
+    report.replays = int(totals["replays"])
+    report.outstanding = int(totals["outstanding"])
+    report.refunds_requested = int(totals["refunds_requested"])
+    report.faults_injected = dict(stats.get("faults_injected", {}))
+    report.calls = dict(stats["calls"])
+    return report
 
 
 def expected(truth: dict[str, Any] | None, attempts: int, max_attempts: int) -> set[str]:
@@ -64,16 +192,22 @@ def _truth(sandbox: SandboxControl, imp_uid: str) -> dict[str, Any] | None:
 
 
 def check(
-    db: str, sandbox: SandboxControl, max_attempts: int = 8, changed: frozenset[str] = frozenset()
+    db: str,
+    sandbox: SandboxControl,
+    max_attempts: int = 8,
+    changed: frozenset[str] = frozenset(),
+    v2_stores: dict[str, str] | None = None,
 ) -> Report:
     """Every job against the truth; the sandbox's counters for double and overlapping calls.
+    With `v2_stores` (each PortOne V2 account's store_id), V2 jobs too (check_v2).
 
     A payment in `changed` was changed behind the service's back: what its job should be is
     reconciliation's (`check_reconciled`), not judged here."""
     with psycopg.connect(db) as conn:
         rows = conn.execute(
             "SELECT imp_uid, status, attempts, cancellation, "
-            "on_paid = 'refund' OR refund_requested_at IS NOT NULL FROM jobs"
+            "on_paid = 'refund' OR refund_requested_at IS NOT NULL FROM jobs "
+            + ("WHERE api = 'v1'" if v2_stores is not None else "")
         ).fetchall()
     truth = {imp_uid: _truth(sandbox, imp_uid) for imp_uid, *_ in rows}
     report = Report(jobs=len(rows), truth=truth)
@@ -102,6 +236,14 @@ def check(
     report.cancel_after_applied = int(stats["cancel_after_applied"])
     report.overlapping_cancels = int(stats["overlaps"])
     report.refunds_without_lookup = int(stats["refunds_without_lookup"])
+    if v2_stores is not None:
+        v2 = report.v2 = check_v2(db, sandbox, v2_stores, max_attempts)
+        report.jobs += v2.jobs
+        report.non_terminal += v2.non_terminal
+        report.wrong_outcome += v2.wrong_outcome
+        report.refunds_unasked += v2.refunds_unasked
+        for status, n in v2.by_status.items():
+            report.by_status[status] = report.by_status.get(status, 0) + n
     return report
 
 
@@ -189,7 +331,8 @@ def check_reconciled(
     other one by the general rules against `truth`; and every job's `job.drift` messages, at
     most one per endpoint for each contradiction."""
     by_uid = {c.imp_uid: c for c in changes}
-    where = "" if truth is not None else "WHERE imp_uid = ANY(%(uids)s)"
+    # Reconciliation covers iamport accounts; PortOne V2 jobs are check_v2's.
+    where = "WHERE api = 'v1'" + ("" if truth is not None else " AND imp_uid = ANY(%(uids)s)")
     with psycopg.connect(db) as conn:
         rows = conn.execute(
             f"SELECT imp_uid, status, drift, refund, cancellation FROM jobs {where}",

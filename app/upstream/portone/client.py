@@ -178,7 +178,7 @@ class PortOneClient:
             key=key,
         )
         # The answer holds only the closing time: read the payment back rather than guess.
-        return self.look_up(imp_uid, observer)
+        return self._read_back("cancel", imp_uid, observer)
 
     def refund(
         self,
@@ -213,7 +213,18 @@ class PortOneClient:
             json=body,
             key=key,
         )
-        return self.look_up(imp_uid, observer)
+        return self._read_back("refund", imp_uid, observer)
+
+    def _read_back(self, call: str, imp_uid: str, observer: CallObserver | None) -> Payment:
+        """The payment after a close or refund PortOne answered as done. That call has ended
+        and applied, so a lookup failing now (a 429, a 5xx, a timeout) must not pass for the
+        call's own outcome, which would tell the job it never applied, or may still: the
+        call ended (ServerError), and a lookup decides, counting what it shows as ours."""
+        try:
+            return self.look_up(imp_uid, observer)
+        except GatewayError as exc:
+            message = f"answered as done; the payment could not be read back ({exc.outcome})"
+            raise ServerError(call, gateway=GATEWAY, message=message) from exc
 
     # -- plumbing ------------------------------------------------------------------------
 

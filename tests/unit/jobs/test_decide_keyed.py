@@ -153,6 +153,22 @@ def test_a_barcode_the_gateway_cannot_void_fails_with_its_reason() -> None:
     assert d.error == UNSUPPORTED
 
 
+def test_a_barcode_that_cannot_be_voided_and_shows_an_odd_status_is_looked_up_again() -> None:
+    # A status the gateway does not document says nothing of whether the payment is paid: a
+    # later lookup decides (here: paid, so on_paid), never a failure for the barcode.
+    script = Script(
+        Result(Kind.UNSUPPORTED, error=UNSUPPORTED, sent=False),
+        Result(Kind.OK, payment=pay("PENDING_REVIEW", "cvs")),
+    )
+    d = run(JobState(keyed=True), script)
+    assert d.status is JobStatus.RETRY_WAIT and d.idle
+    later = run(
+        JobState(keyed=True, look_first=True, idle_runs=1),
+        Script(Result(Kind.OK, payment=pay("paid", "cvs"))),
+    )
+    assert later.status is JobStatus.NEEDS_REFUND
+
+
 def test_a_cvs_hint_for_a_virtual_account_closes_it_instead() -> None:
     script = Script(
         Result(Kind.UNSUPPORTED, error=UNSUPPORTED, sent=False),

@@ -584,3 +584,38 @@ def test_a_newest_cancellation_that_failed_is_told_apart() -> None:
     body["cancellations"] = [failed, later]
     assert not to_payment(V2Payment.model_validate(body)).cancel_failed
     assert not to_payment(V2Payment.model_validate(payment_body())).cancel_failed
+
+
+@pytest.mark.parametrize(
+    "lookup",
+    [
+        httpx.Response(429, json={"type": "TOO_MANY_REQUESTS", "message": "slow down"}),
+        httpx.Response(503, text="<html>bad gateway</html>"),
+        httpx.ConnectError("refused"),
+    ],
+    ids=["429", "gateway-5xx", "no-connection"],
+)
+@pytest.mark.parametrize("call", ["close", "refund"])
+def test_an_applied_call_whose_payment_cannot_be_read_back_has_ended(
+    mock: respx.MockRouter, call: str, lookup: Any
+) -> None:
+    # The call was answered as done: it applied. A lookup failing after it must not say the
+    # call never applied (429, not sent) or may still be running: it ended, a lookup decides.
+    mock.post(PATH + "/virtual-account/close").respond(json={"closedAt": "2024-05-02T00:00:00Z"})
+    mock.post(PATH + "/cancel").respond(json={"cancellation": cancellation()})
+    route = mock.get(PATH)
+    if isinstance(lookup, Exception):
+        route.side_effect = lookup
+    else:
+        route.return_value = lookup
+    rec = Recorder()
+    portone = client()
+    with pytest.raises(ServerError) as raised:
+        if call == "close":
+            portone.close_vbank(PAYMENT_ID, rec, intent=JOB)
+        else:
+            portone.refund(
+                imp_uid=PAYMENT_ID, amount=None, reason="r", checksum=1000, observer=rec, intent=JOB
+            )
+    assert "read back" in str(raised.value.message)
+    assert rec.events[1] in ("after:cancel:ok", "after:refund:ok")
