@@ -232,11 +232,9 @@ def _client_for(
     """The gateway client of one account, with its own guard and rate limit."""
     if account.api == "v1":
         return IamportClient.for_account(account, settings, get_redis(), guard)
-    # The limit is shared by the account's clients in every process, and by no other account.
-    name = f"portone:rate:{account.name}:{account.store_id}"
     return PortOneClient.for_account(
         account,
-        limiter=RateLimiter(get_redis(), name, account.max_rps),
+        limiter=RateLimiter(get_redis(), PortOneClient.rate_key(account), account.max_rps),
         rate_limit_max_wait=settings.rate_limit_max_wait_seconds,
         guard=guard,
     )

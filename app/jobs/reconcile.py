@@ -39,6 +39,8 @@ from app.upstream.contract import CallObserver, CallRecord
 from app.upstream.errors import GatewayError, RateLimited
 from app.upstream.iamport.client import IamportClient
 from app.upstream.payment import Payment
+from app.upstream.portone.client import PortOneClient
+from app.upstream.ratelimit import RateLimiter
 
 log = structlog.get_logger(__name__)
 
@@ -58,7 +60,10 @@ OnWrite = Callable[[UnitOfWork, uuid.UUID], None]
 
 
 class BatchLookup(Protocol):
-    """What a reconciliation needs of a gateway: many payments in one call."""
+    """What a reconciliation needs of a gateway: many payments in one call (iamport V1: up to
+    100), or one a call where that is all the gateway has (PortOne V2)."""
+
+    lookup_batch: int  # payments one look_up_many may ask for: each such call is paced
 
     def look_up_many(
         self, imp_uids: Sequence[str], observer: CallObserver | None = None
@@ -226,22 +231,41 @@ def _look_up(
     summary: Summary,
     stop: threading.Event,
 ) -> dict[str, Payment] | None:
-    """The page's payments, or None when the lookup failed (recorded in `summary`)."""
+    """The page's payments, or None when a lookup failed (recorded in `summary`): one paced
+    call per `gateway.lookup_batch` of them."""
     imp_uids = [job.imp_uid for job in page]
+    found: dict[str, Payment] = {}
+    for start in range(0, len(imp_uids), gateway.lookup_batch):
+        chunk = imp_uids[start : start + gateway.lookup_batch]
+        part = _look_up_part(gateway, chunk, pacer, calls, stop)
+        if isinstance(part, str):
+            if part:
+                summary.messages.append(part)
+            return None
+        found.update(part)
+    return found
+
+
+def _look_up_part(
+    gateway: BatchLookup,
+    imp_uids: list[str],
+    pacer: Pacer,
+    calls: _Calls,
+    stop: threading.Event,
+) -> dict[str, Payment] | str:
+    """The payments of one paced call, or why there are none ("" when stopped)."""
     for _ in range(MAX_RATE_LIMITED_WAITS + 1):
         pacer.wait()
         if stop.is_set():
-            return None  # woken by the stop: nothing more is sent
+            return ""  # woken by the stop: nothing more is sent
         try:
             return gateway.look_up_many(imp_uids, calls)
         except RateLimited as limited:
             if stop.wait(min(limited.retry_after, MAX_WAIT_SECONDS)):
-                break
+                return ""
         except GatewayError as error:
-            summary.messages.append(str(error))
-            return None
-    summary.messages.append("rate limited")
-    return None
+            return str(error)
+    return "rate limited"
 
 
 def _seen(job: store.ToReconcile) -> Seen:
@@ -319,7 +343,6 @@ def window_start(hours: float, since: datetime | None = None) -> datetime:
 
 LOCK_KEY = "stockout:reconcile:lock:{account}"
 LOCK_SECONDS = 60
-NOT_YET_V2 = "not yet for v2 accounts"
 Progress = Callable[[str, int], Callable[[int], None]]  # (account, total) -> advance(n)
 
 
@@ -387,9 +410,6 @@ def _one_account(
     progress: Progress | None,
     stop: threading.Event,
 ) -> Summary:
-    if account.api != "v1":
-        log.info("reconcile_skipped", account=account.name, why=NOT_YET_V2)
-        return Summary(account.name, skipped=NOT_YET_V2)
     # redis-py's lock: a token of our own, released or extended only while it is ours. Short,
     # and renewed with each batch, so a round whose worker died blocks the next for at most
     # LOCK_SECONDS, while a long round keeps it.
@@ -400,8 +420,8 @@ def _one_account(
     except redis.RedisError as exc:
         return Summary(account.name, errors=1, messages=[f"redis: {type(exc).__name__}"])
     try:
-        client = IamportClient.for_account(account, settings, redis_client)
-    except RuntimeError as exc:  # credentials missing: a configuration problem, said once
+        client = _client_for(account, settings, redis_client)
+    except (RuntimeError, ValueError) as exc:  # credentials missing: said once, plainly
         log.warning("reconcile_skipped", account=account.name, why=str(exc))
         _release(lock)
         return Summary(account.name, errors=1, messages=[str(exc)])
@@ -435,6 +455,19 @@ def _one_account(
         _release(lock)
     log.info("reconcile_done", **summary.as_dict())
     return summary
+
+
+def _client_for(
+    account: Account, settings: Settings, redis_client: redis.Redis
+) -> IamportClient | PortOneClient:
+    """The account's gateway client, on the account's own rate limit (shared with its job
+    runs, so the round's share is of one limit, not a second)."""
+    if account.api == "v1":
+        return IamportClient.for_account(account, settings, redis_client)
+    limiter = RateLimiter(redis_client, PortOneClient.rate_key(account), account.max_rps)
+    return PortOneClient.for_account(
+        account, limiter=limiter, rate_limit_max_wait=settings.rate_limit_max_wait_seconds
+    )
 
 
 def _release(lock: Lock) -> None:

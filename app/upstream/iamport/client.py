@@ -180,6 +180,8 @@ class IamportClient:
         )
         return answer
 
+    lookup_batch = BATCH_LOOKUP_MAX  # payments one look_up_many may ask for
+
     def look_up_many(
         self, imp_uids: Sequence[str], observer: CallObserver | None = None
     ) -> dict[str, Payment]:

@@ -31,6 +31,8 @@ def _env(service_env: dict[str, str]) -> None:
 class Gateway:
     """Answers batch lookups from `payments`; records each batch asked for."""
 
+    lookup_batch = 100
+
     def __init__(self, payments: dict[str, Payment] | None = None) -> None:
         self.payments = payments or {}
         self.batches: list[list[str]] = []

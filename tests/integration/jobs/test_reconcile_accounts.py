@@ -1,5 +1,6 @@
-"""Reconciliation over configured accounts against the sandbox: batch lookups only, paced to
-the account's share of its rate, one account's outage not stopping the others, v2 skipped."""
+"""Reconciliation over configured accounts against the sandbox: lookups only (iamport's in
+batches, PortOne V2's one a payment), paced to the account's share of its rate, one account's
+outage not stopping the others."""
 
 from __future__ import annotations
 
@@ -18,7 +19,6 @@ from app.jobs.decide import Method, OnPaid
 from app.jobs.reconcile import (
     LOCK_KEY,
     LOCK_SECONDS,
-    NOT_YET_V2,
     UnknownAccountName,
     reconcile_all,
 )
@@ -124,7 +124,15 @@ def test_each_account_in_turn_with_lookups_only(accounts: SandboxControl) -> Non
     cancelled = [job("main", s["imp_uid"], "cancelled") for s in specs[3:]]
     sb.admin(specs[0]["imp_uid"], "refund")  # refunded in iamport's admin
     job("down", "imp_down_1", "needs_refund")
-    job("shop2", "pay-v2-1", "needs_refund")
+    sb.v2.add_store("store-test", "v2-secret")
+    for payment_id in ("pay-v2-1", "pay-v2-2", "pay-v2-3"):
+        sb.v2.create_payment(
+            payment_id=payment_id, store_id="store-test", amount=1000, status="PAID"
+        )
+    v2_held = [job("shop2", p, "needs_refund") for p in ("pay-v2-1", "pay-v2-2")]
+    v2_failed = job("shop2", "pay-v2-3", "failed")
+    job("shop2", "pay-v2-unknown", "needs_refund")
+    sb.v2.admin_cancel("pay-v2-1", store_id="store-test")  # refunded in PortOne's console
 
     started = time.monotonic()
     found = run()
@@ -137,7 +145,14 @@ def test_each_account_in_turn_with_lookups_only(accounts: SandboxControl) -> Non
     assert main.unchanged == 2
     assert elapsed >= 0.45  # two lookups at two a second: the second waits half a second
     assert down.errors == 1 and down.looked_up == 0 and down.messages
-    assert shop2.skipped == NOT_YET_V2 and shop2.looked_up == 0
+    # PortOne V2 has no batch lookup: one a payment, the unknown one absent, as on iamport.
+    assert shop2.skipped is None and shop2.looked_up == 4 and shop2.calls == 4, shop2
+    assert shop2.moved == {"refunded_upstream": 1, "needs_refund": 1} and shop2.errors == 0
+    assert row(v2_held[0])["status"] == "refunded"
+    assert row(v2_held[0])["refund"]["refunded_by"] == "upstream"
+    assert row(v2_held[1])["status"] == "needs_refund"
+    assert row(v2_failed)["status"] == "queued"  # paid since it failed: its run decides
+    assert sb.v2.calls() == []  # no call that changes a payment: lookups only
 
     assert row(held[0])["status"] == "refunded"
     assert row(held[0])["refund"]["refunded_by"] == "upstream"
