@@ -5,8 +5,9 @@ anything is sent, when the call would only tie a job thread down waiting for an 
 cannot answer: while the account is paused (by a 429, or after a fresh token was refused too),
 while its circuit is open after a run of failures (timeouts, connection errors, 5xx), and when
 an account in trouble (not answered yet, its last call failed, or its oldest call in flight has
-run for a second) already holds its share of the process's job threads. A refused call is "rate limited": nothing
-was sent, no attempt is spent, and the job waits `retry_after` and runs again. So a 429 storm,
+run for a second) already holds its share of the process's job threads. A refused call is
+"rate limited": nothing was sent, no attempt is spent, and the job waits `retry_after` and
+runs again. So a 429 storm,
 a 401 storm, an outage or a hanging gateway of one account leaves the threads to the others,
 while a healthy account, whose calls come back quickly, is never held back by its share.
 """
