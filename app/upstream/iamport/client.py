@@ -104,10 +104,20 @@ class IamportClient:
             transport=transport,
             guard=guard,
         )
+        # A getToken ends within the limiter's wait and its own deadline, so a lock held
+        # longer than that belongs to a process that died holding it. Waiters give the holder
+        # its deadline, then ask for themselves (iamport answers with the same token): a dead
+        # holder must not cost more than one call's time, or the waiting jobs' leases run out.
         self.tokens: TokenSource = (
             tokens
             if tokens is not None
-            else TokenProvider(redis_client, self.fetch_token, tokens_key or key_id(imp_key))
+            else TokenProvider(
+                redis_client,
+                self.fetch_token,
+                tokens_key or key_id(imp_key),
+                lock_ttl=rate_limit_max_wait + timeout + 1.0,
+                wait_timeout=timeout + 1.0,
+            )
         )
 
     def clock_skew(self) -> float | None:
@@ -146,7 +156,8 @@ class IamportClient:
             base_url=account.base_url,
             imp_key=imp_key,
             imp_secret=secret,
-            timeout=settings.iamport_timeout_seconds,
+            # The account's own: its jobs' leases are made from it too.
+            timeout=account.timeout_seconds,
             tokens_key=name,
             limiter=limiter,
             rate_limit_max_wait=settings.rate_limit_max_wait_seconds,

@@ -292,3 +292,44 @@ def test_a_failed_get_token_is_every_process_answer_for_a_moment(clean_redis: st
     assert fetch_b.calls == 0  # nothing was sent for it
     wait_until(lambda: not r.exists(f"iamport:token-failed:{key_id(IMP_KEY)}"), 3, "the hold")
     assert b.get() == "tok1" and fetch_b.calls == 1
+
+
+def test_a_holder_that_died_costs_one_call_time_not_the_lock_s(
+    sandbox: SandboxControl, clean_redis: str
+) -> None:
+    """A worker killed inside getToken leaves its lock behind. The next process's call waits
+    for it no longer than a getToken may take, so the job it serves keeps its lease (a 2 s
+    call's lease is 9 s; the lock's old fixed 30 s TTL and 15 s wait outlived it)."""
+    r = redis.Redis.from_url(clean_redis)
+    imp_uid = sandbox.create_payment()["imp_uid"]
+    client = IamportClient(
+        base_url=sandbox.base_url,
+        imp_key=IMP_KEY,
+        imp_secret=IMP_SECRET,
+        timeout=2,
+        rate_limit_max_wait=1,
+        redis_client=r,
+    )
+    lock = f"iamport:token-lock:{key_id(IMP_KEY)}"
+    r.set(lock, "a-worker-killed-mid-getToken", px=60_000)
+    try:
+        started = time.monotonic()
+        assert client.look_up(imp_uid).imp_uid == imp_uid
+        took = time.monotonic() - started
+        r.delete(lock, f"iamport:token:{key_id(IMP_KEY)}")
+        # A live holder's lock lasts as long as its getToken may: limiter wait + deadline + 1.
+        seen: list[int] = []
+        real_fetch = client.fetch_token
+
+        def fetch_watching(observer: Any = None) -> TokenResponse:
+            seen.append(int(r.pttl(lock)))
+            return real_fetch(observer)
+
+        tokens = cast(TokenProvider, client.tokens)
+        tokens._fetch = fetch_watching
+        tokens._local = None
+        tokens.get()
+    finally:
+        client.close()
+    assert 3.0 <= took < 5.0, took
+    assert len(seen) == 1 and 3_000 < seen[0] <= 4_000, seen

@@ -230,3 +230,20 @@ def test_a_v2_webhook_secret_that_is_no_standard_webhooks_secret_is_refused(
         load_accounts(settings(accounts_file=path))
     assert "account shop2: webhook_secret: not a Standard Webhooks secret" in str(caught.value)
     assert "MfKQ9r8" not in str(caught.value)
+
+
+def test_a_v1_accounts_own_timeout_is_its_clients_deadline(tmp_path: Path, secrets: Path) -> None:
+    """Its jobs' leases are made from the account's timeout, so its calls must end by it."""
+    import redis
+
+    from app.upstream.iamport import IamportClient
+
+    text = GOOD_V1 + "timeout_seconds = 3\n"
+    s = settings(accounts_file=write(tmp_path, text), iamport_timeout_seconds=10)
+    main = load_accounts(s)["main"]
+    client = IamportClient.for_account(main, s, redis.Redis(port=1))  # never reached here
+    try:
+        assert main.timeout_seconds == 3
+        assert client._http.timeout == 3
+    finally:
+        client.close()
