@@ -386,6 +386,9 @@ def run_dev(
                 "IAMPORT_WEBHOOK_TOKEN": token,
                 "V2_ACCOUNT": v2_account,
                 "V2_WEBHOOK_SECRET": whsec,
+                # So `stockout accounts check`, `reconcile` and `keys create --account` in a
+                # shell that loaded this file see the stack's accounts, not the shell's own.
+                **({"ACCOUNTS_FILE": env["ACCOUNTS_FILE"]} if env.get("ACCOUNTS_FILE") else {}),
             },
         )
         console.print(f"\n[bold green]stockout-cancel is up[/] at {url}  (logs in {logs})")

@@ -158,6 +158,25 @@ def test_a_newcomers_first_hour(dev: Dev) -> None:
     assert re.search(r"virtual account closed\s+│ ok", demo.stdout), demo.stdout
     assert re.search(r"V2: paid, refunded\s+│ ok", demo.stdout), demo.stdout
 
+    # The operator's commands, in a shell that loaded the env file (and exports a live key),
+    # see the stack's own accounts and reach the sandbox.
+    check = subprocess.run(
+        [
+            "bash",
+            "-euo",
+            "pipefail",
+            "-c",
+            "set -a; . .stockout/env; set +a; stockout accounts check",
+        ],
+        cwd=dev.folder,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**dev.env, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert "default" in check.stdout and "v2" in check.stdout, check.stdout
+
     # A process that dies takes `stockout dev` down with a non-zero status...
     assert dev.proc is not None
     workers = [
